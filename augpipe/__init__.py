@@ -1,0 +1,35 @@
+"""augpipe: train image classifiers with data augmentation at the centre.
+
+The public API is imported lazily so that ``augpipe --help`` and ``import augpipe``
+stay fast: torch, timm and albumentations load only when a function needs them.
+"""
+import os
+
+# Albumentations checks PyPI for a newer release at import; augpipe must never touch the network.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__version__ = "0.1.0"
+
+_API = {
+    "open_dataset": "augpipe.data.sources",
+    "split_dataset": "augpipe.data.split",
+    "make_split": "augpipe.data.split",
+    "AugmentSpec": "augpipe.augment.spec",
+    "preview": "augpipe.report",
+    "train": "augpipe.train.run",
+    "evaluate": "augpipe.train.run",
+    "TrainConfig": "augpipe.config",
+    "hookimpl": "augpipe.hookspecs",
+    "Trainer": "augpipe.hookspecs",
+    "AugpipeError": "augpipe.errors",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'augpipe' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from augpipe.cli.main import main
+
+main()

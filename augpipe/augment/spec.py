@@ -1,0 +1,216 @@
+"""The augmentation spec: one description of the training augmentation, its presets, and its
+Albumentations pipelines (the CPU backend). ``augment/device.py`` runs the same spec on tensors.
+
+Parameters mean what they mean in Albumentations, so a spec reads the same on both backends:
+
+    size: 32                  # output side in pixels; null = the data's own size
+    crop:  {scale: [0.35, 1.0], ratio: [0.75, 1.3333], p: 1.0}    # RandomResizedCrop
+    hflip: {p: 0.5}                                                 # HorizontalFlip
+    color_jitter: {brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05, p: 0.8}
+    erase: {scale: [0.02, 0.2], ratio: [0.3, 3.3], fill: 0, p: 0.25}  # Erasing (random erasing)
+    normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+    extra: [{name: GaussianBlur, p: 0.1, blur_limit: [3, 5]}]      # any registered transform
+
+The ops run in that order: crop, flip, jitter, extra, erase, normalise.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from augpipe.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Crop:
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    p: float = 1.0
+
+
+@dataclass
+class Flip:
+    p: float = 0.5
+
+
+@dataclass
+class ColorJitter:
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+    p: float = 0.8
+
+
+@dataclass
+class Erase:
+    scale: tuple[float, float] = (0.02, 0.2)
+    ratio: tuple[float, float] = (0.3, 3.3)
+    fill: float | str = 0  # a pixel value, or "random"
+    p: float = 0.25
+
+
+@dataclass
+class Normalize:
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+OPS = {"crop": Crop, "hflip": Flip, "color_jitter": ColorJitter, "erase": Erase}
+
+
+@dataclass
+class AugmentSpec:
+    size: int | None = None
+    crop: Crop | None = None
+    hflip: Flip | None = None
+    color_jitter: ColorJitter | None = None
+    erase: Erase | None = None
+    normalize: Normalize = field(default_factory=Normalize)
+    extra: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> "AugmentSpec":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown augmentation preset {name!r} (choose from {', '.join(PRESETS)})")
+        return cls.from_dict(PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AugmentSpec":
+        d = dict(d or {})
+        _reject_unknown(d, [f.name for f in fields(cls)], "augmentation spec")
+        spec = cls(size=d.get("size"), extra=list(d.get("extra") or []))
+        for name, op_cls in OPS.items():
+            if d.get(name) is not None:
+                setattr(spec, name, _build_op(op_cls, d[name], name))
+        if d.get("normalize") is not None:
+            spec.normalize = _build_op(Normalize, d["normalize"], "normalize")
+        spec.validate()
+        return spec
+
+    @classmethod
+    def load(cls, value: "str | Path | dict | AugmentSpec | None") -> "AugmentSpec":
+        """A preset name, a YAML file, a dict or a spec."""
+        if isinstance(value, AugmentSpec):
+            return copy.deepcopy(value)
+        if value is None:
+            return cls.preset("standard")
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        text = str(value)
+        if text in PRESETS:
+            return cls.preset(text)
+        path = Path(text)
+        if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such augmentation spec file")
+            import yaml
+
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            if data is not None and not isinstance(data, dict):
+                raise ConfigError(f"{path}: an augmentation spec must be a mapping")
+            return cls.from_dict(data)
+        raise ConfigError(f"unknown augmentation {text!r}: give a preset ({', '.join(PRESETS)}) or a .yaml spec")
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"size": self.size}
+        for name in OPS:
+            op = getattr(self, name)
+            out[name] = None if op is None else _plain(asdict(op))
+        out["normalize"] = _plain(asdict(self.normalize))
+        out["extra"] = copy.deepcopy(self.extra)
+        return out
+
+    def save(self, path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def validate(self) -> None:
+        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
+            raise ConfigError(f"augmentation size must be a positive integer, got {self.size!r}")
+        for name in OPS:
+            op = getattr(self, name)
+            if op is not None and not 0 <= op.p <= 1:
+                raise ConfigError(f"{name}.p must be in [0, 1], got {op.p}")
+        if self.crop:
+            _check_range("crop.scale", self.crop.scale, 0, 1, low_open=True)
+            _check_range("crop.ratio", self.crop.ratio, 0, math.inf, low_open=True)
+        if self.erase:
+            _check_range("erase.scale", self.erase.scale, 0, 1, low_open=True)
+            _check_range("erase.ratio", self.erase.ratio, 0, math.inf, low_open=True)
+            if isinstance(self.erase.fill, str) and self.erase.fill != "random":
+                raise ConfigError(f"erase.fill must be a number or 'random', got {self.erase.fill!r}")
+        if self.color_jitter:
+            cj = self.color_jitter
+            for k in ("brightness", "contrast", "saturation"):
+                if not 0 <= getattr(cj, k) < 1:
+                    raise ConfigError(f"color_jitter.{k} must be in [0, 1), got {getattr(cj, k)}")
+            if not 0 <= cj.hue <= 0.5:
+                raise ConfigError(f"color_jitter.hue must be in [0, 0.5], got {cj.hue}")
+        if len(self.normalize.mean) != 3 or len(self.normalize.std) != 3 or min(self.normalize.std) <= 0:
+            raise ConfigError("normalize needs three means and three positive standard deviations")
+        for e in self.extra:
+            if not isinstance(e, dict) or "name" not in e:
+                raise ConfigError("each entry of extra needs a name, e.g. {name: GaussianBlur, p: 0.1}")
+
+    def active_ops(self) -> list[str]:
+        return [n for n in ("crop", "hflip", "color_jitter", "erase") if getattr(self, n) is not None]
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _reject_unknown(d: dict, valid: list[str], what: str) -> None:
+    for key in d:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
+            raise ConfigError(f"unknown key {key!r} in {what}{hint}")
+
+
+def _build_op(op_cls, value, name):
+    if value is True:
+        return op_cls()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of its parameters, got {value!r}")
+    _reject_unknown(value, [f.name for f in fields(op_cls)], name)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return op_cls(**kwargs)
+
+
+def _check_range(name, rng, lo, hi, low_open=False):
+    if len(rng) != 2 or rng[0] > rng[1] or rng[0] < lo or rng[1] > hi or (low_open and rng[0] <= lo):
+        raise ConfigError(f"{name} must be [low, high] with {lo} {'<' if low_open else '<='} low <= high <= {hi}, got {list(rng)}")
+
+
+PRESETS: dict[str, dict] = {
+    "none": {},
+    "light": {"crop": {"scale": [0.8, 1.0]}, "hflip": {"p": 0.5}},
+    "standard": {
+        "crop": {"scale": [0.35, 1.0]}, "hflip": {"p": 0.5},
+        "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "p": 0.8},
+        "erase": {"scale": [0.02, 0.2], "p": 0.25},
+    },
+    "strong": {
+        "crop": {"scale": [0.08, 1.0]}, "hflip": {"p": 0.5},
+        "color_jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8},
+        "erase": {"scale": [0.02, 0.33], "p": 0.5, "fill": "random"},
+    },
+}

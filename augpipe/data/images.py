@@ -1,0 +1,184 @@
+"""Decoding image files to RGB uint8 HWC arrays, and the in-memory cache of decoded images."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from augpipe.errors import DataError
+
+log = logging.getLogger("augpipe")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+# Decoded data sets below this size are kept in memory, so epochs after the first decode
+# nothing. CIFAR-10 (60,000 x 32x32x3) is 184 MB; ImageNet-sized sets stay on disk.
+DEFAULT_CACHE_MB = 1024
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def to_rgb8(img: np.ndarray) -> np.ndarray:
+    """OpenCV's decoded array (gray, BGR, BGRA; 8 or 16 bit or float) as RGB uint8 HWC."""
+    import cv2
+
+    if img.dtype == np.uint16:
+        img = (img.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 2:  # gray + alpha
+        return cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_file(path: Path) -> np.ndarray | None:
+    """The image at ``path`` as RGB uint8, or None when it is empty, truncated or not an image."""
+    import cv2
+
+    try:
+        buf = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if buf.size == 0:
+        return None
+    # libjpeg returns a grey-padded picture for a truncated JPEG instead of failing;
+    # a complete one ends with the EOI marker (0xFF can not occur unstuffed before it).
+    if buf[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in buf[-4096:].tobytes():
+        return None
+    # ANYCOLOR|ANYDEPTH keeps 16-bit and palette data and still applies EXIF orientation.
+    img = cv2.imdecode(buf, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if img is None or img.size == 0:
+        return None
+    return to_rgb8(img)
+
+
+def pixel_digest(img: np.ndarray) -> bytes:
+    """Identity of the decoded pixels: equal digests mean exact duplicates."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.asarray(img.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(img).tobytes())
+    return h.digest()
+
+
+@dataclass
+class DecodeReport:
+    """What one pass over every image found."""
+
+    bad: list[int] = field(default_factory=list)  # indices that failed to decode
+    digests: list[bytes | None] = field(default_factory=list)
+    cached: bool = False
+
+
+class ImageStore:
+    """Random access to the decoded images of a source, from memory when they fit.
+
+    Images of one shape are stacked into a single array so that forked loader workers share
+    it copy-on-write without touching per-object reference counts.
+    """
+
+    def __init__(self, source, images=None):
+        self.source = source
+        self._images = images  # stacked ndarray, list of arrays, or None (decode on demand)
+
+    @property
+    def cached(self) -> bool:
+        return self._images is not None
+
+    @property
+    def shapes_equal(self) -> bool:
+        return isinstance(self._images, np.ndarray)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._images is not None:
+            return self._images[i]
+        img = self.source.load(i)
+        if img is None:
+            raise DataError(f"can not decode image {self.source.describe(i)}")
+        return img
+
+    @classmethod
+    def build(cls, source, *, cache_mb: float = DEFAULT_CACHE_MB, workers: int | None = None):
+        """Decode every image once (finding corrupt files and pixel digests on the way).
+
+        Returns the store and a DecodeReport. The pixels are kept when their total size is
+        under ``cache_mb``.
+        """
+        report = DecodeReport()
+        if source.arrays is not None:
+            arrays = source.arrays
+            report.digests = [pixel_digest(a) for a in arrays]
+            report.cached = True
+            return cls(source, arrays), report
+
+        limit = cache_mb * 2**20
+        keep: list[np.ndarray | None] | None = [] if limit > 0 else None
+        total = 0
+        n = len(source)
+        workers = workers or min(8, (os.cpu_count() or 1) * 2)
+        # cv2.imdecode and file reads release the GIL, so threads decode in parallel.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for i, img in enumerate(pool.map(source.load, range(n), chunksize=64)):
+                if img is None:
+                    report.bad.append(i)
+                    report.digests.append(None)
+                    if keep is not None:
+                        keep.append(None)
+                    continue
+                report.digests.append(pixel_digest(img))
+                if keep is not None:
+                    total += img.nbytes
+                    if total > limit:
+                        keep = None
+                    else:
+                        keep.append(img)
+        if keep is None:
+            return cls(source, None), report
+        report.cached = True
+        if not report.bad and keep and all(im.shape == keep[0].shape for im in keep):
+            return cls(source, np.stack(keep)), report
+        return cls(source, keep), report
+
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) of the images: the common shape, or the most frequent one among the
+        first 64 when they differ."""
+        if isinstance(self._images, np.ndarray):
+            return tuple(self._images.shape[1:3])
+        from collections import Counter
+
+        shapes = Counter()
+        for i in range(min(64, len(self))):
+            img = self._images[i] if self._images is not None else self.source.load(i)
+            if img is not None:
+                shapes[img.shape[:2]] += 1
+        if not shapes:
+            raise DataError("no readable images")
+        return shapes.most_common(1)[0][0]
+
+    def subset(self, keep_indices) -> "ImageStore":
+        """The store of ``source.subset(keep_indices)``, stacked when shapes agree."""
+        source = self.source.subset(keep_indices)
+        if self._images is None:
+            return ImageStore(source, None)
+        if isinstance(self._images, np.ndarray):
+            return ImageStore(source, self._images[np.asarray(keep_indices, dtype=np.int64)])
+        imgs = [self._images[i] for i in keep_indices]
+        if imgs and all(im.shape == imgs[0].shape for im in imgs):
+            return ImageStore(source, np.stack(imgs))
+        return ImageStore(source, imgs)

@@ -1,0 +1,208 @@
+"""Train / validation / test splits: stratified, seeded, hash-ordered, and kept in a manifest.
+
+Pure: items (keys, labels, given splits) in, one split name per item out. No torch here.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from augpipe.errors import ConfigError, DataError
+
+log = logging.getLogger("augpipe")
+
+SPLITS = ("train", "val", "test")
+MANIFEST_VERSION = "augpipe split manifest v1"
+
+
+def check_ratios(val: float, test: float) -> None:
+    for name, r in (("val", val), ("test", test)):
+        if not (isinstance(r, (int, float)) and math.isfinite(r) and 0 <= r < 1):
+            raise ConfigError(f"--{name} must be a fraction in [0, 1), got {r}")
+    if val + test >= 1:
+        raise ConfigError(f"--val + --test must be below 1 so that something is left to train on, got {val + test:g}")
+
+
+def item_rank(seed: int, key: str) -> int:
+    """A seeded pseudo-random position for an item that depends on nothing but its identity."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "big")
+
+
+def _count(n: int, ratio: float) -> int:
+    # At least one item per carved split, so that every class is seen in every split.
+    return max(1, math.floor(n * ratio + 0.5)) if ratio > 0 else 0
+
+
+def split_dataset(keys, labels, given, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
+                  previous: dict[str, str] | None = None, class_names=None) -> np.ndarray:
+    """Assign each item to 'train', 'val' or 'test'.
+
+    - Splits given by the source (``given[i]`` not None) are kept; only splits the source lacks
+      are carved, out of the items given as train or not given at all, with ``val`` and ``test``
+      as fractions of that pool.
+    - Per class, the pool is ordered by ``item_rank(seed, key)`` and the first
+      ``round(n * ratio)`` (at least 1) go to test, the next to val: stratified to within one
+      image, independent of file order.
+    - Items named in ``previous`` (an earlier manifest) keep their split; new items fill each
+      class's remaining quota. This is what keeps a grown data set's test images out of training.
+    """
+    check_ratios(val, test)
+    labels = np.asarray(labels)
+    names = class_names or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+    previous = previous or {}
+    out = np.array(list(given), dtype=object)
+    present = {g for g in given if g}
+    ratios = {"test": test, "val": val}
+    carve = [s for s in ("test", "val") if s not in present and ratios[s] > 0]
+    for s in ("test", "val"):
+        if s in present and ratios[s] > 0 and not previous:
+            log.info("the source already has a %s split; --%s is not used", s, s)
+
+    pool_by_class: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(given):
+        if g in (None, "train"):
+            pool_by_class[int(labels[i])].append(i)
+
+    for c in sorted(pool_by_class):
+        members = pool_by_class[c]
+        targets = {s: _count(len(members), ratios[s]) for s in carve}
+        if carve and len(members) - sum(targets.values()) < 1:
+            wanted = " and ".join(["train"] + carve)
+            raise DataError(f"class {names[c]!r} has {len(members)} image(s): too few to reach {wanted}")
+        kept = Counter()
+        fresh = []
+        for i in members:
+            p = previous.get(keys[i])
+            if p:
+                out[i] = p
+                kept[p] += 1
+            else:
+                fresh.append(i)
+        fresh.sort(key=lambda i: item_rank(seed, keys[i]))
+        pos = 0
+        for s in carve:
+            take = max(0, targets[s] - kept[s])
+            out[fresh[pos:pos + take]] = s
+            pos += take
+        out[fresh[pos:]] = "train"
+    return out
+
+
+def split_table(class_names, labels, assignment) -> str:
+    """A per-class table of counts per split, as text."""
+    width = max([len("class"), len("total")] + [len(n) for n in class_names])
+    lines = [f"{'class':<{width}}  {'train':>7} {'val':>7} {'test':>7} {'total':>7}"]
+    totals = Counter()
+    for c, name in enumerate(class_names):
+        mask = np.asarray(labels) == c
+        counts = Counter(assignment[mask].tolist())
+        totals.update(counts)
+        lines.append(f"{name:<{width}}  {counts['train']:>7} {counts['val']:>7} {counts['test']:>7} {int(mask.sum()):>7}")
+    lines.append(f"{'total':<{width}}  {totals['train']:>7} {totals['val']:>7} {totals['test']:>7} {sum(totals.values()):>7}")
+    return "\n".join(lines)
+
+
+def find_duplicates(digests, assignment) -> dict:
+    """Exact-duplicate images (equal decoded pixels), counted within and across splits."""
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    for i, d in enumerate(digests):
+        if d is not None:
+            groups[d].append(i)
+    across = Counter()
+    within = 0
+    cross_images = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        splits = sorted({assignment[i] for i in members}, key=SPLITS.index)
+        if len(splits) == 1:
+            within += len(members) - 1
+        else:
+            cross_images += len(members)
+            for a in range(len(splits)):
+                for b in range(a + 1, len(splits)):
+                    across[f"{splits[a]}-{splits[b]}"] += 1
+    return {"within_split": within, "across_groups": dict(across), "across_images": cross_images}
+
+
+def describe_duplicates(dups: dict) -> str:
+    if not dups["across_groups"] and not dups["within_split"]:
+        return "duplicates: none (no two images have the same pixels)"
+    parts = []
+    if dups["across_groups"]:
+        pairs = ", ".join(f"{k}: {v}" for k, v in sorted(dups["across_groups"].items()))
+        parts.append(f"{dups['across_images']} images in groups that span splits ({pairs} groups)")
+    if dups["within_split"]:
+        parts.append(f"{dups['within_split']} extra copies within a split")
+    return "duplicates: " + "; ".join(parts)
+
+
+def write_manifest(path, source, assignment, *, seed: int, val: float, test: float) -> Path:
+    """Write the split as CSV (key, label, split) with a header comment; atomic, so a failure
+    never leaves a half-written file."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DataError(f"{path}: the directory {path.parent} does not exist")
+    buf = io.StringIO()
+    buf.write(f"# {MANIFEST_VERSION}\n# source: {source.root}\n# kind: {source.kind}\n")
+    buf.write(f"# fingerprint: {source.fingerprint()}\n# seed: {seed}\n# val: {val}\n# test: {test}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([source.key_column, "label", "split"])
+    for key, label, split in zip(source.keys, source.labels.tolist(), assignment):
+        w.writerow([key, source.class_names[label], split])
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:
+    """The split of each key in the manifest at ``path``, checked against ``source``, and the
+    header fields (seed, val, test, fingerprint ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such split manifest")
+    header: dict[str, str] = {}
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        lines = []
+        for line in fh:
+            if line.startswith("#"):
+                k, _, v = line[1:].partition(":")
+                header[k.strip()] = v.strip()
+            else:
+                lines.append(line)
+        rows = [r for r in csv.reader(lines) if r]
+    if not rows or len(rows[0]) < 3 or rows[0][1:3] != ["label", "split"]:
+        raise DataError(f"{path}: not a split manifest (expected columns {source.key_column},label,split)")
+    index = {k: i for i, k in enumerate(source.keys)}
+    known = set(source.class_names)
+    previous, missing, unknown = {}, [], []
+    for row in rows[1:]:
+        key, label, split = row[0], row[1], row[2].strip()
+        if split not in SPLITS:
+            raise DataError(f"{path}: unknown split {split!r} for {key} (use train, val or test)")
+        if label not in known:
+            unknown.append(label)
+            continue
+        i = index.get(key)
+        if i is None:
+            missing.append(key)
+            continue
+        if source.class_names[source.labels[i]] != label:
+            raise DataError(f"{path}: {key} is labelled {label!r} but the data set says "
+                            f"{source.class_names[source.labels[i]]!r}")
+        previous[key] = split
+    if unknown:
+        raise DataError(f"{path}: the manifest names {len(unknown)} item(s) with unknown labels, first: {unknown[0]!r}")
+    if missing:
+        raise DataError(f"{path}: the manifest names {len(missing)} item(s) missing from the data set, first: {missing[0]}")
+    return previous, header

@@ -1,0 +1,128 @@
+"""Pictures: the augmentation preview grid, loss curves and the confusion matrix."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from augpipe.errors import DataError
+
+log = logging.getLogger("augpipe")
+
+
+def check_output_path(path) -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DataError(f"{path}: the directory {path.parent} does not exist")
+    return path
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write atomically: a failure never leaves a half-written picture behind."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _pick_rows(source, n: int, seed: int) -> list[int]:
+    """``n`` items, round-robin over the classes so that the rows show different classes."""
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(source.labels == c)).tolist() for c in range(len(source.class_names))]
+    order = []
+    while len(order) < len(source) and any(by_class):
+        for members in by_class:
+            if members:
+                order.append(members.pop())
+    return order
+
+
+def grid_figure(rows: list[tuple[str, list[np.ndarray]]], column_titles: list[str], cell_inches: float = 1.0):
+    """A figure with one row of images per entry, the row label at the left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(column_titles)
+    label_w, title_h, pad = 1.2, 0.3, 0.04
+    fig = plt.figure(figsize=(label_w + n_cols * cell_inches, title_h + n_rows * cell_inches), dpi=100)
+    W, H = fig.get_size_inches()
+    for r, (label, images) in enumerate(rows):
+        y = H - title_h - (r + 1) * cell_inches
+        fig.text(0.1 / W, (y + cell_inches / 2) / H, label, va="center", ha="left", fontsize=9)
+        for c, img in enumerate(images):
+            ax = fig.add_axes([(label_w + c * cell_inches + pad) / W, (y + pad) / H,
+                               (cell_inches - 2 * pad) / W, (cell_inches - 2 * pad) / H])
+            ax.imshow(img, interpolation="nearest")
+            ax.set_axis_off()
+    for c, title in enumerate(column_titles):
+        fig.text((label_w + (c + 0.5) * cell_inches) / W, (H - title_h / 2) / H, title,
+                 ha="center", va="center", fontsize=8)
+    return fig
+
+
+def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="standard",
+            out="preview.png", per_transform: bool = False, lookup=None) -> Path:
+    """Draw ``n`` images of ``source`` (default: the bundled sample data) with ``variants``
+    augmented versions each, or with each transform of the spec alone (``per_transform``)."""
+    from augpipe.augment.cpu import build_train_transform, op_transforms, seed_transform
+    from augpipe.augment.spec import AugmentSpec
+    from augpipe.data.images import ImageStore
+    from augpipe.data.sources import open_dataset
+
+    import albumentations as A
+
+    out = check_output_path(out)
+    if n < 1 or variants < 0:
+        raise DataError("--n must be at least 1 and --variants at least 0")
+    spec = AugmentSpec.load(aug)
+    if source is None:
+        from augpipe.sample_data import path as sample_path
+
+        source = sample_path()
+    src = open_dataset(source)
+    store = ImageStore(src)
+    size = spec.size or min(store.native_size())
+
+    rows, used = [], 0
+    for i in _pick_rows(src, n * 4, seed):
+        img = src.load(i)
+        if img is None:
+            log.warning("skipped unreadable image %s", src.describe(i))
+            continue
+        rows.append((src.class_names[src.labels[i]], img))
+        used += 1
+        if used == n:
+            break
+    if not rows:
+        raise DataError(f"{source}: no readable images")
+
+    if per_transform:
+        ops = spec.active_ops()
+        if not ops:
+            raise DataError("the augmentation spec has no transforms to show")
+        pipelines = []
+        for k, name in enumerate(ops):
+            t = A.Compose(op_transforms(spec, name, size, force=True) if name == "crop"
+                          else [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
+                          + op_transforms(spec, name, size, force=True))
+            seed_transform(t, seed + k)
+            pipelines.append(t)
+        titles = ["original"] + ops
+        grid = [(label, [img] + [t(image=img)["image"] for t in pipelines]) for label, img in rows]
+    else:
+        t = build_train_transform(spec, size, seed=seed, lookup=lookup)
+        titles = ["original"] + [f"augmented {k + 1}" for k in range(variants)]
+        grid = [(label, [img] + [t(image=img)["image"] for _ in range(variants)]) for label, img in rows]
+    cell = float(np.clip(size / 64, 1.0, 2.0))
+    return save_figure(grid_figure(grid, titles, cell), out)

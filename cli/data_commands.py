@@ -1,0 +1,55 @@
+"""``augpipe split`` and ``augpipe preview``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from augpipe.data.images import DEFAULT_CACHE_MB
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--val", default=0.1, show_default=True, type=float, help="Validation fraction of the training pool.")
+@click.option("--test", default=0.1, show_default=True, type=float, help="Test fraction (unused where the source has a test split).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the hash order.")
+@click.option("--out", default="split.csv", show_default=True, type=click.Path(path_type=Path), help="Manifest to write.")
+@click.option("--split-file", type=click.Path(path_type=Path), help="Earlier manifest: its items keep their split (its seed and ratios are reused).")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+def split(source, val, test, seed, out, split_file, strict):
+    """Split SOURCE into train / val / test and write the manifest."""
+    import time
+
+    from augpipe.data.prepare import prepare_data
+    from augpipe.data.split import check_ratios, describe_duplicates, split_table, write_manifest
+    from augpipe.report import check_output_path
+
+    check_ratios(val, test)
+    check_output_path(out)
+    start = time.perf_counter()
+    data = prepare_data(source, val=val, test=test, seed=seed, split_file=split_file, strict=strict,
+                        cache_mb=0)
+    write_manifest(out, data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
+    click.echo(split_table(data.class_names, data.source.labels, data.assignment))
+    click.echo(describe_duplicates(data.duplicates))
+    if data.skipped:
+        click.echo(f"skipped: {len(data.skipped)} unreadable image(s)")
+    click.echo(f"wrote {out} ({len(data.source)} images, {time.perf_counter() - start:.1f} s)")
+
+
+@click.command()
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=1), help="Source images, one row each.")
+@click.option("--variants", default=6, show_default=True, type=click.IntRange(min=0), help="Augmented versions per image.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--aug", default="standard", show_default=True, help="Preset (none, light, standard, strong) or a spec .yaml.")
+@click.option("--out", default="preview.png", show_default=True, type=click.Path(path_type=Path))
+@click.option("--per-transform", is_flag=True, help="One column per transform, each applied alone.")
+def preview(source, n, variants, seed, aug, out, per_transform):
+    """Draw augmented versions of images from SOURCE (default: the bundled sample data)."""
+    from augpipe.report import preview as draw
+
+    path = draw(source, n=n, variants=variants, seed=seed, aug=aug, out=out, per_transform=per_transform)
+    click.echo(str(path))
+
+
+COMMANDS = [split, preview]

@@ -1,0 +1,62 @@
+"""The ``augpipe`` command. Commands stay thin: parse, call the library, print.
+
+Heavy libraries (torch, timm, albumentations) are imported inside the commands that use them,
+so that ``augpipe --help`` stays fast.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from augpipe import __version__
+from augpipe.errors import AugpipeError
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record):
+        msg = record.getMessage()
+        return msg if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {msg}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    log = logging.getLogger("augpipe")
+    if not any(getattr(h, "_augpipe", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelFormatter())
+        handler._augpipe = True
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+class AugpipeGroup(click.Group):
+    """Turns library errors into one line and exit code 1; Ctrl-C into exit code 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AugpipeError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=AugpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="augpipe")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def main(verbose: bool) -> None:
+    """Train image classifiers with data augmentation at the centre."""
+    setup_logging(verbose)
+
+
+def _register_commands() -> None:
+    from augpipe.cli import data_commands
+
+    for command in data_commands.COMMANDS:
+        main.add_command(command)
+
+
+_register_commands()
