@@ -16,6 +16,8 @@ def check_output_path(path) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise DataError(f"{path}: the directory {path.parent} does not exist")
+    if path.is_dir():  # found before the work, not as an OSError when the file is finally moved
+        raise DataError(f"{path}: is a directory, not a file name")
     return path
 
 
@@ -27,6 +29,8 @@ def save_figure(fig, path: Path) -> Path:
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, path)
+    except OSError as err:  # read-only folder, full disk: one line, not a traceback
+        raise DataError(f"{path}: can not be written ({err.strerror})") from None
     finally:
         plt.close(fig)
         if tmp.exists():
@@ -126,3 +130,73 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
         grid = [(label, [img] + [t(image=img)["image"] for _ in range(variants)]) for label, img in rows]
     cell = float(np.clip(size / 64, 1.0, 2.0))
     return save_figure(grid_figure(grid, titles, cell), out)
+
+
+def plot_curves(epochs: list[dict], path, *, best_epoch: int | None = None, stop_epoch: int | None = None,
+                iteration_losses: list[float] | None = None, title: str = "") -> Path:
+    """Training against validation loss and accuracy per epoch; the best and the stopping epoch
+    marked, so over-fitting (validation loss turning up while training loss falls) shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = check_output_path(path)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    xs = [e["epoch"] for e in epochs]
+
+    def series(key):
+        return [e.get(key) if e.get(key) is not None else np.nan for e in epochs]
+
+    if iteration_losses and xs:
+        it = np.arange(1, len(iteration_losses) + 1) / max(1, len(iteration_losses)) * len(xs)
+        ax_loss.plot(it + xs[0] - 1, iteration_losses, color="tab:blue", alpha=0.2, lw=0.8,
+                     label="training loss (per iteration)")
+    ax_loss.plot(xs, series("train_loss"), "o-", color="tab:blue", label="training loss")
+    ax_loss.plot(xs, series("val_loss"), "o-", color="tab:orange", label="validation loss")
+    ax_acc.plot(xs, series("train_acc"), "o-", color="tab:blue", label="training accuracy")
+    ax_acc.plot(xs, series("val_acc"), "o-", color="tab:orange", label="validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1, label=f"best epoch ({best_epoch})")
+        if stop_epoch is not None:
+            ax.axvline(stop_epoch, color="tab:red", ls=":", lw=1.5, label=f"early stop ({stop_epoch})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: list[str], path, title: str = "") -> Path:
+    """The confusion matrix, rows normalised (true class), counts written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = check_output_path(path)
+    k = len(class_names)
+    side = min(14, 2.5 + 0.55 * k)
+    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
+    rows = confusion.sum(1, keepdims=True)
+    norm = np.divide(confusion, rows, out=np.zeros(confusion.shape, dtype=float), where=rows > 0)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "test confusion matrix", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return save_figure(fig, path)

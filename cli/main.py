@@ -53,10 +53,13 @@ def main(verbose: bool) -> None:
 
 
 def _register_commands() -> None:
-    from augpipe.cli import data_commands
+    from augpipe.cli import data_commands, train_commands
 
-    for command in data_commands.COMMANDS:
+    for command in data_commands.COMMANDS + train_commands.COMMANDS:
         main.add_command(command)
+    from augpipe.plugin_manager import get_plugins
+
+    get_plugins().add_commands(main)
 
 
 _register_commands()

@@ -13,7 +13,7 @@ Output is deterministic for a given ``--seed``: one generator is consumed in a
 fixed class/index order.  Only numpy and OpenCV are used.
 
     python sample_data/generate.py [--out sample_data/shapes] [--seed 0]
-                                   [--per-class 60] [--size 32]
+                                   [--per-class 100] [--size 32]
 """
 import argparse
 import shutil
@@ -129,7 +129,7 @@ def background(rng, big, bg):
 def make_image(rng, name, size):
     big = size * SUPERSAMPLE
     bg, fg = pick_colours(rng)
-    scale = rng.uniform(0.35, 0.9)  # shape extent as a fraction of the image side
+    scale = rng.uniform(0.5, 0.9)  # shape extent as a fraction of the image side
     max_shift = (1 - scale) / 2 + 0.08  # may poke slightly past the border
     c = big / 2 + rng.uniform(-max_shift, max_shift, size=2) * big
     angle = rng.uniform(0, 2 * np.pi)
@@ -145,7 +145,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "shapes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--size", type=int, default=32)
     args = ap.parse_args()
 

@@ -138,11 +138,11 @@ class AugmentSpec:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def validate(self) -> None:
-        if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
+        if self.size is not None and (not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1):
             raise ConfigError(f"augmentation size must be a positive integer, got {self.size!r}")
         for name in OPS:
             op = getattr(self, name)
-            if op is not None and not 0 <= op.p <= 1:
+            if op is not None and not (_is_number(op.p) and 0 <= op.p <= 1):
                 raise ConfigError(f"{name}.p must be in [0, 1], got {op.p}")
         if self.crop:
             _check_range("crop.scale", self.crop.scale, 0, 1, low_open=True)
@@ -150,16 +150,18 @@ class AugmentSpec:
         if self.erase:
             _check_range("erase.scale", self.erase.scale, 0, 1, low_open=True)
             _check_range("erase.ratio", self.erase.ratio, 0, math.inf, low_open=True)
-            if isinstance(self.erase.fill, str) and self.erase.fill != "random":
-                raise ConfigError(f"erase.fill must be a number or 'random', got {self.erase.fill!r}")
+            fill = self.erase.fill
+            if fill != "random" and not (_is_number(fill) or _numbers(fill, 3)):
+                raise ConfigError(f"erase.fill must be a number, [r, g, b] or 'random', got {fill!r}")
         if self.color_jitter:
             cj = self.color_jitter
             for k in ("brightness", "contrast", "saturation"):
-                if not 0 <= getattr(cj, k) < 1:
+                if not (_is_number(getattr(cj, k)) and 0 <= getattr(cj, k) < 1):
                     raise ConfigError(f"color_jitter.{k} must be in [0, 1), got {getattr(cj, k)}")
-            if not 0 <= cj.hue <= 0.5:
+            if not (_is_number(cj.hue) and 0 <= cj.hue <= 0.5):
                 raise ConfigError(f"color_jitter.hue must be in [0, 0.5], got {cj.hue}")
-        if len(self.normalize.mean) != 3 or len(self.normalize.std) != 3 or min(self.normalize.std) <= 0:
+        mean, std = self.normalize.mean, self.normalize.std
+        if not (_numbers(mean, 3) and _numbers(std, 3) and min(std) > 0):
             raise ConfigError("normalize needs three means and three positive standard deviations")
         for e in self.extra:
             if not isinstance(e, dict) or "name" not in e:
@@ -195,9 +197,21 @@ def _build_op(op_cls, value, name):
     return op_cls(**kwargs)
 
 
+def _is_number(v) -> bool:
+    # YAML gives strings and booleans as readily as numbers: they must fail validation with a
+    # message, not as a TypeError in a comparison.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(seq, n: int) -> bool:
+    return isinstance(seq, (list, tuple)) and len(seq) == n and all(_is_number(v) for v in seq)
+
+
 def _check_range(name, rng, lo, hi, low_open=False):
-    if len(rng) != 2 or rng[0] > rng[1] or rng[0] < lo or rng[1] > hi or (low_open and rng[0] <= lo):
-        raise ConfigError(f"{name} must be [low, high] with {lo} {'<' if low_open else '<='} low <= high <= {hi}, got {list(rng)}")
+    if (not _numbers(rng, 2) or rng[0] > rng[1] or rng[0] < lo or rng[1] > hi
+            or (low_open and rng[0] <= lo)):
+        shown = list(rng) if isinstance(rng, (list, tuple)) else rng
+        raise ConfigError(f"{name} must be [low, high] with {lo} {'<' if low_open else '<='} low <= high <= {hi}, got {shown}")
 
 
 PRESETS: dict[str, dict] = {

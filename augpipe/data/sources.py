@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +156,12 @@ def _open_folder(root: Path) -> ImageSource:
 
 
 def _open_csv(path: Path) -> ImageSource:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.reader(line for line in fh if not line.startswith("#")) if r]
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark before the header.
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(line for line in fh if not line.startswith("#")) if r]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     if not rows:
         raise DataError(f"{path}: the manifest is empty")
     header = [c.strip().lower() for c in rows[0]]
@@ -201,8 +206,17 @@ def _as_rgb_batch(x: np.ndarray, where: str) -> np.ndarray:
 def _open_npz(path: Path) -> ImageSource:
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:  # a truncated .npz is a bad zip
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
+
+    def array(key: str) -> np.ndarray:
+        # Members are read lazily: object arrays (refused without pickle) and damaged members
+        # fail only here.
+        try:
+            return data[key]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"{path}:{key}: not a readable array ({err})") from None
+
     with data:
         names = set(data.files)
         if {"x", "y"} <= names:
@@ -215,8 +229,8 @@ def _open_npz(path: Path) -> ImageSource:
             raise DataError(f"{path}: expected arrays x and y, or x_train, y_train[, x_test, y_test]")
         xs, ys, keys, given = [], [], [], []
         for split, xk, yk in parts:
-            x = _as_rgb_batch(data[xk], f"{path}:{xk}")
-            y = np.asarray(data[yk]).reshape(-1)
+            x = _as_rgb_batch(array(xk), f"{path}:{xk}")
+            y = np.asarray(array(yk)).reshape(-1)
             if len(x) != len(y):
                 raise DataError(f"{path}: {xk} has {len(x)} images but {yk} has {len(y)} labels")
             if not np.issubdtype(y.dtype, np.integer):
@@ -225,7 +239,9 @@ def _open_npz(path: Path) -> ImageSource:
             ys.append(y.astype(np.int64))
             keys += [f"{split}/{i}" if split else str(i) for i in range(len(x))]
             given += [split] * len(x)
-        class_names = [str(c) for c in data["class_names"]] if "class_names" in names else None
+        # Names saved as bytes (dtype S) would otherwise read "b'cat'".
+        class_names = ([c.decode() if isinstance(c, bytes) else str(c) for c in array("class_names").tolist()]
+                       if "class_names" in names else None)
     shapes = {x.shape[1:] for x in xs}
     if len(shapes) > 1:
         raise DataError(f"{path}: train and test images differ in shape: {sorted(shapes)}")
@@ -249,6 +265,23 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"{path}: not a readable CIFAR batch ({err})") from None
 
 
+def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(images NHWC uint8, labels) of one batch file, checked: a wrong file must fail here with
+    its name, not later as a reshape or indexing error."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise DataError(f"{path}: not a CIFAR batch (expected a dict with b'data' and {label_key!r})")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[label_key]).reshape(-1)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: CIFAR data must be N x 3072 (32x32x3), found shape {data.shape}")
+    if len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
+        raise DataError(f"{path}: expected {len(data)} non-negative integer labels, found {len(labels)} "
+                        f"of type {labels.dtype}")
+    x = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, labels.astype(np.int64)
+
+
 def _open_cifar(root: Path) -> ImageSource:
     if (root / "data_batch_1").is_file():  # CIFAR-10
         files = [("train", root / f"data_batch_{i}") for i in range(1, 6)] + [("test", root / "test_batch")]
@@ -261,15 +294,18 @@ def _open_cifar(root: Path) -> ImageSource:
     for split, f in files:
         if not f.is_file():
             raise DataError(f"{root}: CIFAR folder is missing {f.name}")
-        batch = _unpickle(f)
-        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        x, y = _cifar_batch(f, label_key)
         xs.append(x)
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        ys.append(y)
         start = counters[split]
         keys += [f"{split}/{start + i}" for i in range(len(x))]
         counters[split] += len(x)
         given += [split] * len(x)
-    class_names = [n.decode() for n in _unpickle(meta)[names_key]] if meta.is_file() else None
+    meta_data = _unpickle(meta) if meta.is_file() else {}
+    names = meta_data.get(names_key) if isinstance(meta_data, dict) else None
+    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names] if names else None
     labels = np.concatenate(ys)
     class_names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
+    if labels.max() >= len(class_names):
+        raise DataError(f"{meta}: label {labels.max()} has no entry in {names_key.decode()} ({len(class_names)} names)")
     return ImageSource("cifar", root, class_names, keys, labels, given, arrays=np.ascontiguousarray(np.concatenate(xs)))

@@ -151,6 +151,8 @@ def write_manifest(path, source, assignment, *, seed: int, val: float, test: flo
     path = Path(path)
     if not path.parent.is_dir():
         raise DataError(f"{path}: the directory {path.parent} does not exist")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file name")
     buf = io.StringIO()
     buf.write(f"# {MANIFEST_VERSION}\n# source: {source.root}\n# kind: {source.kind}\n")
     buf.write(f"# fingerprint: {source.fingerprint()}\n# seed: {seed}\n# val: {val}\n# test: {test}\n")
@@ -159,8 +161,12 @@ def write_manifest(path, source, assignment, *, seed: int, val: float, test: flo
     for key, label, split in zip(source.keys, source.labels.tolist(), assignment):
         w.writerow([key, source.class_names[label], split])
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:  # read-only folder, full disk: one line, and no temporary file left
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{path}: can not be written ({err.strerror})") from None
     return path
 
 
@@ -171,22 +177,27 @@ def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:
     if not path.is_file():
         raise DataError(f"{path}: no such split manifest")
     header: dict[str, str] = {}
-    rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        lines = []
-        for line in fh:
-            if line.startswith("#"):
-                k, _, v = line[1:].partition(":")
-                header[k.strip()] = v.strip()
-            else:
-                lines.append(line)
-        rows = [r for r in csv.reader(lines) if r]
-    if not rows or len(rows[0]) < 3 or rows[0][1:3] != ["label", "split"]:
+    numbered = []  # (line number in the file, line): errors name the line
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            for n, line in enumerate(fh, start=1):
+                if line.startswith("#"):
+                    k, _, v = line[1:].partition(":")
+                    header[k.strip()] = v.strip()
+                else:
+                    numbered.append((n, line))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    reader = csv.reader(line for _, line in numbered)
+    rows = [(numbered[reader.line_num - 1][0], r) for r in reader if r]
+    if not rows or len(rows[0][1]) < 3 or rows[0][1][1:3] != ["label", "split"]:
         raise DataError(f"{path}: not a split manifest (expected columns {source.key_column},label,split)")
     index = {k: i for i, k in enumerate(source.keys)}
     known = set(source.class_names)
     previous, missing, unknown = {}, [], []
-    for row in rows[1:]:
+    for n, row in rows[1:]:
+        if len(row) < 3:
+            raise DataError(f"{path}: line {n}: expected {source.key_column},label,split, found {len(row)} field(s)")
         key, label, split = row[0], row[1], row[2].strip()
         if split not in SPLITS:
             raise DataError(f"{path}: unknown split {split!r} for {key} (use train, val or test)")

@@ -1,0 +1,193 @@
+"""Run settings: one dataclass, the single source of defaults, validated, to and from YAML.
+
+Precedence, lowest first: the defaults below, the trainer plugin's defaults, the optimizer's
+default learning rate, a ``--config`` file, then command-line flags.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from augpipe.errors import ConfigError
+
+ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu", "sigmoid", "tanh")
+MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# Learning rates that train each optimizer stably on the bundled data and CIFAR-10 when the
+# user gives none: adaptive methods want a far smaller step than SGD.
+DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, "adam": 1e-3,
+              "adamw": 1e-3, "adagrad": 1e-2}
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    plugin: str = "resnet"           # trainer plugin (augpipe plugins lists them)
+    model: str | None = None         # model of the plugin; None = the plugin's default
+    activation: str = "relu"         # every activation of the network
+    dropout: float = 0.0             # rate before the classifier (between hidden layers for mlp)
+    # data
+    data: str | None = None          # data set path; None = the bundled sample data
+    val: float = 0.1                 # validation fraction of the training pool
+    test: float = 0.1                # test fraction, where the source has no test split
+    split_file: str | None = None    # reuse a split manifest
+    strict: bool = False             # stop at an unreadable image instead of skipping it
+    image_size: int | None = None    # side in pixels; None = the augmentation's size or the data's
+    aug: Any = "standard"            # preset name, spec .yaml path, or a spec dict
+    aug_device: str = "auto"         # where augmentation runs: auto, cpu (workers), gpu (device)
+    cache_mb: float = 1024           # keep decoded images in memory below this size
+    workers: int | None = None       # loader workers; None = chosen from the cores
+    # optimisation
+    optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad
+    lr: float | None = None          # None = the optimizer's default (DEFAULT_LR)
+    weight_decay: float = 5e-4
+    momentum: float | None = None    # None = 0.9 for momentum/nesterov, the optimizer's own otherwise
+    scheduler: str = "cosine"        # none, step, multistep, exponential, cosine, onecycle, plateau
+    warmup_epochs: float = 0.0       # linear warm-up, in epochs (fractions allowed)
+    step_size: float = 10            # step: epochs between decays
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: epochs, or fractions of the run if all < 1
+    gamma: float = 0.1               # step / multistep / exponential / plateau decay factor
+    min_lr: float = 0.0              # cosine floor
+    label_smoothing: float = 0.0
+    epochs: int = 10
+    batch_size: int = 64
+    max_minutes: float | None = None  # stop after this much training time (time-to-accuracy runs)
+    # early stopping (off while patience is None)
+    patience: int | None = None
+    monitor: str = "val_loss"
+    min_delta: float = 0.0
+    start_from_epoch: int = 0        # epochs before early stopping may act
+    restore_best: bool = True        # test and save the best epoch's weights, not the last
+    # machine
+    device: str = "auto"             # auto, cpu, cuda, cuda:N
+    precision: str = "fp32"          # bf16 / fp16 autocast on CUDA
+    channels_last: bool = False
+    compile: bool = False            # torch.compile the model
+    threads: int | None = None       # torch intra-op threads; None = the cores left by the workers
+    seed: int = 0
+    # output
+    out: str = "runs"
+    name: str | None = None          # run directory name; None = a timestamp
+    callbacks: list[str] = field(default_factory=list)  # registered callbacks to attach
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        reject_unknown(d, cls.field_names(), where)
+        cfg = cls(**d)
+        return cfg
+
+    @staticmethod
+    def read_yaml(path) -> dict:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of settings")
+        reject_unknown(data, TrainConfig.field_names(), str(path))
+        return data
+
+    @classmethod
+    def resolve(cls, *, plugin_defaults: dict | None = None, file: dict | None = None,
+                flags: dict | None = None) -> "TrainConfig":
+        """Merge the layers (see the module docstring) into one validated config."""
+        chosen: dict[str, Any] = {}
+        for layer in (file or {}, flags or {}):
+            chosen.update({k: v for k, v in layer.items() if v is not None})
+        merged = dict(plugin_defaults or {})
+        merged.update(chosen)
+        reject_unknown(merged, cls.field_names(), "settings")
+        cfg = cls(**merged)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # -- derived values -----------------------------------------------------------------
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR.get(self.optimizer, 1e-3)
+
+    @property
+    def resolved_momentum(self) -> float:
+        if self.momentum is not None:
+            return self.momentum
+        return 0.9 if self.optimizer in ("momentum", "nesterov") else 0.0
+
+    @property
+    def monitor_mode(self) -> str:
+        return "max" if self.monitor.endswith("acc") else "min"
+
+    def validate(self) -> None:
+        def positive(name, value, allow_none=False):
+            if value is None and allow_none:
+                return
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be above 0, got {value}")
+
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}. Choose from: {', '.join(ACTIVATIONS)}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        positive("lr", self.lr, allow_none=True)
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must not be negative, got {self.weight_decay}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 0):
+            raise ConfigError(f"--patience must be a whole number of at least 0, got {self.patience}")
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"unknown monitor {self.monitor!r}. Choose from: {', '.join(MONITORS)}")
+        if self.min_delta < 0 or self.start_from_epoch < 0 or self.warmup_epochs < 0:
+            raise ConfigError("--min-delta, --start-from-epoch and --warmup-epochs must not be negative")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        positive("gamma", self.gamma)
+        positive("step_size", self.step_size)
+        positive("max_minutes", self.max_minutes, allow_none=True)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}. Choose from: {', '.join(PRECISIONS)}")
+        if self.aug_device not in ("auto", "cpu", "gpu"):
+            raise ConfigError(f"--aug-device must be auto, cpu or gpu, got {self.aug_device!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
+            raise ConfigError(f"--image-size must be a whole number of at least 8, got {self.image_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must not be negative, got {self.workers}")
+        from augpipe.data.split import check_ratios
+
+        check_ratios(self.val, self.test)
+
+
+def reject_unknown(d: dict, valid: list[str], where: str) -> None:
+    """Unknown keys are errors, never silently ignored: a typo would otherwise change nothing."""
+    for key in d:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {where}{hint}")

@@ -1,0 +1,137 @@
+"""Optimizers and learning-rate schedules by name: thin over timm's optimizer factory and torch's
+schedulers. The built-in plugin registers these; third-party plugins add their own."""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
+
+
+def timm_optimizer(model, *, opt: str, lr: float, weight_decay: float, momentum: float, **extra):
+    """timm's factory also keeps weight decay off biases and norm layers."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **extra)
+
+
+OPTIMIZERS = {
+    "sgd": partial(timm_optimizer, opt="sgd", nesterov=False),
+    "momentum": partial(timm_optimizer, opt="momentum"),
+    "nesterov": partial(timm_optimizer, opt="nesterov"),
+    "rmsprop": partial(timm_optimizer, opt="rmsprop"),
+    "adam": partial(timm_optimizer, opt="adam"),
+    "adamw": partial(timm_optimizer, opt="adamw"),
+    "adagrad": partial(timm_optimizer, opt="adagrad"),
+}
+
+
+class LRSchedule:
+    """A learning-rate schedule stepped once per iteration (``step_iteration``), with an optional
+    once-per-epoch part (``step_epoch(metric)``) for reduce-on-plateau."""
+
+    def __init__(self, per_iteration=None, per_epoch=None, iteration_limit: int | None = None):
+        self.per_iteration = per_iteration
+        self.per_epoch = per_epoch
+        self.iteration_limit = iteration_limit  # plateau: the warm-up part stops here
+        self.iterations = 0
+
+    def step_iteration(self) -> None:
+        self.iterations += 1
+        if self.per_iteration is not None and (self.iteration_limit is None or self.iterations <= self.iteration_limit):
+            self.per_iteration.step()
+
+    def step_epoch(self, metric: float | None) -> None:
+        if self.per_epoch is not None and metric is not None and math.isfinite(metric):
+            self.per_epoch.step(metric)
+
+    def state_dict(self) -> dict:
+        return {"iterations": self.iterations,
+                "per_iteration": self.per_iteration.state_dict() if self.per_iteration else None,
+                "per_epoch": self.per_epoch.state_dict() if self.per_epoch else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iterations = state["iterations"]
+        if self.per_iteration is not None:
+            self.per_iteration.load_state_dict(state["per_iteration"])
+        if self.per_epoch is not None:
+            self.per_epoch.load_state_dict(state["per_epoch"])
+
+
+def _warmup(it: int, warmup: int) -> float:
+    return (it + 1) / warmup if it < warmup else 1.0
+
+
+def _milestones(config, epochs: int) -> list[float]:
+    ms = list(config.milestones)
+    return [m * epochs for m in ms] if ms and all(m < 1 for m in ms) else ms
+
+
+def _lambda_schedule(shape, optimizer, *, config, steps_per_epoch: int, epochs: int) -> LRSchedule:
+    """Warm-up for ``warmup_epochs``, then ``shape(iteration, epoch)`` as the factor on the lr."""
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return _warmup(it, warmup)
+        return shape(it, it / steps_per_epoch, warmup)
+
+    return LRSchedule(LambdaLR(optimizer, factor))
+
+
+def constant(optimizer, **kw):
+    return _lambda_schedule(lambda it, e, w: 1.0, optimizer, **kw)
+
+
+def step(optimizer, *, config, **kw):
+    return _lambda_schedule(lambda it, e, w: config.gamma ** math.floor(e / config.step_size), optimizer,
+                            config=config, **kw)
+
+
+def multistep(optimizer, *, config, epochs, **kw):
+    marks = _milestones(config, epochs)
+    return _lambda_schedule(lambda it, e, w: config.gamma ** sum(e >= m for m in marks), optimizer,
+                            config=config, epochs=epochs, **kw)
+
+
+def exponential(optimizer, *, config, **kw):
+    # Defined per epoch (torch's ExponentialLR): the factor changes at epoch boundaries.
+    return _lambda_schedule(lambda it, e, w: config.gamma ** math.floor(e), optimizer, config=config, **kw)
+
+
+def cosine(optimizer, *, config, steps_per_epoch, epochs, **kw):
+    total = steps_per_epoch * epochs
+    base = optimizer.param_groups[0]["lr"]
+    floor = config.min_lr / base if base > 0 else 0.0
+
+    def shape(it, e, warmup):
+        t = (it - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return _lambda_schedule(shape, optimizer, config=config, steps_per_epoch=steps_per_epoch, epochs=epochs, **kw)
+
+
+def onecycle(optimizer, *, config, steps_per_epoch, epochs, **kw):
+    total = steps_per_epoch * epochs
+    pct = config.warmup_epochs / epochs if config.warmup_epochs > 0 else 0.3
+    lr = optimizer.param_groups[0]["lr"]
+    cycle_momentum = "momentum" in optimizer.defaults and optimizer.defaults.get("momentum", 0) > 0 \
+        or "betas" in optimizer.defaults
+    return LRSchedule(OneCycleLR(optimizer, max_lr=lr, total_steps=max(2, total), pct_start=min(0.9, max(0.01, pct)),
+                                 cycle_momentum=cycle_momentum))
+
+
+def plateau(optimizer, *, config, steps_per_epoch, **kw):
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    per_iteration = LambdaLR(optimizer, lambda it: _warmup(it, warmup)) if warmup else None
+    per_epoch = ReduceLROnPlateau(optimizer, mode=config.monitor_mode, factor=config.gamma, patience=2)
+    return LRSchedule(per_iteration, per_epoch, iteration_limit=warmup)
+
+
+SCHEDULERS = {"none": constant, "step": step, "multistep": multistep, "exponential": exponential,
+              "cosine": cosine, "onecycle": onecycle, "plateau": plateau}
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])

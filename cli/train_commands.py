@@ -1,0 +1,113 @@
+"""``augpipe train``, ``augpipe evaluate`` and ``augpipe plugins``.
+
+Every field of ``TrainConfig`` is a ``train`` flag, generated from the dataclass and the comment
+beside each field, so the config file, the flags and the Python API never drift apart."""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import click
+
+from augpipe.config import TrainConfig
+
+
+def _field_comments() -> dict[str, str]:
+    comments = {}
+    for line in inspect.getsource(TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2)
+    return comments
+
+
+def _config_options(func):
+    comments = _field_comments()
+    defaults = TrainConfig()
+    for name in reversed(TrainConfig.field_names()):
+        annotation = TrainConfig.__dataclass_fields__[name].type
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        help_text = comments.get(name, "")
+        if default is not None and not isinstance(default, list):
+            help_text += f"  [default: {default}]"
+        if annotation == "bool":
+            option = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
+        elif annotation.startswith("list["):
+            kind = float if "float" in annotation else str
+            option = click.option(flag, name, type=kind, multiple=True, default=None, help=help_text + " (repeatable)")
+        else:
+            kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+            option = click.option(flag, name, type=kind, default=None, help=help_text)
+        func = option(func)
+    return func
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (config.yaml of a run works); flags override it.")
+@_config_options
+def train(config_file, **flags):
+    """Train a classifier: augpipe train --plugin resnet [--data PATH] ..."""
+    from augpipe.train.run import train as run_train
+
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    flags = {k: v for k, v in flags.items() if v is not None and v != []}
+    result = run_train(config_file=config_file, **flags)
+    s = result.summary
+    click.echo(f"run: {result.run_dir}")
+    click.echo(f"epochs: {s['epochs_run']} ({s['stop_reason']}); best epoch {s['best_epoch']}")
+    if s.get("mean_images_per_s"):
+        click.echo(f"speed: {s['mean_images_per_s']:.0f} images/s (training, mean over epochs)")
+    if "test_acc" in s:
+        click.echo(f"test accuracy: {s['test_acc']:.4f} on {s['test_images']} images")
+    if result.failed:
+        raise click.ClickException(f"{s['stop_reason']} (best checkpoint kept in {result.run_dir})")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Data set to score (default: the run's).")
+@click.option("--checkpoint", default="best.pt", show_default=True, help="best.pt or last.pt.")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(run_dir, data, checkpoint, device):
+    """Rescore a run's checkpoint on the test split."""
+    from augpipe.train.run import evaluate as run_evaluate
+
+    result = run_evaluate(run_dir, data=data, checkpoint=checkpoint, device=device)
+    click.echo(f"test accuracy: {result['acc']:.4f} on {result['n']} images (checkpoint of epoch {result['epoch']})")
+    click.echo(f"test loss: {result['loss']:.4f}")
+    width = max(len(n) for n in result["class_names"])
+    for name, acc in result["per_class_acc"].items():
+        click.echo(f"  {name:<{width}}  {acc:.3f}")
+
+
+@click.command(name="plugins")
+def list_plugins():
+    """List installed plugins: package, version and what each offers."""
+    from augpipe.plugin_manager import get_plugins
+
+    plugins = get_plugins()
+    kinds = {"trainers": plugins.trainers, "optimizers": plugins.optimizers, "schedulers": plugins.schedulers,
+             "augmentations": plugins.augmentations, "callbacks": plugins.callbacks}
+    for name, info in sorted(plugins.info.items()):
+        version = f" {info.version}" if info.version else ""
+        click.echo(f"{name}  ({info.package}{version})")
+        if info.error:
+            click.echo(f"    failed to load: {info.error}")
+            continue
+        for kind, registry in kinds.items():
+            owned = [n for n in registry.names() if registry.owner[n] == name]
+            if not owned:
+                continue
+            if kind == "trainers":
+                for t in owned:
+                    trainer = registry.get(t)
+                    models = trainer.model_names()
+                    shown = ", ".join(models[:8]) + (f" ... ({len(models)} models)" if len(models) > 8 else "")
+                    click.echo(f"    trainer {t}: {trainer.description}; models: {shown} (default {trainer.default_model})")
+            else:
+                click.echo(f"    {kind}: {', '.join(owned)}")
+
+
+COMMANDS = [train, evaluate, list_plugins]

@@ -1,0 +1,18 @@
+"""Built-in optimizers and learning-rate schedulers, registered like any plugin's."""
+from augpipe.hookspecs import hookimpl
+
+
+@hookimpl
+def augpipe_register_optimizers(register):
+    from augpipe.train.optim import OPTIMIZERS
+
+    for name, factory in OPTIMIZERS.items():
+        register(name, factory)
+
+
+@hookimpl
+def augpipe_register_schedulers(register):
+    from augpipe.train.optim import SCHEDULERS
+
+    for name, factory in SCHEDULERS.items():
+        register(name, factory)

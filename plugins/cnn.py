@@ -1,0 +1,41 @@
+"""A small, fast convolutional net for 32x32 images on a CPU, in the style of the fast CIFAR-10
+training nets (airbench): a stem, three conv-pool-norm groups, global max-pooling."""
+from augpipe.hookspecs import Trainer, hookimpl
+
+# widths of the stem and the three groups
+WIDTHS = {"cnn_small": (24, 32, 64, 128), "cnn": (32, 64, 128, 256), "cnn_wide": (64, 128, 256, 512)}
+
+
+def build_cnn(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
+    from torch import nn
+
+    from augpipe.errors import PluginError
+    from augpipe.plugins.layers import activation_layer
+    from augpipe.plugin_manager import unknown_name_message
+
+    if model not in WIDTHS:
+        raise PluginError(unknown_name_message("model for plugin 'cnn'", model, WIDTHS))
+    act = activation_layer(activation)
+    w = WIDTHS[model]
+
+    def conv_bn(cin, cout, pool=False):
+        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+        return layers + [nn.BatchNorm2d(cout), act(inplace=True)]
+
+    layers = conv_bn(3, w[0])
+    for cin, cout in zip(w[:-1], w[1:]):
+        layers += conv_bn(cin, cout, pool=True) + conv_bn(cout, cout)
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(w[-1], num_classes)]
+    return nn.Sequential(*layers)
+
+
+@hookimpl
+def augpipe_register_trainers(register):
+    register(Trainer(
+        name="cnn", build_model=build_cnn, models=list(WIDTHS), default_model="cnn",
+        defaults={"optimizer": "nesterov", "lr": 0.1, "scheduler": "onecycle", "batch_size": 128,
+                  "label_smoothing": 0.1, "epochs": 15},
+        description="small conv nets for 32x32 images",
+    ))

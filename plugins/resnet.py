@@ -1,0 +1,54 @@
+"""ResNets from timm: the ImageNet family (resnet18 ... resnet152, resnext, wide and SE
+variants) and the CIFAR ResNets of He et al. (resnet20 ... resnet110: three stages of 16, 32 and
+64 channels), all built with timm's ResNet class and randomly initialised. Images of 64 px or
+less get the CIFAR stem (3x3 convolution, no max-pool)."""
+from augpipe.hookspecs import Trainer, hookimpl
+
+# basic blocks per stage: 6n + 2 layers
+CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+
+
+def resnet_models() -> list[str]:
+    import timm
+
+    return list(CIFAR_RESNETS) + timm.list_models(module="resnet")
+
+
+def build_resnet(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
+    import timm
+    from torch import nn
+
+    from augpipe.errors import PluginError
+    from augpipe.plugin_manager import unknown_name_message
+    from augpipe.plugins.layers import activation_layer
+
+    act = activation_layer(activation)
+    if model in CIFAR_RESNETS:
+        from timm.models.resnet import BasicBlock, ResNet
+
+        n = CIFAR_RESNETS[model]
+        # A 'deep' stem of width 8 makes the stem end at 16 channels, as the CIFAR ResNets do.
+        net = ResNet(BasicBlock, layers=(n, n, n), channels=(16, 32, 64), stem_type="deep", stem_width=8,
+                     num_classes=num_classes, drop_rate=dropout, act_layer=act)
+        net.layer4 = nn.Identity()  # timm's forward runs layer1..layer4; these nets have three stages
+    elif model in timm.list_models(module="resnet"):
+        net = timm.create_model(model, pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=act)
+    else:
+        raise PluginError(unknown_name_message("model for plugin 'resnet'", model, resnet_models()))
+    if image_size <= 64 or model in CIFAR_RESNETS:
+        # A 7x7 stride-2 stem and a max-pool would shrink a 32 px image to 8 px before the first
+        # block; CIFAR ResNets keep the resolution instead.
+        width = net.bn1.num_features  # also right for the deep stems of the *d variants
+        net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+@hookimpl
+def augpipe_register_trainers(register):
+    register(Trainer(
+        name="resnet", build_model=build_resnet, models=resnet_models, default_model="resnet20",
+        defaults={"optimizer": "nesterov", "lr": 0.1, "scheduler": "onecycle", "batch_size": 64, "epochs": 30,
+                  "label_smoothing": 0.1},
+        description="timm's ResNet family, with the CIFAR ResNets",
+    ))

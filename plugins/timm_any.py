@@ -1,0 +1,39 @@
+"""Any timm model by name (``--model convnext_atto``, ``--model vit_tiny_patch16_224`` ...),
+randomly initialised, with the activation passed as timm's ``act_layer``."""
+from augpipe.hookspecs import Trainer, hookimpl
+
+
+def timm_models() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def build_timm(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
+    import timm
+
+    from augpipe.errors import PluginError
+    from augpipe.plugins.layers import activation_layer
+    from augpipe.plugin_manager import unknown_name_message
+
+    if not timm.is_model(model):
+        raise PluginError(unknown_name_message("model for plugin 'timm'", model, timm_models()))
+    kwargs = dict(pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=activation_layer(activation))
+    try:
+        return timm.create_model(model, img_size=image_size, **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise PluginError(f"timm model {model!r} can not take --activation: {err}") from None
+    try:
+        return timm.create_model(model, **kwargs)
+    except TypeError as err:
+        raise PluginError(f"timm model {model!r} can not take --activation: {err}") from None
+
+
+@hookimpl
+def augpipe_register_trainers(register):
+    register(Trainer(
+        name="timm", build_model=build_timm, models=timm_models, default_model="resnet18",
+        defaults={"optimizer": "adamw", "lr": 1e-3, "scheduler": "cosine", "weight_decay": 0.05},
+        description="any timm model by name",
+    ))

@@ -1,0 +1,277 @@
+"""Splits: seeded, stratified, leak-free, stable as a data set grows, and kept in a manifest."""
+from __future__ import annotations
+
+import math
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from augpipe.data.prepare import prepare_data
+from augpipe.data.sources import open_dataset
+from augpipe.data.split import (check_ratios, describe_duplicates, find_duplicates, read_manifest,
+                                split_dataset, write_manifest)
+from augpipe.errors import ConfigError, DataError
+
+from conftest import CIFAR_DIR
+
+
+def items(counts: dict[str, int]):
+    """Keys, labels and class names for ``{"class": n}``, as a folder source would give them."""
+    keys, labels = [], []
+    names = sorted(counts)
+    for c, name in enumerate(names):
+        keys += [f"{name}/{i:05d}.jpg" for i in range(counts[name])]
+        labels += [c] * counts[name]
+    return keys, np.asarray(labels), names
+
+
+def per_class(labels, assignment, c):
+    return Counter(assignment[np.asarray(labels) == c].tolist())
+
+
+# -- determinism ---------------------------------------------------------------------------
+def test_same_seed_same_assignment_different_seed_different():
+    keys, labels, names = items({"a": 50, "b": 40})
+    given_ = [None] * len(keys)
+    a = split_dataset(keys, labels, given_, val=0.2, test=0.2, seed=7, class_names=names)
+    b = split_dataset(keys, labels, given_, val=0.2, test=0.2, seed=7, class_names=names)
+    c = split_dataset(keys, labels, given_, val=0.2, test=0.2, seed=8, class_names=names)
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+    # Another seed moves many items, not one or two.
+    assert (a != c).sum() > 10
+
+
+def test_assignment_does_not_depend_on_item_order():
+    keys, labels, names = items({"a": 30, "b": 30})
+    given_ = [None] * len(keys)
+    a = dict(zip(keys, split_dataset(keys, labels, given_, seed=3)))
+    order = np.random.default_rng(0).permutation(len(keys))
+    shuffled_keys = [keys[i] for i in order]
+    b = dict(zip(shuffled_keys, split_dataset(shuffled_keys, labels[order], given_, seed=3)))
+    assert a == b
+
+
+# -- stratification and leakage ------------------------------------------------------------
+@pytest.mark.parametrize("val, test", [(0.1, 0.1), (0.15, 0.25), (0.0, 0.3), (0.2, 0.0), (0.33, 0.33)])
+def test_stratified_within_one_image_per_class(val, test):
+    counts = {"a": 10, "b": 23, "c": 57, "d": 101, "e": 7}
+    keys, labels, names = items(counts)
+    out = split_dataset(keys, labels, [None] * len(keys), val=val, test=test, seed=1, class_names=names)
+    for c, name in enumerate(names):
+        n = counts[name]
+        got = per_class(labels, out, c)
+        for split, ratio in (("val", val), ("test", test)):
+            if ratio == 0:
+                assert got[split] == 0
+            else:
+                assert got[split] >= 1
+                assert abs(got[split] - n * ratio) <= 1, (name, split, got)
+        assert got["train"] == n - got["val"] - got["test"]
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(sizes=st.lists(st.integers(min_value=4, max_value=80), min_size=1, max_size=6),
+       val=st.floats(min_value=0, max_value=0.4), test=st.floats(min_value=0, max_value=0.4),
+       seed=st.integers(min_value=0, max_value=2**31))
+def test_every_item_in_exactly_one_split_and_counts_stratified(sizes, val, test, seed):
+    counts = {f"c{i}": n for i, n in enumerate(sizes)}
+    keys, labels, names = items(counts)
+    try:
+        out = split_dataset(keys, labels, [None] * len(keys), val=val, test=test, seed=seed, class_names=names)
+    except DataError as err:  # only for a class too small for three splits
+        assert "too few" in str(err)
+        return
+    assert len(out) == len(keys)
+    assert set(out.tolist()) <= {"train", "val", "test"}
+    for c, name in enumerate(names):
+        got = per_class(labels, out, c)
+        for split, ratio in (("val", val), ("test", test)):
+            expected = 0 if ratio == 0 else max(1, math.floor(counts[name] * ratio + 0.5))
+            assert got[split] == expected
+        assert got["train"] >= 1
+
+
+def test_no_leakage_between_splits(tmp_path, make_folder):
+    make_folder(tmp_path, {"a": 20, "b": 15, "c": 12}, size=8)
+    data = prepare_data(tmp_path, val=0.2, test=0.2, seed=0)
+    parts = {s: set(data.indices(s).tolist()) for s in ("train", "val", "test")}
+    assert not parts["train"] & parts["val"]
+    assert not parts["train"] & parts["test"]
+    assert not parts["val"] & parts["test"]
+    assert parts["train"] | parts["val"] | parts["test"] == set(range(len(data.source)))
+    keys = {s: {data.source.keys[i] for i in parts[s]} for s in parts}
+    assert sum(len(k) for k in keys.values()) == len(set(data.source.keys)) == 47
+
+
+# -- manifests -----------------------------------------------------------------------------
+def test_stable_when_images_are_added(tmp_path, make_folder):
+    root = make_folder(tmp_path / "ds", {"a": 20, "b": 20}, size=8)
+    first = prepare_data(root, val=0.2, test=0.1, seed=5)
+    manifest = write_manifest(tmp_path / "split.csv", first.source, first.assignment, seed=5, val=0.2, test=0.1)
+    old = dict(zip(first.source.keys, first.assignment.tolist()))
+
+    make_folder(root, {"a": 10, "b": 15, "new": 8}, size=8, seed=99, prefix="added_")
+    # Other ratios and seed on the call: the manifest's own are used.
+    grown = prepare_data(root, val=0.4, test=0.4, seed=0, split_file=manifest)
+    assert (grown.seed, grown.val, grown.test) == (5, 0.2, 0.1)
+    now = dict(zip(grown.source.keys, grown.assignment.tolist()))
+    assert len(now) == 40 + 33
+    for key, split in old.items():
+        assert now[key] == split, key
+    added = [k for k in now if k not in old]
+    assert len(added) == 33 and all(now[k] in ("train", "val", "test") for k in added)
+    # New items fill each class's quota, so the grown set stays stratified.
+    for c, name in enumerate(grown.class_names):
+        n = int((grown.source.labels == c).sum())
+        got = per_class(grown.source.labels, grown.assignment, c)
+        assert abs(got["val"] - 0.2 * n) <= 1 and abs(got["test"] - 0.1 * n) <= 1, (name, got)
+    # Without the manifest the same seed would have moved some old items.
+    fresh = prepare_data(root, val=0.2, test=0.1, seed=5)
+    fresh_map = dict(zip(fresh.source.keys, fresh.assignment.tolist()))
+    assert any(fresh_map[k] != s for k, s in old.items())
+
+
+def test_manifest_round_trip_reproduces_exactly(tmp_path, make_folder):
+    root = make_folder(tmp_path / "ds", {"a": 12, "b": 9, "c": 14}, size=8)
+    data = prepare_data(root, val=0.25, test=0.15, seed=11)
+    m1 = write_manifest(tmp_path / "m1.csv", data.source, data.assignment, seed=11, val=0.25, test=0.15)
+    again = prepare_data(root, seed=0, split_file=m1)
+    assert again.source.keys == data.source.keys
+    assert again.assignment.tolist() == data.assignment.tolist()
+    m2 = write_manifest(tmp_path / "m2.csv", again.source, again.assignment, seed=again.seed, val=again.val,
+                        test=again.test)
+    assert m1.read_bytes() == m2.read_bytes()
+    previous, header = read_manifest(m1, data.source)
+    assert previous == dict(zip(data.source.keys, data.assignment.tolist()))
+    assert header["seed"] == "11" and header["val"] == "0.25" and header["test"] == "0.15"
+    assert header["fingerprint"] == data.source.fingerprint()
+    # No temporary file left beside the manifest.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "m1.csv", "m2.csv"]
+
+
+def test_manifest_for_array_sources_uses_index_keys(tmp_path, make_cifar10):
+    root = make_cifar10(tmp_path / "c", per_batch=6, n_test=4, n_classes=2)
+    data = prepare_data(root, val=0.2, test=0.2, seed=0)
+    m = write_manifest(tmp_path / "m.csv", data.source, data.assignment, seed=0, val=0.2, test=0.2)
+    lines = [line for line in m.read_text().splitlines() if not line.startswith("#")]
+    assert lines[0] == "index,label,split"
+    assert lines[1].startswith("train/0,class")
+    assert prepare_data(root, split_file=m).assignment.tolist() == data.assignment.tolist()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("path,label,split\na/0000.png,zebra,train\n", "unknown labels, first: 'zebra'"),
+    ("path,label,split\na/0000.png,a,train\na/9999.png,a,test\n", "missing from the data set, first: a/9999.png"),
+    ("path,label,split\na/0000.png,b,train\n", "a/0000.png is labelled 'b'"),
+    ("path,label,split\na/0000.png,a,holdout\n", "unknown split 'holdout'"),
+    ("path,label,split\na/0000.png,a\n", "line 2"),
+    ("path,label\na/0000.png,a\n", "not a split manifest"),
+])
+def test_bad_manifests(tmp_path, make_folder, body, message):
+    root = make_folder(tmp_path / "ds", {"a": 4, "b": 4}, size=8)
+    (tmp_path / "m.csv").write_text(body)
+    with pytest.raises(DataError, match=message):
+        read_manifest(tmp_path / "m.csv", open_dataset(root))
+
+
+def test_write_manifest_into_missing_directory_or_onto_a_directory(tmp_path, make_folder):
+    root = make_folder(tmp_path / "ds", {"a": 4}, size=8)
+    src = open_dataset(root)
+    out = np.array(["train"] * 4, dtype=object)
+    with pytest.raises(DataError, match="does not exist"):
+        write_manifest(tmp_path / "nope" / "m.csv", src, out, seed=0, val=0, test=0)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(DataError, match="adir"):
+        write_manifest(tmp_path / "adir", src, out, seed=0, val=0, test=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "ds"]
+    assert not any((tmp_path / "adir").iterdir())
+
+
+# -- given splits --------------------------------------------------------------------------
+def test_given_train_test_split_is_respected(tmp_path, make_split_folder):
+    root = make_split_folder(tmp_path, {"train": {"a": 20, "b": 11}, "test": {"a": 5, "b": 4}}, size=8)
+    data = prepare_data(root, val=0.2, test=0.3, seed=2)
+    src = data.source
+    for key, given_, split in zip(src.keys, src.given, data.assignment):
+        if given_ == "test":
+            assert split == "test", key  # untouched
+        else:
+            assert split in ("train", "val"), key  # val carved from train only, test never grows
+    assert (data.assignment == "test").sum() == 9
+    for c, n_train in enumerate([20, 11]):
+        got = per_class(src.labels, data.assignment, c)
+        assert got["val"] == max(1, math.floor(n_train * 0.2 + 0.5))
+
+
+def test_given_train_val_test_split_is_kept_whole(tmp_path, make_split_folder):
+    root = make_split_folder(tmp_path, {"train": {"a": 6}, "valid": {"a": 3}, "test": {"a": 2}}, size=8)
+    data = prepare_data(root, val=0.3, test=0.3, seed=0)
+    assert data.assignment.tolist() == data.source.given
+
+
+# -- duplicates ----------------------------------------------------------------------------
+def test_duplicates_across_splits_are_counted(tmp_path, make_split_folder):
+    root = make_split_folder(tmp_path, {"train": {"a": 6, "b": 6}, "test": {"a": 2, "b": 2}}, size=8)
+    shutil.copy(root / "train/a/0001.png", root / "test/b/copy.png")  # even under another label
+    shutil.copy(root / "train/b/0002.png", root / "train/b/again.png")
+    data = prepare_data(root, val=0, test=0.1, seed=0)
+    assert data.duplicates == {"within_split": 1, "across_groups": {"train-test": 1}, "across_images": 2}
+    text = describe_duplicates(data.duplicates)
+    assert "2 images in groups that span splits (train-test: 1 groups)" in text
+    assert "1 extra copies within a split" in text
+
+
+def test_no_duplicates_reported_as_none():
+    digests = [bytes([i]) * 16 for i in range(5)]
+    dups = find_duplicates(digests, np.array(["train"] * 3 + ["val", "test"], dtype=object))
+    assert describe_duplicates(dups).endswith("none (no two images have the same pixels)")
+
+
+def test_duplicate_counts_with_three_splits():
+    d = [b"x", b"x", b"x", b"y", b"y", None, None]
+    out = np.array(["train", "val", "test", "val", "val", "train", "test"], dtype=object)
+    assert find_duplicates(d, out) == {"within_split": 1, "across_images": 3,
+                                       "across_groups": {"train-val": 1, "train-test": 1, "val-test": 1}}
+
+
+# -- errors --------------------------------------------------------------------------------
+def test_class_too_small_names_the_class():
+    keys, labels, names = items({"plenty": 30, "tiny": 2})
+    with pytest.raises(DataError, match=r"class 'tiny' has 2 image\(s\): too few"):
+        split_dataset(keys, labels, [None] * len(keys), val=0.1, test=0.1, class_names=names)
+    # Enough for train and test alone.
+    out = split_dataset(keys, labels, [None] * len(keys), val=0, test=0.1, class_names=names)
+    assert per_class(labels, out, 1) == Counter({"train": 1, "test": 1})
+
+
+@pytest.mark.parametrize("val, test, message", [
+    (-0.1, 0.1, "--val must be a fraction"),
+    (0.1, -0.5, "--test must be a fraction"),
+    (1.0, 0.0, "--val must be a fraction"),
+    (float("nan"), 0.1, "--val must be a fraction"),
+    (0.5, 0.5, "must be below 1"),
+    (0.7, 0.6, "must be below 1"),
+])
+def test_bad_ratios(val, test, message):
+    with pytest.raises(ConfigError, match=message):
+        check_ratios(val, test)
+    keys, labels, _ = items({"a": 10})
+    with pytest.raises(ConfigError, match=message):
+        split_dataset(keys, labels, [None] * 10, val=val, test=test)
+
+
+@pytest.mark.cifar
+def test_shared_cifar10_split_keeps_its_test_set():
+    src = open_dataset(CIFAR_DIR)
+    out = split_dataset(src.keys, src.labels, src.given, val=0.1, test=0.2, seed=0, class_names=src.class_names)
+    given_ = np.array(src.given, dtype=object)
+    assert (out[given_ == "test"] == "test").all()
+    assert (out == "test").sum() == 10000
+    assert (out == "val").sum() == 5000
+    for c in range(10):
+        assert per_class(src.labels, out, c) == Counter({"train": 4500, "val": 500, "test": 1000})
