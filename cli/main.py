@@ -20,12 +20,24 @@ class _LevelFormatter(logging.Formatter):
         return msg if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {msg}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now, so that each invocation in one process (tests,
+    notebooks) gets the messages, not the stream of the first."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     log = logging.getLogger("augpipe")
-    if not any(getattr(h, "_augpipe", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(_LevelFormatter())
-        handler._augpipe = True
         log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False

@@ -120,22 +120,6 @@ def make_cifar100():
     return _make_cifar100
 
 
-@pytest.fixture(autouse=True)
-def _fresh_augpipe_logger():
-    """The CLI attaches its log handler once, to the sys.stderr of the first invocation; a
-    CliRunner swaps sys.stderr per invocation, so later tests would lose the warnings they
-    check. Each test starts without the handler (see test_data_cli's xfail for the bug)."""
-    log = logging.getLogger("augpipe")
-    saved = list(log.handlers)
-    for h in saved:
-        log.removeHandler(h)
-    yield
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    for h in saved:
-        log.addHandler(h)
-
-
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     """Run ``augpipe ARGS...`` in tmp_path; returns click's Result."""

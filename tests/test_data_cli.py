@@ -415,8 +415,6 @@ def test_bad_input_fails_cleanly(tmp_path, cli, make_folder, scenario):
         assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cli/main.py setup_logging binds its handler to the first sys.stderr: "
-                                       "a second invocation in one process loses warnings")
 def test_warnings_reach_every_invocation(tmp_path, cli, make_folder):
     root = make_folder(tmp_path / "ds", {"a": 4, "b": 4}, size=8)
     (root / "a" / "zero.png").write_bytes(b"")

@@ -1,0 +1,163 @@
+"""Training throughput: ``augpipe train`` epoch images/s against (a) the compute-only bound, the
+same model's forward, backward and optimizer step on ready tensors, and (b) a minimal
+hand-written PyTorch + Albumentations loop, all measured in one run on one machine.
+
+    python bench/train_throughput.py                      # CIFAR-10 from ../shared, 1 epoch
+    python bench/train_throughput.py --limit 10000        # a 10,000-image subset (quicker)
+    python bench/train_throughput.py --plugin cnn --model cnn --batch-size 128
+
+Prints images/s for each and the ratios augpipe / bound (goal >= 0.90) and augpipe /
+hand-written (goal >= 1.0).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+def load_images(limit: int | None, seed: int):
+    """CIFAR-10 train images as one uint8 NHWC array (or random images without ../shared)."""
+    from augpipe.data.images import ImageStore
+    from augpipe.data.sources import open_dataset
+
+    if CIFAR.is_dir():
+        source = open_dataset(CIFAR / "train")
+        if limit:
+            rng = np.random.default_rng(seed)
+            source = source.subset(np.sort(rng.choice(len(source), size=min(limit, len(source)), replace=False)))
+        store, _ = ImageStore.build(source)
+        return np.asarray(store._images), source.labels.copy(), "CIFAR-10 train"
+    n = limit or 10000
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), "synthetic"
+
+
+def augpipe_epoch(npz: Path, args) -> tuple[float, dict]:
+    import augpipe
+
+    with tempfile.TemporaryDirectory() as out:
+        result = augpipe.train(plugin=args.plugin, model=args.model, data=str(npz), epochs=1, val=0.0001,
+                               test=0.0001, batch_size=args.batch_size, out=out, name="bench", seed=args.seed,
+                               workers=args.workers, threads=args.threads, scheduler="none", progress=False)
+        return result.summary["mean_images_per_s"], result.summary
+
+
+def model_and_optimizer(args, num_classes: int):
+    import torch
+
+    from augpipe.config import TrainConfig
+    from augpipe.plugin_manager import get_plugins
+    from augpipe.train.run import build_config, build_model
+
+    plugins = get_plugins()
+    cfg: TrainConfig = build_config(plugin=args.plugin, model=args.model, batch_size=args.batch_size)
+    model = build_model(plugins, cfg, num_classes, 32)
+    opt = plugins.optimizers.get(cfg.optimizer)(model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
+                                                momentum=cfg.resolved_momentum)
+    return model, opt, torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def compute_bound(images, labels, args, iterations: int) -> float:
+    """Forward, backward and step on tensors that are already normalised floats in memory."""
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count())
+    model, opt, loss_fn = model_and_optimizer(args, int(labels.max()) + 1)
+    model.train()
+    b = args.batch_size
+    x = torch.from_numpy(images[: b * 4]).permute(0, 3, 1, 2).float().div(255).sub(0.45).div(0.25).contiguous()
+    y = torch.from_numpy(labels[: b * 4]).long()
+    batches = [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(4)]
+    for i in range(3):  # warm-up
+        xb, yb = batches[i % 4]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(xb), yb).backward()
+        opt.step()
+    start = time.perf_counter()
+    for i in range(iterations):
+        xb, yb = batches[i % 4]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(xb), yb).backward()
+        opt.step()
+    return iterations * b / (time.perf_counter() - start)
+
+
+def handwritten_loop(images, labels, args) -> float:
+    """What a user writes from the PyTorch and Albumentations tutorials: a Dataset applying an
+    Albumentations Compose (with Normalize and ToTensorV2) in DataLoader workers."""
+    import albumentations as A
+    import torch
+    from albumentations.pytorch import ToTensorV2
+
+    torch.set_num_threads(args.threads or os.cpu_count())
+    transform = A.Compose([
+        A.RandomResizedCrop(size=(32, 32), scale=(0.35, 1.0)), A.HorizontalFlip(p=0.5),
+        A.ColorJitter(0.2, 0.2, 0.2, 0.05, p=0.8), A.Erasing(scale=(0.02, 0.2), p=0.25),
+        A.Normalize(), ToTensorV2(),
+    ])
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return transform(image=images[i])["image"], int(labels[i])
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=args.batch_size, shuffle=True,
+                                         num_workers=args.handwritten_workers)
+    model, opt, loss_fn = model_and_optimizer(args, int(labels.max()) + 1)
+    model.train()
+    start = time.perf_counter()
+    n = 0
+    for x, y in loader:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+        n += len(y)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plugin", default="resnet")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--limit", type=int, default=None, help="train on a random subset of this many images")
+    ap.add_argument("--workers", type=int, default=None, help="augpipe loader workers (default: augpipe's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: augpipe's choice)")
+    ap.add_argument("--handwritten-workers", type=int, default=2)
+    ap.add_argument("--bound-iterations", type=int, default=60)
+    ap.add_argument("--skip-handwritten", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    images, labels, what = load_images(args.limit, args.seed)
+    print(f"data: {what}, {len(images)} images; plugin {args.plugin} model {args.model or '(default)'}, "
+          f"batch {args.batch_size}, {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "train.npz"
+        np.savez(npz, x=images, y=labels)
+        ours, summary = augpipe_epoch(npz, args)
+    print(f"augpipe train (1 epoch): {ours:8.1f} images/s", flush=True)
+    bound = compute_bound(images, labels, args, args.bound_iterations)
+    print(f"compute-only bound:      {bound:8.1f} images/s", flush=True)
+    rows = [("augpipe / compute-only bound", ours / bound, 0.90)]
+    if not args.skip_handwritten:
+        hand = handwritten_loop(images, labels, args)
+        print(f"hand-written loop:       {hand:8.1f} images/s ({args.handwritten_workers} workers)", flush=True)
+        rows.append(("augpipe / hand-written loop", ours / hand, 1.0))
+    for name, ratio, goal in rows:
+        print(f"{name:<30} {ratio:6.3f}   goal >= {goal:.2f}: {'met' if ratio >= goal else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
