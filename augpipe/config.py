@@ -1,7 +1,7 @@
 """Run settings: one dataclass, the single source of defaults, validated, to and from YAML.
 
 Precedence, lowest first: the defaults below, the trainer plugin's defaults, the optimizer's
-default learning rate, a ``--config`` file, then command-line flags.
+default learning rate, a named ``--recipe``, a ``--config`` file, then command-line flags.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, 
 @dataclass
 class TrainConfig:
     # what to train
+    recipe: str | None = None        # a named recipe (settings shipped with augpipe) under these settings
     plugin: str = "resnet"           # trainer plugin (augpipe plugins lists them)
     model: str | None = None         # model of the plugin; None = the plugin's default
     activation: str = "relu"         # every activation of the network
@@ -64,8 +65,8 @@ class TrainConfig:
     restore_best: bool = True        # test and save the best epoch's weights, not the last
     # machine
     device: str = "auto"             # auto, cpu, cuda, cuda:N
-    precision: str = "fp32"          # bf16 / fp16 autocast on CUDA
-    channels_last: bool = False
+    precision: str = "fp32"          # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
+    channels_last: bool = True       # NHWC memory layout: faster convolutions on CPUs and on CUDA
     compile: bool = False            # torch.compile the model
     threads: int | None = None       # torch intra-op threads; None = the cores left by the workers
     seed: int = 0
@@ -152,6 +153,9 @@ class TrainConfig:
         positive("lr", self.lr, allow_none=True)
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        # torch's SGD raises a bare ValueError for Nesterov without momentum, once the data is loaded.
+        if self.optimizer == "nesterov" and self.momentum == 0:
+            raise ConfigError("--optimizer nesterov needs a --momentum above 0 (use --optimizer sgd for none)")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must not be negative, got {self.weight_decay}")
         for name in ("epochs", "batch_size"):

@@ -55,6 +55,12 @@ class Registry:
         return sorted(self._values)
 
 
+def _call(impl, **kwargs):
+    """Call a hook implementation as pluggy does, with only the arguments it declares: pluggy
+    lets an implementation take a subset of the spec's (``def augpipe_epoch_end(metrics)``)."""
+    return impl.function(*[kwargs[name] for name in impl.argnames])
+
+
 @dataclass
 class PluginInfo:
     name: str
@@ -75,13 +81,24 @@ class Plugins:
             self._load_entry_points()
 
     def _load_entry_points(self) -> None:
-        seen = set()
+        seen: dict[str, str] = {}  # plugin name -> package
         for ep in entry_points(group=GROUP):
-            if ep.name in seen:  # the same distribution found twice on sys.path
-                continue
-            seen.add(ep.name)
             dist = getattr(ep, "dist", None)
-            info = PluginInfo(ep.name, dist.name if dist else "?", dist.version if dist else "?")
+            package = dist.name if dist else "?"
+            if ep.name in seen:
+                if seen[ep.name] == package:  # the same distribution found twice on sys.path
+                    continue
+                # Two packages chose the same plugin name: pluggy can hold only one, and the other
+                # would vanish without a word (a built-in trainer could disappear).
+                key = f"{ep.name} [{package}]"
+                self.info[key] = PluginInfo(key, package, dist.version if dist else "?",
+                                            error=f"plugin name {ep.name!r} is already taken by package "
+                                                  f"{seen[ep.name]!r}; not loaded")
+                log.warning("plugin %r of package %s not loaded: package %s has a plugin of that name",
+                            ep.name, package, seen[ep.name])
+                continue
+            seen[ep.name] = package
+            info = PluginInfo(ep.name, package, dist.version if dist else "?")
             self.info[ep.name] = info
             try:
                 plugin = ep.load()
@@ -126,7 +143,7 @@ class Plugins:
                     registry.add(name, value, _owner)
 
             try:
-                impl.function(register)
+                _call(impl, register=register)
             except PluginError:
                 raise
             except Exception as err:
@@ -164,7 +181,7 @@ class Plugins:
     def epoch_end(self, run, epoch: int, metrics: dict) -> None:
         for impl in reversed(self.pm.hook.augpipe_epoch_end.get_hookimpls()):
             try:
-                impl.function(run=run, epoch=epoch, metrics=metrics)
+                _call(impl, run=run, epoch=epoch, metrics=metrics)
             except Exception as err:
                 raise PluginError(f"plugin {impl.plugin_name!r} failed in augpipe_epoch_end: "
                                   f"{type(err).__name__}: {err}") from None
@@ -172,7 +189,7 @@ class Plugins:
     def add_commands(self, cli) -> None:
         for impl in self.pm.hook.augpipe_register_commands.get_hookimpls():
             try:
-                impl.function(cli=cli)
+                _call(impl, cli=cli)
             except Exception as err:
                 log.warning("plugin %r failed to add its commands: %s", impl.plugin_name, err)
 

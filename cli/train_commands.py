@@ -62,7 +62,10 @@ def train(config_file, **flags):
     if "test_acc" in s:
         click.echo(f"test accuracy: {s['test_acc']:.4f} on {s['test_images']} images")
     if result.failed:
-        raise click.ClickException(f"{s['stop_reason']} (best checkpoint kept in {result.run_dir})")
+        # A run that fails in its first epoch has no checkpoint: do not promise one.
+        kept = (f"best checkpoint kept in {result.run_dir}" if (Path(result.run_dir) / "best.pt").is_file()
+                else f"no epoch completed, no checkpoint in {result.run_dir}")
+        raise click.ClickException(f"{s['stop_reason']} ({kept})")
 
 
 @click.command()

@@ -20,7 +20,7 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
 
     from augpipe.errors import PluginError
     from augpipe.plugin_manager import unknown_name_message
-    from augpipe.plugins.layers import activation_layer
+    from augpipe.plugins.layers import activation_layer, check_activation
 
     act = activation_layer(activation)
     if model in CIFAR_RESNETS:
@@ -41,7 +41,7 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
         width = net.bn1.num_features  # also right for the deep stems of the *d variants
         net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
-    return net
+    return check_activation(net, activation, f"resnet model {model!r}")
 
 
 @hookimpl

@@ -13,21 +13,22 @@ def build_timm(*, model: str, num_classes: int, image_size: int, activation: str
     import timm
 
     from augpipe.errors import PluginError
-    from augpipe.plugins.layers import activation_layer
+    from augpipe.plugins.layers import activation_layer, check_activation
     from augpipe.plugin_manager import unknown_name_message
 
     if not timm.is_model(model):
         raise PluginError(unknown_name_message("model for plugin 'timm'", model, timm_models()))
     kwargs = dict(pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=activation_layer(activation))
     try:
-        return timm.create_model(model, img_size=image_size, **kwargs)
+        net = timm.create_model(model, img_size=image_size, **kwargs)
     except TypeError as err:
         if "img_size" not in str(err):
             raise PluginError(f"timm model {model!r} can not take --activation: {err}") from None
-    try:
-        return timm.create_model(model, **kwargs)
-    except TypeError as err:
-        raise PluginError(f"timm model {model!r} can not take --activation: {err}") from None
+        try:
+            net = timm.create_model(model, **kwargs)
+        except TypeError as err:
+            raise PluginError(f"timm model {model!r} can not take --activation: {err}") from None
+    return check_activation(net, activation, f"timm model {model!r}")
 
 
 @hookimpl

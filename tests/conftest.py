@@ -142,3 +142,129 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cifar" in item.keywords:
             item.add_marker(skip)
+
+
+# -- trainer plugins and training (test_plugins, test_models, test_optim, test_callbacks,
+#    test_train, test_train_cli) ---------------------------------------------------------------
+
+# A trainer plugin written as a third party would write it, used by the training tests: a linear
+# model that can turn its logits to NaN after a number of training steps (model "nan_after_N"),
+# and that records the images it trains on, one list per epoch (a new list at each .train()).
+PROBE_PLUGIN = '''
+import torch
+from augpipe.hookspecs import Trainer, hookimpl
+
+SEEN = []  # per epoch: a fingerprint of each training image, in the order the loop saw them
+
+
+class Probe(torch.nn.Module):
+    def __init__(self, num_classes, image_size, nan_after=None):
+        super().__init__()
+        self.lin = torch.nn.Linear(3 * image_size * image_size, num_classes)
+        self.nan_after = nan_after
+        self.steps = 0
+
+    def train(self, mode=True):
+        if mode:
+            SEEN.append([])
+        return super().train(mode)
+
+    def forward(self, x):
+        y = self.lin(x.flatten(1))
+        if self.training:
+            SEEN[-1].extend(round(v, 3) for v in x.flatten(1).sum(1).tolist())
+            self.steps += 1
+            if self.nan_after is not None and self.steps > self.nan_after:
+                y = y * float("nan")
+        return y
+
+
+def build(*, model, num_classes, image_size, activation, dropout):
+    nan_after = int(model.rsplit("_", 1)[1]) if model.startswith("nan_after_") else None
+    return Probe(num_classes, image_size, nan_after)
+
+
+@hookimpl
+def augpipe_register_trainers(register):
+    register(Trainer(name="probe", build_model=build, models=["linear", "nan_after_0", "nan_after_4"],
+                     default_model="linear", defaults={"optimizer": "sgd", "lr": 0.01, "scheduler": "none"},
+                     description="a linear probe for tests"))
+'''
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """3 classes x 12 images of 16 px (10 / 1 / 1 per class in train / val / test)."""
+    return _make_folder(tmp_path / "data", {"a": 12, "b": 12, "c": 12}, size=16)
+
+
+@pytest.fixture
+def fresh_plugins():
+    """The plugin manager loaded anew for the test and forgotten after it, so that whatever a
+    test installs or registers never reaches the next test. Yields ``get_plugins``."""
+    from augpipe.plugin_manager import get_plugins, reset_plugins
+
+    reset_plugins()
+    yield get_plugins
+    reset_plugins()
+
+
+@pytest.fixture
+def plugin_package(tmp_path, monkeypatch, fresh_plugins):
+    """Install a plugin package as pip leaves one: ``install(name, version, entry_points=
+    {plugin: module}, modules={module: source})`` writes ``site/<name>-<version>.dist-info``
+    (METADATA, entry_points.txt) and the modules, puts ``site`` on sys.path and resets the
+    plugins. The modules are dropped from sys.modules afterwards."""
+    import importlib
+    import sys
+    import textwrap
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    written = []
+
+    def install(name, version="1.0", entry_points=None, modules=None):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        lines = ["[augpipe]"] + [f"{k} = {v}" for k, v in (entry_points or {}).items()]
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        for module, source in (modules or {}).items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            written.append(module)
+        importlib.invalidate_caches()
+        from augpipe.plugin_manager import reset_plugins
+
+        reset_plugins()
+        return site
+
+    yield install
+    for module in written:
+        sys.modules.pop(module, None)
+
+
+@pytest.fixture
+def probe_plugins(fresh_plugins):
+    """A Plugins manager holding the built-ins and the probe trainer (PROBE_PLUGIN), also
+    installed as the process-wide one (for the CLI); yields (plugins, probe module)."""
+    import types
+
+    module = types.ModuleType("augpipe_probe_plugin")
+    exec(compile(PROBE_PLUGIN, "augpipe_probe_plugin", "exec"), module.__dict__)
+    plugins = fresh_plugins()
+    plugins.register(module, name="probe", package="augpipe-tests", version="0")
+    yield plugins, module
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, the count put back afterwards (a training run sets it for
+    the whole process). Tiny models gain nothing from more threads, and lose much when other
+    processes share the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -44,6 +44,9 @@ class EarlyStopping:
         if self.improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best and model is not None:
+                # A torch.compile'd model prefixes its keys with '_orig_mod.'; the weights are
+                # restored into the plain model, so keep the plain model's keys.
+                model = getattr(model, "_orig_mod", model)
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             return False
         self.wait += 1
@@ -80,7 +83,9 @@ class Checkpoints:
     def on_epoch_end(self, epoch: int, metrics: dict, model=None) -> bool:
         state = self.state_fn(epoch)
         save_atomic(state, self.run_dir / "last.pt")
-        if self.tracker.best_epoch == epoch:
+        # While no epoch has been scored (no validation split, or before start_from_epoch), the
+        # latest weights are the best known: without this no best.pt exists, and evaluate fails.
+        if self.tracker.best_epoch == epoch or self.tracker.best_epoch is None:
             save_atomic(state, self.run_dir / "best.pt")
         return False
 

@@ -47,6 +47,10 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
     file = TrainConfig.read_yaml(config_file) if config_file else {}
     file = {**base, **file}
     chosen = {**{k: v for k, v in file.items() if v is not None}, **{k: v for k, v in flags.items() if v is not None}}
+    if chosen.get("recipe"):
+        from augpipe.recipes import recipe_path
+
+        chosen = {**TrainConfig.read_yaml(recipe_path(chosen["recipe"])), **chosen}
     if "scheduler" in chosen:
         chosen["scheduler"] = SCHEDULER_ALIASES.get(chosen["scheduler"], chosen["scheduler"])
     trainer = plugins.trainer(chosen.get("plugin", TrainConfig.plugin))
@@ -183,8 +187,8 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
     plugins = plugins or get_plugins()
     cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
     device = resolve_device(cfg.device)
-    if cfg.precision != "fp32" and device.type != "cuda":
-        log.info("--precision %s applies on CUDA only; training in fp32 on the CPU", cfg.precision)
+    if cfg.precision == "fp16" and device.type != "cuda":
+        log.info("--precision fp16 applies on CUDA only; training in fp32 on the CPU (bf16 works on CPUs)")
     spec = AugmentSpec.load(cfg.aug)
     run_dir = new_run_dir(cfg)
     seed_everything(cfg.seed)

@@ -1,0 +1,226 @@
+"""``augpipe train`` and ``augpipe evaluate`` on the command line: a run, a re-run from its
+config.yaml, and bad input that must fail in one line without leaving a run directory."""
+from __future__ import annotations
+
+import csv
+import json
+import types
+
+import pytest
+
+from augpipe.hookspecs import hookimpl
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = ["--workers", "0", "--threads", "1", "--batch-size", "8"]
+
+
+def error_line(result) -> str:
+    """The one ``Error: ...`` line of a failed command, after checking that it failed cleanly."""
+    assert result.exit_code in (1, 2), result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def metrics_without_timing(path):
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in csv.DictReader(fh)]
+
+
+def test_train_then_evaluate_prints_the_same_test_accuracy(tmp_path, cli, tiny_data):
+    result = cli("train", "--data", tiny_data, "--plugin", "mlp", "--model", "mlp_small", "--epochs", "2",
+                 "--name", "r", *FAST)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "r"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"run: {run_dir.relative_to(tmp_path)}" in result.output
+    assert f"epochs: 2 (completed); best epoch {summary['best_epoch']}" in result.output
+    line = f"test accuracy: {summary['test_acc']:.4f} on 3 images"
+    assert line in result.output
+
+    result = cli("evaluate", run_dir, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(line + f" (checkpoint of epoch {summary['best_epoch']})")
+    assert f"test loss: {summary['test_loss']:.4f}" in result.output
+
+
+def test_a_run_repeats_exactly_from_its_config_yaml(tmp_path, cli, tiny_data):
+    """CPU training is deterministic for a seed: config.yaml, re-run under a new name, gives the
+    same metrics (the timing columns aside)."""
+    first = cli("train", "--data", tiny_data, "--plugin", "cnn", "--model", "cnn_small", "--epochs", "2",
+                "--seed", "3", "--name", "a", *FAST)
+    assert first.exit_code == 0, first.output
+    again = cli("train", "--config", tmp_path / "runs/a/config.yaml", "--name", "b")
+    assert again.exit_code == 0, again.output
+    a, b = (metrics_without_timing(tmp_path / f"runs/{n}/metrics.csv") for n in "ab")
+    assert len(a) == 2 and a == b
+    sa, sb = (json.loads((tmp_path / f"runs/{n}/summary.json").read_text()) for n in "ab")
+    assert sa["test_acc"] == sb["test_acc"] and sa["confusion"] == sb["confusion"]
+    assert (tmp_path / "runs/a/split.csv").read_text() == (tmp_path / "runs/b/split.csv").read_text()
+
+
+def test_flags_override_the_config_file(tmp_path, cli, tiny_data):
+    (tmp_path / "settings.yaml").write_text(f"data: {tiny_data}\nplugin: mlp\nmodel: mlp_small\nepochs: 3\n"
+                                            "workers: 0\nthreads: 1\naug: none\n")
+    result = cli("train", "--config", "settings.yaml", "--epochs", "1", "--activation", "tanh", "--name", "o")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "runs/o/summary.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["activation"] == "tanh" and summary["model"] == "mlp_small"
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+BASE = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", *FAST]
+
+BAD = {
+    "unknown plugin": (["--plugin", "resnett"],
+                       ["unknown plugin 'resnett'", "Did you mean 'resnet'", "cnn, mlp, resnet, timm"]),
+    "unknown model": (["--plugin", "cnn", "--model", "cnn_tiny"],
+                      ["'cnn_tiny'", "plugin 'cnn'", "cnn, cnn_small, cnn_wide"]),
+    "unknown model of resnet": (["--plugin", "resnet", "--model", "resnet19"], ["'resnet19'", "resnet20"]),
+    "unknown activation": (BASE + ["--activation", "swish"],
+                           ["unknown activation 'swish'",
+                            "relu, leaky_relu, prelu, elu, selu, gelu, silu, sigmoid, tanh"]),
+    "unknown optimizer": (BASE + ["--optimizer", "adamx"],
+                          ["unknown optimizer 'adamx'", "adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd"]),
+    "unknown scheduler": (BASE + ["--scheduler", "cosin"],
+                          ["unknown scheduler 'cosin'", "Did you mean 'cosine'",
+                           "cosine, exponential, multistep, none, onecycle, plateau, step"]),
+    "unknown monitor": (BASE + ["--monitor", "val_accuracy"], ["unknown monitor 'val_accuracy'", "val_acc"]),
+    "lr zero": (BASE + ["--lr", "0"], ["--lr must be above 0"]),
+    "lr negative": (BASE + ["--lr", "-0.1"], ["--lr must be above 0"]),
+    "lr not a number": (BASE + ["--lr", "fast"], ["'fast' is not a valid float"]),
+    "dropout one": (BASE + ["--dropout", "1"], ["--dropout must be in [0, 1)"]),
+    "dropout negative": (BASE + ["--dropout", "-0.2"], ["--dropout must be in [0, 1)"]),
+    "negative patience": (BASE + ["--patience", "-1"], ["--patience must be a whole number of at least 0"]),
+    "batch size zero": (["--plugin", "mlp", "--batch-size", "0"],
+                        ["--batch-size must be a whole number of at least 1"]),
+    "zero epochs": (["--plugin", "mlp", "--epochs", "0"], ["--epochs must be a whole number of at least 1"]),
+    "nesterov without momentum": (BASE + ["--optimizer", "nesterov", "--momentum", "0"], ["nesterov", "--momentum"]),
+    "config with a misspelt key": (BASE + ["--config", "bad.yaml"],
+                                   ["unknown key 'epoch' in bad.yaml", "did you mean 'epochs'"]),
+    "config with an unknown key": (BASE + ["--config", "typo.yaml"],
+                                   ["unknown key 'optimiser'", "did you mean 'optimizer'"]),
+    "config not found": (BASE + ["--config", "nowhere.yaml"], ["nowhere.yaml: no such config file"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_fails_in_one_line_without_a_run_directory(tmp_path, cli, tiny_data, case):
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    (tmp_path / "typo.yaml").write_text("plugin: mlp\noptimiser: adam\n")
+    args, expected = BAD[case]
+    result = cli("train", "--data", tiny_data, *args)
+    line = error_line(result)
+    for text in expected:
+        assert text in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_existing_run_directory_is_refused_and_left_untouched(tmp_path, cli, tiny_data):
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("keep me")
+    result = cli("train", "--data", tiny_data, *BASE, "--name", "r1")
+    line = error_line(result)
+    assert "runs/r1 already exists" in line and "--name" in line
+    assert [p.name for p in run_dir.iterdir()] == ["notes.txt"] and (run_dir / "notes.txt").read_text() == "keep me"
+
+
+def test_evaluate_of_a_missing_run_fails_in_one_line(tmp_path, cli):
+    line = error_line(cli("evaluate", tmp_path / "runs/none"))
+    assert "best.pt: no such checkpoint" in line
+
+
+# -- plugins that go wrong ----------------------------------------------------------------------------
+
+def plugin(**hooks):
+    return types.SimpleNamespace(**{name: hookimpl(fn) for name, fn in hooks.items()})
+
+
+def test_a_plugin_whose_hook_raises_is_named(tmp_path, cli, tiny_data, fresh_plugins):
+    def augpipe_register_trainers(register):
+        raise RuntimeError("missing weights file")
+
+    fresh_plugins().register(plugin(augpipe_register_trainers=augpipe_register_trainers), name="shaky")
+    line = error_line(cli("train", "--data", tiny_data, *BASE))
+    assert "plugin 'shaky' failed in augpipe_register_trainers" in line and "missing weights file" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_plugin_whose_model_builder_raises_is_named(tmp_path, cli, tiny_data, fresh_plugins):
+    from augpipe.hookspecs import Trainer
+
+    def build(**kw):
+        raise RuntimeError("no such layer")
+
+    def augpipe_register_trainers(register):
+        register(Trainer(name="broken", build_model=build, models=["m"], default_model="m"))
+
+    fresh_plugins().register(plugin(augpipe_register_trainers=augpipe_register_trainers), name="brokenplug")
+    line = error_line(cli("train", "--data", tiny_data, "--plugin", "broken", *FAST))
+    assert "plugin 'brokenplug' failed to build model 'm'" in line and "no such layer" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="run.py calls the optimizer factory unguarded: its exception escapes as a traceback "
+                          "that does not name the plugin")
+def test_a_plugin_whose_optimizer_raises_is_named(tmp_path, cli, tiny_data, fresh_plugins):
+    def augpipe_register_optimizers(register):
+        def factory(model, **kw):
+            raise RuntimeError("unsupported parameter")
+        register("shakyopt", factory)
+
+    fresh_plugins().register(plugin(augpipe_register_optimizers=augpipe_register_optimizers), name="optplug")
+    line = error_line(cli("train", "--data", tiny_data, *BASE, "--optimizer", "shakyopt"))
+    assert "optplug" in line and "unsupported parameter" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="run.py builds the plugin callbacks after creating the run directory and unguarded: a "
+                          "traceback, and a half-written run directory is left")
+def test_a_plugin_whose_callback_raises_is_named_and_leaves_no_run(tmp_path, cli, tiny_data, fresh_plugins):
+    def augpipe_register_callbacks(register):
+        def factory(run_dir, config):
+            raise RuntimeError("no tensorboard")
+        register("shakycb", factory)
+
+    fresh_plugins().register(plugin(augpipe_register_callbacks=augpipe_register_callbacks), name="cbplug")
+    line = error_line(cli("train", "--data", tiny_data, *BASE, "--callbacks", "shakycb"))
+    assert "cbplug" in line and "no tensorboard" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_plugin_failing_at_epoch_end_is_named(tmp_path, cli, tiny_data, fresh_plugins):
+    def augpipe_epoch_end(run, epoch, metrics):
+        raise ValueError("disk full")
+
+    fresh_plugins().register(plugin(augpipe_epoch_end=augpipe_epoch_end), name="logger")
+    line = error_line(cli("train", "--data", tiny_data, *BASE, "--aug", "none"))
+    assert line == "Error: plugin 'logger' failed in augpipe_epoch_end: ValueError: disk full"
+
+
+# -- a run that fails -------------------------------------------------------------------------------------
+
+def test_a_non_finite_loss_exits_1_in_one_line_and_keeps_the_best_checkpoint(tmp_path, cli, tiny_data, probe_plugins):
+    result = cli("train", "--data", tiny_data, "--plugin", "probe", "--model", "nan_after_4", "--epochs", "3",
+                 "--aug", "none", "--name", "n", *FAST)
+    line = error_line(result)
+    assert result.exit_code == 1
+    assert line == ("Error: stopped at epoch 2: the training loss became nan at iteration 1 "
+                    "(best checkpoint kept in runs/n)")
+    assert (tmp_path / "runs/n/best.pt").is_file()
+    assert json.loads((tmp_path / "runs/n/summary.json").read_text())["failed"] is True
+
+
+def test_a_run_failing_in_its_first_epoch_promises_no_checkpoint(tmp_path, cli, tiny_data, probe_plugins):
+    result = cli("train", "--data", tiny_data, "--plugin", "probe", "--model", "nan_after_0", "--aug", "none",
+                 "--name", "n0", *FAST)
+    line = error_line(result)
+    assert "stopped at epoch 1" in line and "no epoch completed, no checkpoint" in line
+    assert not (tmp_path / "runs/n0/best.pt").exists()
