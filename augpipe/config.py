@@ -68,7 +68,7 @@ class TrainConfig:
     precision: str = "fp32"          # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
     channels_last: bool = True       # NHWC memory layout: faster convolutions on CPUs and on CUDA
     compile: bool = False            # torch.compile the model
-    threads: int | None = None       # torch intra-op threads; None = the cores left by the workers
+    threads: int | None = None       # torch intra-op threads; None = every core (workers mostly wait)
     seed: int = 0
     # output
     out: str = "runs"

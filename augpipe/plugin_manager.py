@@ -18,12 +18,12 @@ log = logging.getLogger("augpipe")
 GROUP = "augpipe"
 
 
-def unknown_name_message(kind: str, name: str, choices) -> str:
+def unknown_name_message(kind: str, name: str, choices, where: str = "") -> str:
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     shown = ", ".join(choices[:40]) + (f" ... ({len(choices)} in all)" if len(choices) > 40 else "")
-    return f"unknown {kind} {name!r}.{hint} Choose from: {shown}"
+    return f"unknown {kind} {name!r}{where}.{hint} Choose from: {shown}"
 
 
 class Registry:

@@ -38,7 +38,7 @@ class TestScore:
         import torch
 
         from augpipe.data.loader import BatchNormalizer
-        from augpipe.train.loop import autocast_for
+        from augpipe.training.loop import autocast_for
 
         self.train_seconds += metrics["seconds"]
         device = next(model.parameters()).device
@@ -66,7 +66,7 @@ def main() -> None:
     from augpipe.data.images import ImageStore
     from augpipe.data.sources import open_dataset
     from augpipe.plugin_manager import get_plugins
-    from augpipe.train.run import build_config
+    from augpipe.training.run import build_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="cifar10-fast")

@@ -4,7 +4,7 @@ hand-written PyTorch + Albumentations loop, all measured in one run on one machi
 
     python bench/train_throughput.py                      # CIFAR-10 from ../shared, 1 epoch
     python bench/train_throughput.py --limit 10000        # a 10,000-image subset (quicker)
-    python bench/train_throughput.py --plugin cnn --model cnn --batch-size 128
+    python bench/train_throughput.py --recipe cifar10-fast     # the CPU time-to-accuracy recipe
 
 Prints images/s for each and the ratios augpipe / bound (goal >= 0.90) and augpipe /
 hand-written (goal >= 1.0).
@@ -45,25 +45,43 @@ def augpipe_epoch(npz: Path, args) -> tuple[float, dict]:
     import augpipe
 
     with tempfile.TemporaryDirectory() as out:
-        result = augpipe.train(plugin=args.plugin, model=args.model, data=str(npz), epochs=1, val=0.0001,
-                               test=0.0001, batch_size=args.batch_size, out=out, name="bench", seed=args.seed,
-                               workers=args.workers, threads=args.threads, scheduler="none", progress=False)
+        result = augpipe.train(data=str(npz), epochs=1, val=0.0001, test=0.0001, out=out, name="bench",
+                               seed=args.seed, workers=args.workers, threads=args.threads, scheduler="none",
+                               progress=False, **settings(args))
         return result.summary["mean_images_per_s"], result.summary
 
 
 def model_and_optimizer(args, num_classes: int):
+    """The model, optimizer and loss as augpipe builds them, in augpipe's memory format, and the
+    autocast context of its precision: the baselines differ from augpipe in the data path only."""
     import torch
 
     from augpipe.config import TrainConfig
     from augpipe.plugin_manager import get_plugins
-    from augpipe.train.run import build_config, build_model
+    from augpipe.training.loop import autocast_for
+    from augpipe.training.run import build_config, build_model
 
     plugins = get_plugins()
-    cfg: TrainConfig = build_config(plugin=args.plugin, model=args.model, batch_size=args.batch_size)
+    cfg: TrainConfig = build_config(**settings(args))
     model = build_model(plugins, cfg, num_classes, 32)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = plugins.optimizers.get(cfg.optimizer)(model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
                                                 momentum=cfg.resolved_momentum)
-    return model, opt, torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    return model, opt, loss, fmt, lambda: autocast_for(torch.device("cpu"), cfg.precision)
+
+
+def resolved(args):
+    from augpipe.training.run import build_config
+
+    return build_config(**settings(args))
+
+
+def settings(args) -> dict:
+    out = {"recipe": args.recipe, "plugin": args.plugin, "model": args.model, "batch_size": args.batch_size,
+           "precision": args.precision}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def compute_bound(images, labels, args, iterations: int) -> float:
@@ -71,23 +89,26 @@ def compute_bound(images, labels, args, iterations: int) -> float:
     import torch
 
     torch.set_num_threads(args.threads or os.cpu_count())
-    model, opt, loss_fn = model_and_optimizer(args, int(labels.max()) + 1)
+    model, opt, loss_fn, fmt, autocast = model_and_optimizer(args, int(labels.max()) + 1)
     model.train()
-    b = args.batch_size
-    x = torch.from_numpy(images[: b * 4]).permute(0, 3, 1, 2).float().div(255).sub(0.45).div(0.25).contiguous()
+    b = resolved(args).batch_size
+    x = torch.from_numpy(images[: b * 4]).permute(0, 3, 1, 2).float().div(255).sub(0.45).div(0.25)
+    x = x.contiguous(memory_format=fmt)
     y = torch.from_numpy(labels[: b * 4]).long()
     batches = [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(4)]
-    for i in range(3):  # warm-up
-        xb, yb = batches[i % 4]
+
+    def step(xb, yb):
+        with autocast():
+            loss = loss_fn(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(xb), yb).backward()
+        loss.backward()
         opt.step()
+
+    for i in range(3):  # warm-up
+        step(*batches[i % 4])
     start = time.perf_counter()
     for i in range(iterations):
-        xb, yb = batches[i % 4]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(xb), yb).backward()
-        opt.step()
+        step(*batches[i % 4])
     return iterations * b / (time.perf_counter() - start)
 
 
@@ -112,15 +133,17 @@ def handwritten_loop(images, labels, args) -> float:
         def __getitem__(self, i):
             return transform(image=images[i])["image"], int(labels[i])
 
-    loader = torch.utils.data.DataLoader(Images(), batch_size=args.batch_size, shuffle=True,
+    model, opt, loss_fn, fmt, autocast = model_and_optimizer(args, int(labels.max()) + 1)
+    loader = torch.utils.data.DataLoader(Images(), batch_size=resolved(args).batch_size, shuffle=True,
                                          num_workers=args.handwritten_workers)
-    model, opt, loss_fn = model_and_optimizer(args, int(labels.max()) + 1)
     model.train()
     start = time.perf_counter()
     n = 0
     for x, y in loader:
+        with autocast():
+            loss = loss_fn(model(x.contiguous(memory_format=fmt)).float(), y)
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss.backward()
         opt.step()
         n += len(y)
     return n / (time.perf_counter() - start)
@@ -128,9 +151,11 @@ def handwritten_loop(images, labels, args) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--plugin", default="resnet")
+    ap.add_argument("--recipe", default=None)
+    ap.add_argument("--plugin", default=None, help="default: resnet, or the recipe's")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--precision", default=None)
     ap.add_argument("--limit", type=int, default=None, help="train on a random subset of this many images")
     ap.add_argument("--workers", type=int, default=None, help="augpipe loader workers (default: augpipe's choice)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: augpipe's choice)")
@@ -141,8 +166,8 @@ def main() -> None:
     args = ap.parse_args()
 
     images, labels, what = load_images(args.limit, args.seed)
-    print(f"data: {what}, {len(images)} images; plugin {args.plugin} model {args.model or '(default)'}, "
-          f"batch {args.batch_size}, {os.cpu_count()} cores", flush=True)
+    print(f"data: {what}, {len(images)} images; settings {settings(args) or '(defaults)'}; "
+          f"{os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "train.npz"
         np.savez(npz, x=images, y=labels)

@@ -49,7 +49,7 @@ def _config_options(func):
 @_config_options
 def train(config_file, **flags):
     """Train a classifier: augpipe train --plugin resnet [--data PATH] ..."""
-    from augpipe.train.run import train as run_train
+    from augpipe.training.run import train as run_train
 
     flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     flags = {k: v for k, v in flags.items() if v is not None and v != []}
@@ -75,7 +75,7 @@ def train(config_file, **flags):
 @click.option("--device", default="auto", show_default=True)
 def evaluate(run_dir, data, checkpoint, device):
     """Rescore a run's checkpoint on the test split."""
-    from augpipe.train.run import evaluate as run_evaluate
+    from augpipe.training.run import evaluate as run_evaluate
 
     result = run_evaluate(run_dir, data=data, checkpoint=checkpoint, device=device)
     click.echo(f"test accuracy: {result['acc']:.4f} on {result['n']} images (checkpoint of epoch {result['epoch']})")

@@ -4,7 +4,7 @@ from augpipe.hookspecs import hookimpl
 
 @hookimpl
 def augpipe_register_optimizers(register):
-    from augpipe.train.optim import OPTIMIZERS
+    from augpipe.training.optim import OPTIMIZERS
 
     for name, factory in OPTIMIZERS.items():
         register(name, factory)
@@ -12,7 +12,7 @@ def augpipe_register_optimizers(register):
 
 @hookimpl
 def augpipe_register_schedulers(register):
-    from augpipe.train.optim import SCHEDULERS
+    from augpipe.training.optim import SCHEDULERS
 
     for name, factory in SCHEDULERS.items():
         register(name, factory)

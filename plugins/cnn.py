@@ -14,7 +14,7 @@ def build_cnn(*, model: str, num_classes: int, image_size: int, activation: str,
     from augpipe.plugin_manager import unknown_name_message
 
     if model not in WIDTHS:
-        raise PluginError(unknown_name_message("model for plugin 'cnn'", model, WIDTHS))
+        raise PluginError(unknown_name_message("model", model, WIDTHS, " for plugin 'cnn'"))
     act = activation_layer(activation)
     w = WIDTHS[model]
 

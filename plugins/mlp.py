@@ -13,7 +13,7 @@ def build_mlp(*, model: str, num_classes: int, image_size: int, activation: str,
     from augpipe.plugin_manager import unknown_name_message
 
     if model not in HIDDEN:
-        raise PluginError(unknown_name_message("model for plugin 'mlp'", model, HIDDEN))
+        raise PluginError(unknown_name_message("model", model, HIDDEN, " for plugin 'mlp'"))
     act = activation_layer(activation)
     layers, width = [nn.Flatten()], 3 * image_size * image_size
     for hidden in HIDDEN[model]:

@@ -34,7 +34,7 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
     elif model in timm.list_models(module="resnet"):
         net = timm.create_model(model, pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=act)
     else:
-        raise PluginError(unknown_name_message("model for plugin 'resnet'", model, resnet_models()))
+        raise PluginError(unknown_name_message("model", model, resnet_models(), " for plugin 'resnet'"))
     if image_size <= 64 or model in CIFAR_RESNETS:
         # A 7x7 stride-2 stem and a max-pool would shrink a 32 px image to 8 px before the first
         # block; CIFAR ResNets keep the resolution instead.

@@ -17,7 +17,7 @@ def build_timm(*, model: str, num_classes: int, image_size: int, activation: str
     from augpipe.plugin_manager import unknown_name_message
 
     if not timm.is_model(model):
-        raise PluginError(unknown_name_message("model for plugin 'timm'", model, timm_models()))
+        raise PluginError(unknown_name_message("model", model, timm_models(), " for plugin 'timm'"))
     kwargs = dict(pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=activation_layer(activation))
     try:
         net = timm.create_model(model, img_size=image_size, **kwargs)

@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from augpipe.config import TrainConfig
-from augpipe.train.callbacks import METRIC_COLUMNS, Checkpoints, EarlyStopping, MetricsFile, read_metrics
-from augpipe.train.loop import fit
-from augpipe.train.optim import SCHEDULERS
+from augpipe.training.callbacks import METRIC_COLUMNS, Checkpoints, EarlyStopping, MetricsFile, read_metrics
+from augpipe.training.loop import fit
+from augpipe.training.optim import SCHEDULERS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,7 +11,7 @@ from torch import nn
 from augpipe.config import DEFAULT_LR, TrainConfig
 from augpipe.errors import ConfigError
 from augpipe.plugin_manager import get_plugins
-from augpipe.train.optim import current_lr
+from augpipe.training.optim import current_lr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +94,7 @@ def test_momentum_can_be_set_and_nesterov_needs_some():
 
 def test_the_plugin_lr_applies_to_its_optimizer_only():
     """cnn's default lr 0.1 suits its nesterov SGD; choosing adam without an lr gets adam's."""
-    from augpipe.train.run import build_config
+    from augpipe.training.run import build_config
 
     cfg = build_config(plugin="cnn")
     assert (cfg.optimizer, cfg.resolved_lr) == ("nesterov", 0.1)

@@ -166,9 +166,6 @@ def test_a_plugin_whose_model_builder_raises_is_named(tmp_path, cli, tiny_data, 
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="run.py calls the optimizer factory unguarded: its exception escapes as a traceback "
-                          "that does not name the plugin")
 def test_a_plugin_whose_optimizer_raises_is_named(tmp_path, cli, tiny_data, fresh_plugins):
     def augpipe_register_optimizers(register):
         def factory(model, **kw):
@@ -181,9 +178,6 @@ def test_a_plugin_whose_optimizer_raises_is_named(tmp_path, cli, tiny_data, fres
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="run.py builds the plugin callbacks after creating the run directory and unguarded: a "
-                          "traceback, and a half-written run directory is left")
 def test_a_plugin_whose_callback_raises_is_named_and_leaves_no_run(tmp_path, cli, tiny_data, fresh_plugins):
     def augpipe_register_callbacks(register):
         def factory(run_dir, config):

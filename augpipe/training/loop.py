@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from augpipe.train.optim import current_lr
+from augpipe.training.optim import current_lr
 
 log = logging.getLogger("augpipe")
 

@@ -60,6 +60,11 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
     cfg = TrainConfig.resolve(plugin_defaults=defaults, flags=chosen)
     if cfg.model is None:
         cfg.model = trainer.default_model
+    names = trainer.model_names()
+    if names and cfg.model not in names:  # before any data is decoded
+        from augpipe.plugin_manager import unknown_name_message
+
+        raise PluginError(unknown_name_message("model", str(cfg.model), names, f" for plugin {cfg.plugin!r}"))
     plugins.optimizers.get(cfg.optimizer)
     plugins.schedulers.get(cfg.scheduler)
     for name in cfg.callbacks:
@@ -100,6 +105,19 @@ def build_model(plugins, cfg: TrainConfig, num_classes: int, image_size: int):
     return model
 
 
+def call_plugin(registry, name: str, *args, **kwargs):
+    """Call a registered factory; its failure is reported as the plugin's, by name."""
+    factory = registry.get(name)
+    try:
+        return factory(*args, **kwargs)
+    except AugpipeError:
+        raise
+    except Exception as err:
+        owner = registry.owner.get(name, "?")
+        raise PluginError(f"plugin {owner!r} failed to build {registry.kind} {name!r}: "
+                          f"{type(err).__name__}: {err}") from None
+
+
 def new_run_dir(cfg: TrainConfig) -> Path:
     name = cfg.name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out) / name
@@ -117,6 +135,7 @@ class DataPipeline:
 
         self.aug_on_device = cfg.aug_device == "gpu" or (cfg.aug_device == "auto" and device.type == "cuda")
         native = data.store.native_size() if data.store.shapes_equal else None
+        self.native = native
         workers = cfg.workers if cfg.workers is not None else default_workers(device.type)
         lookup = plugins.augmentation_lookup()
         if self.aug_on_device:
@@ -140,12 +159,14 @@ class DataPipeline:
         pin = device.type == "cuda"
         labels = data.source.labels
 
-        def loader(split, transform, shuffle, seed_offset, n_workers):
+        def loader(split, transform, shuffle, seed_offset, n_workers, drop_last=False):
             ds = AugmentedImages(data.store, data.indices(split), labels, transform)
             return EpochLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=n_workers,
-                               seed=cfg.seed + seed_offset, pin_memory=pin)
+                               seed=cfg.seed + seed_offset, pin_memory=pin, drop_last=drop_last)
 
-        self.train = loader("train", self.train_transform, True, 0, workers)
+        # A last training batch of a single image breaks batch norm (one value per channel).
+        lone_last = len(data.indices("train")) % cfg.batch_size == 1 and len(data.indices("train")) > 1
+        self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last)
         # Evaluation batches need no augmentation: decoding from the cache is cheap in-process.
         eval_workers = 0 if data.store.cached else workers
         self.val = loader("val", eval_transform, False, 1, eval_workers)
@@ -175,14 +196,14 @@ def checkpoint_state(*, epoch, model, optimizer, schedule, cfg, data, image_size
 def train(config=None, *, config_file=None, plugins=None, progress: bool | None = None, **flags) -> RunResult:
     """Train as ``augpipe train`` does: ``config`` is a TrainConfig, a dict of its fields or
     None; keyword arguments override it (``augpipe.train(plugin="cnn", epochs=3)``)."""
-    from augpipe.augment.cpu import save_pipeline
+    from augpipe.augment.cpu import build_train_transform, save_pipeline
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.prepare import prepare_data
     from augpipe.data.split import describe_duplicates, split_table, write_manifest
     from augpipe.plugin_manager import get_plugins
     from augpipe.report import plot_confusion, plot_curves
-    from augpipe.train.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile
-    from augpipe.train.loop import evaluate, fit
+    from augpipe.training.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile
+    from augpipe.training.loop import evaluate, fit
 
     plugins = plugins or get_plugins()
     cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
@@ -210,11 +231,13 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
     model = build_model(plugins, cfg, num_classes, image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = plugins.optimizers.get(cfg.optimizer)(model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
-                                                      momentum=cfg.resolved_momentum)
+    optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
+                            weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
     pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
     steps = len(pipeline.train)
-    schedule = plugins.schedulers.get(cfg.scheduler)(optimizer, config=cfg, steps_per_epoch=steps, epochs=cfg.epochs)
+    schedule = call_plugin(plugins.schedulers, cfg.scheduler, optimizer, config=cfg, steps_per_epoch=steps,
+                           epochs=cfg.epochs)
+    extra_callbacks = [call_plugin(plugins.callbacks, name, run_dir, cfg) for name in cfg.callbacks]
     threads = cfg.threads or max(1, _cores())
     torch.set_num_threads(threads)
     train_model = torch.compile(model) if cfg.compile else model
@@ -224,8 +247,9 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
     cfg_to_save = TrainConfig(**{**cfg.to_dict(), "aug": spec.to_dict()})
     cfg_to_save.save(run_dir / "config.yaml")
     write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
-    save_pipeline(pipeline.train_transform if pipeline.train_transform is not None else
-                  __import__("albumentations").Compose([]), run_dir / "augment.yaml")
+    # The Albumentations form of the spec, also when the device backend runs it.
+    save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
+                                        lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s/%s, %s parameters, %s, image %d px, batch %d, %d iterations per epoch, device %s, "
              "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model, f"{n_params:,}",
@@ -235,7 +259,7 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
 
     tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
                             cfg.restore_best)
-    from augpipe.train.loop import History
+    from augpipe.training.loop import History
 
     history = History()
     callbacks = [tracker,
@@ -243,7 +267,7 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
                      epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, cfg=cfg_to_save, data=data,
                      image_size=image_size, history=history, pipeline=pipeline), tracker),
                  MetricsFile(run_dir / "metrics.csv"), HookCallback(plugins, run_dir)]
-    callbacks += [plugins.callbacks.get(name)(run_dir, cfg) for name in cfg.callbacks]
+    callbacks += extra_callbacks
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss = torch.nn.CrossEntropyLoss()
     show_progress = sys.stderr.isatty() if progress is None else progress
@@ -301,7 +325,7 @@ def evaluate(run_dir, *, data=None, checkpoint: str = "best.pt", device: str = "
     from augpipe.augment.cpu import build_eval_transform
     from augpipe.data.prepare import prepare_data
     from augpipe.plugin_manager import get_plugins
-    from augpipe.train.loop import evaluate as score
+    from augpipe.training.loop import evaluate as score
 
     run_dir = Path(run_dir)
     path = run_dir / checkpoint
