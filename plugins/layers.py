@@ -11,11 +11,30 @@ _SAME_FUNCTION = {"relu": {"relu"}, "leaky_relu": {"leakyrelu"}, "prelu": {"prel
 
 
 def activation_layer(name: str):
-    """The activation class for ``name``. timm's classes all accept ``inplace=``, which timm's
-    models pass to every activation they build."""
-    from timm.layers import get_act_layer
+    """The activation class for ``name``; every one accepts ``inplace=``, which timm's models
+    pass to each activation they build. Plain torch classes, so that the small trainers never
+    import timm (its import alone holds about 200 MB)."""
+    from torch import nn
 
-    return get_act_layer(name)
+    class Sigmoid(nn.Sigmoid):
+        def __init__(self, inplace: bool = False):
+            super().__init__()
+
+    class Tanh(nn.Tanh):
+        def __init__(self, inplace: bool = False):
+            super().__init__()
+
+    class GELU(nn.GELU):
+        def __init__(self, inplace: bool = False):
+            super().__init__()
+
+    class PReLU(nn.PReLU):
+        def __init__(self, num_parameters: int = 1, init: float = 0.25, inplace: bool = False):
+            super().__init__(num_parameters, init)
+
+    classes = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "silu": nn.SiLU,
+               "gelu": GELU, "prelu": PReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+    return classes[name]
 
 
 def check_activation(model, activation: str, what: str):

@@ -128,32 +128,49 @@ class ImageStore:
             return cls(source, arrays), report
 
         limit = cache_mb * 2**20
-        keep: list[np.ndarray | None] | None = [] if limit > 0 else None
-        total = 0
         n = len(source)
+        bad: set[int] = set()
+        # Images are decoded straight into one preallocated array while they share a shape: a
+        # list stacked afterwards would need twice the memory, and the freed small arrays would
+        # stay in the heap.
+        slab: np.ndarray | None = None
+        listed: list | None = None
+        caching, total = limit > 0, 0
         workers = workers or min(8, (os.cpu_count() or 1) * 2)
         # cv2.imdecode and file reads release the GIL, so threads decode in parallel.
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, img in enumerate(pool.map(source.load, range(n), chunksize=64)):
+            for i, img in enumerate(pool.map(source.load, range(n))):
                 if img is None:
+                    bad.add(i)
                     report.bad.append(i)
                     report.digests.append(None)
-                    if keep is not None:
-                        keep.append(None)
+                    if listed is not None:
+                        listed.append(None)
                     continue
                 report.digests.append(pixel_digest(img))
-                if keep is not None:
-                    total += img.nbytes
-                    if total > limit:
-                        keep = None
-                    else:
-                        keep.append(img)
-        if keep is None:
+                if not caching:
+                    continue
+                if slab is None and listed is None:
+                    if n * img.nbytes > limit:
+                        caching = False
+                        continue
+                    slab = np.empty((n,) + img.shape, dtype=np.uint8)
+                if slab is not None and img.shape == slab.shape[1:]:
+                    slab[i] = img
+                    continue
+                if slab is not None:  # shapes differ: keep a list instead
+                    listed = [None if j in bad else slab[j].copy() for j in range(i)]
+                    total = sum(a.nbytes for a in listed if a is not None)
+                    slab = None
+                total += img.nbytes
+                if total > limit:
+                    caching, listed = False, None
+                else:
+                    listed.append(img)
+        if not caching:
             return cls(source, None), report
         report.cached = True
-        if not report.bad and keep and all(im.shape == keep[0].shape for im in keep):
-            return cls(source, np.stack(keep)), report
-        return cls(source, keep), report
+        return cls(source, slab if slab is not None else listed), report
 
     def native_size(self) -> tuple[int, int]:
         """(height, width) of the images: the common shape, or the most frequent one among the

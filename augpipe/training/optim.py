@@ -1,5 +1,6 @@
-"""Optimizers and learning-rate schedules by name: thin over timm's optimizer factory and torch's
-schedulers. The built-in plugin registers these; third-party plugins add their own."""
+"""Optimizers and learning-rate schedules by name: torch's optimizer classes with timm's
+weight-decay grouping, and torch's schedulers. The built-in plugin registers these;
+third-party plugins add their own."""
 from __future__ import annotations
 
 import math
@@ -9,21 +10,32 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
 
 
-def timm_optimizer(model, *, opt: str, lr: float, weight_decay: float, momentum: float, **extra):
-    """timm's factory also keeps weight decay off biases and norm layers."""
-    from timm.optim import create_optimizer_v2
+def weight_decay_groups(model, weight_decay: float) -> list[dict]:
+    """Biases and normalisation weights (one-dimensional parameters) take no weight decay, as in
+    timm's ``param_groups_weight_decay``: decaying them only fights the normalisation."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
-    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **extra)
+
+def torch_optimizer(model, *, cls, lr: float, weight_decay: float, momentum: float, **extra):
+    # timm's create_optimizer_v2 builds these same torch classes, but importing timm costs
+    # seconds and ~200 MB that the small trainers do not otherwise need.
+    if cls in (torch.optim.SGD, torch.optim.RMSprop):
+        extra["momentum"] = momentum
+    return cls(weight_decay_groups(model, weight_decay), lr=lr, **extra)
 
 
 OPTIMIZERS = {
-    "sgd": partial(timm_optimizer, opt="sgd", nesterov=False),
-    "momentum": partial(timm_optimizer, opt="momentum"),
-    "nesterov": partial(timm_optimizer, opt="nesterov"),
-    "rmsprop": partial(timm_optimizer, opt="rmsprop"),
-    "adam": partial(timm_optimizer, opt="adam"),
-    "adamw": partial(timm_optimizer, opt="adamw"),
-    "adagrad": partial(timm_optimizer, opt="adagrad"),
+    "sgd": partial(torch_optimizer, cls=torch.optim.SGD, nesterov=False),
+    "momentum": partial(torch_optimizer, cls=torch.optim.SGD, nesterov=False),
+    "nesterov": partial(torch_optimizer, cls=torch.optim.SGD, nesterov=True),
+    "rmsprop": partial(torch_optimizer, cls=torch.optim.RMSprop, alpha=0.9),
+    "adam": partial(torch_optimizer, cls=torch.optim.Adam),
+    "adamw": partial(torch_optimizer, cls=torch.optim.AdamW),
+    "adagrad": partial(torch_optimizer, cls=torch.optim.Adagrad),
 }
 
 
