@@ -26,7 +26,7 @@ DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, 
 @dataclass
 class TrainConfig:
     # what to train
-    recipe: str | None = None        # a named recipe (settings shipped with augpipe) under these settings
+    recipe: str | None = None        # settings shipped with augpipe: cifar10-fast (CPU), cifar10-gpu
     plugin: str = "resnet"           # trainer plugin (augpipe plugins lists them)
     model: str | None = None         # model of the plugin; None = the plugin's default
     activation: str = "relu"         # every activation of the network

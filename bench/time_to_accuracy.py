@@ -108,7 +108,8 @@ def main() -> None:
         print(f"within {budget:2d} min: {max(reached) if reached else float('nan'):.4f}")
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS: {peak_self:.0f} MB (main process), {peak_children:.0f} MB (largest loader worker)")
+    print(f"peak RSS: {peak_self:.0f} MB (this process, which also holds the test set), "
+          f"{peak_children:.0f} MB (largest child process)")
 
 
 if __name__ == "__main__":

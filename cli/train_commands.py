@@ -48,7 +48,11 @@ def _config_options(func):
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (config.yaml of a run works); flags override it.")
 @_config_options
 def train(config_file, **flags):
-    """Train a classifier: augpipe train --plugin resnet [--data PATH] ..."""
+    """Train a classifier: augpipe train --plugin resnet [--data PATH] ...
+
+    The defaults shown are augpipe's own: a plugin's defaults (lr, epochs, batch size ...,
+    listed by `augpipe plugins`) and a --recipe take precedence over them, and --config and
+    the flags over both."""
     from augpipe.training.run import train as run_train
 
     flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
@@ -109,6 +113,8 @@ def list_plugins():
                     models = trainer.model_names()
                     shown = ", ".join(models[:8]) + (f" ... ({len(models)} models)" if len(models) > 8 else "")
                     click.echo(f"    trainer {t}: {trainer.description}; models: {shown} (default {trainer.default_model})")
+                    if trainer.defaults:
+                        click.echo("      defaults: " + ", ".join(f"{k}={v}" for k, v in trainer.defaults.items()))
             else:
                 click.echo(f"    {kind}: {', '.join(owned)}")
 
