@@ -112,7 +112,7 @@ class TrainConfig:
         merged = dict(plugin_defaults or {})
         merged.update(chosen)
         reject_unknown(merged, cls.field_names(), "settings")
-        cfg = cls(**merged)
+        cfg = cls(**{k: _coerce(k, v) for k, v in merged.items()})
         cfg.validate()
         return cfg
 
@@ -186,6 +186,26 @@ class TrainConfig:
         from augpipe.data.split import check_ratios
 
         check_ratios(self.val, self.test)
+
+
+def _coerce(name: str, value):
+    """YAML reads ``5e-4`` (no dot) as a string: turn numbers written as text into numbers of the
+    field's type, and name the field when that is impossible."""
+    kind = TrainConfig.__dataclass_fields__[name].type
+    target = float if kind.startswith("float") else int if kind.startswith("int") else None
+    if target is None or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and not (target is int and isinstance(value, float)):
+        return value
+    try:
+        number = float(value)
+        if target is int:
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        return number
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {'a whole number' if target is int else 'a number'}, got {value!r}") from None
 
 
 def reject_unknown(d: dict, valid: list[str], where: str) -> None:

@@ -145,9 +145,13 @@ class Plugins:
             try:
                 _call(impl, register=register)
             except PluginError:
-                raise
+                raise  # a duplicate name: which of the two is meant can not be guessed
             except Exception as err:
-                raise PluginError(f"plugin {owner!r} failed in {hook_name}: {type(err).__name__}: {err}") from None
+                # One broken plugin must not take the others down: it is reported and skipped.
+                message = f"failed in {hook_name}: {type(err).__name__}: {err}"
+                info = self.info.setdefault(owner, PluginInfo(owner, "?", "?"))
+                info.error = message
+                log.warning("plugin %r %s", owner, message)
         self._registries[hook_name] = registry
         return registry
 

@@ -275,3 +275,23 @@ def test_shared_cifar10_split_keeps_its_test_set():
     assert (out == "val").sum() == 5000
     for c in range(10):
         assert per_class(src.labels, out, c) == Counter({"train": 4500, "val": 500, "test": 1000})
+
+
+def test_a_manifest_key_that_starts_with_a_hash_is_a_row_not_a_comment(tmp_path):
+    from augpipe.data.sources import open_dataset
+    from augpipe.data.split import read_manifest, split_dataset, write_manifest
+
+    root = tmp_path / "ds"
+    for cls in ("#1", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            import cv2
+            import numpy as np
+
+            cv2.imwrite(str(root / cls / f"{i}.png"), np.full((4, 4, 3), i * 10 + len(cls), np.uint8))
+    source = open_dataset(root)
+    assignment = split_dataset(source.keys, source.labels, source.given, val=0.2, test=0.2, seed=0,
+                               class_names=source.class_names)
+    write_manifest(tmp_path / "m.csv", source, assignment, seed=0, val=0.2, test=0.2)
+    previous, header = read_manifest(tmp_path / "m.csv", source)
+    assert previous == dict(zip(source.keys, assignment)) and header["seed"] == "0"

@@ -150,36 +150,44 @@ class ImageStore:
         listed: list | None = None
         caching, total = limit > 0, 0
         workers = workers or min(8, (os.cpu_count() or 1) * 2)
-        # cv2.imdecode and file reads release the GIL, so threads decode in parallel.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, img in enumerate(pool.map(source.load, range(n))):
-                if img is None:
-                    bad.add(i)
-                    report.bad.append(i)
-                    report.digests.append(None)
-                    if listed is not None:
-                        listed.append(None)
+
+        def decoded():
+            # cv2.imdecode and file reads release the GIL, so threads decode in parallel.
+            # A bounded window of decodes in flight: all of them at once would hold every image
+            # that finishes ahead of the consumer, exactly when the set is too big to cache.
+            step = workers * 64
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for lo in range(0, n, step):
+                    yield from pool.map(source.load, range(lo, min(n, lo + step)))
+
+        for i, img in enumerate(decoded()):
+            if img is None:
+                bad.add(i)
+                report.bad.append(i)
+                report.digests.append(None)
+                if listed is not None:
+                    listed.append(None)
+                continue
+            report.digests.append(pixel_digest(img))
+            if not caching:
+                continue
+            if slab is None and listed is None:
+                if n * img.nbytes > limit:
+                    caching = False
                     continue
-                report.digests.append(pixel_digest(img))
-                if not caching:
-                    continue
-                if slab is None and listed is None:
-                    if n * img.nbytes > limit:
-                        caching = False
-                        continue
-                    slab = np.empty((n,) + img.shape, dtype=np.uint8)
-                if slab is not None and img.shape == slab.shape[1:]:
-                    slab[i] = img
-                    continue
-                if slab is not None:  # shapes differ: keep a list instead
-                    listed = [None if j in bad else slab[j].copy() for j in range(i)]
-                    total = sum(a.nbytes for a in listed if a is not None)
-                    slab = None
-                total += img.nbytes
-                if total > limit:
-                    caching, listed = False, None
-                else:
-                    listed.append(img)
+                slab = np.empty((n,) + img.shape, dtype=np.uint8)
+            if slab is not None and img.shape == slab.shape[1:]:
+                slab[i] = img
+                continue
+            if slab is not None:  # shapes differ: keep a list instead
+                listed = [None if j in bad else slab[j].copy() for j in range(i)]
+                total = sum(a.nbytes for a in listed if a is not None)
+                slab = None
+            total += img.nbytes
+            if total > limit:
+                caching, listed = False, None
+            else:
+                listed.append(img)
         release_freed_memory()
         if not caching:
             return cls(source, None), report

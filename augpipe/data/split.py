@@ -181,7 +181,8 @@ def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             for n, line in enumerate(fh, start=1):
-                if line.startswith("#"):
+                # Comments only before the column row: a key may itself start with '#'.
+                if not numbered and line.startswith("#"):
                     k, _, v = line[1:].partition(":")
                     header[k.strip()] = v.strip()
                 else:

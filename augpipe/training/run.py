@@ -41,7 +41,7 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
 
     plugins = plugins or get_plugins()
     if isinstance(config, TrainConfig):
-        base = {k: v for k, v in config.to_dict().items() if v != getattr(TrainConfig(), k)}
+        base = {k: v for k, v in config.to_dict().items() if v is not None}
     else:
         base = dict(config or {})
     file = TrainConfig.read_yaml(config_file) if config_file else {}
@@ -121,6 +121,8 @@ def call_plugin(registry, name: str, *args, **kwargs):
 def new_run_dir(cfg: TrainConfig) -> Path:
     name = cfg.name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.out) / name
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise DataError(f"--out {cfg.out}: not a directory")
     if run_dir.exists():
         raise DataError(f"run directory {run_dir} already exists: choose another --name, or remove it")
     return run_dir
@@ -243,71 +245,95 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
     train_model = torch.compile(model) if cfg.compile else model
 
     # Everything a user can get wrong has been checked: only now is anything written.
-    run_dir.mkdir(parents=True)
-    cfg_to_save = TrainConfig(**{**cfg.to_dict(), "aug": spec.to_dict()})
-    cfg_to_save.save(run_dir / "config.yaml")
-    write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
-    # The Albumentations form of the spec, also when the device backend runs it.
-    save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
-                                        lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %s/%s, %s parameters, %s, image %d px, batch %d, %d iterations per epoch, device %s, "
-             "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model, f"{n_params:,}",
-             cfg.activation, image_size, cfg.batch_size, steps, device,
-             "the device" if pipeline.aug_on_device else "the CPU", pipeline.workers, threads)
-    log.info("run directory: %s", run_dir)
-
-    tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
-                            cfg.restore_best)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as err:
+        raise DataError(f"{run_dir}: can not be created ({err.strerror})") from None
     from augpipe.training.loop import History
 
     history = History()
-    callbacks = [tracker,
-                 Checkpoints(run_dir, lambda epoch: checkpoint_state(
-                     epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, cfg=cfg_to_save, data=data,
-                     image_size=image_size, history=history, pipeline=pipeline), tracker),
-                 MetricsFile(run_dir / "metrics.csv"), HookCallback(plugins, run_dir)]
-    callbacks += extra_callbacks
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    eval_loss = torch.nn.CrossEntropyLoss()
-    show_progress = sys.stderr.isatty() if progress is None else progress
-    start = time.perf_counter()
     try:
-        fit(train_model, pipeline.train, pipeline.val, prepare_train=pipeline.prepare_train,
-            prepare_eval=pipeline.prepare_eval, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
-            epochs=cfg.epochs, device=device, num_classes=num_classes, callbacks=callbacks, tracker=tracker,
-            precision=cfg.precision, max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None,
-            progress=show_progress, history=history)
-    except KeyboardInterrupt:
-        history.stop_reason = "interrupted"
-        log.info("interrupted: finishing the run directory with the epochs done so far")
-    train_seconds = time.perf_counter() - start
+        cfg_to_save = TrainConfig(**{**cfg.to_dict(), "aug": spec.to_dict()})
+        cfg_to_save.save(run_dir / "config.yaml")
+        write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
+        # The Albumentations form of the spec, also when the device backend runs it.
+        save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
+                                            lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model: %s/%s, %s parameters, %s, image %d px, batch %d, %d iterations per epoch, device %s, "
+                 "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model, f"{n_params:,}",
+                 cfg.activation, image_size, cfg.batch_size, steps, device,
+                 "the device" if pipeline.aug_on_device else "the CPU", pipeline.workers, threads)
+        log.info("run directory: %s", run_dir)
 
-    restored = tracker.restore(model)
-    summary = {"run_dir": str(run_dir), "plugin": cfg.plugin, "model": cfg.model, "activation": cfg.activation,
-               "parameters": n_params, "image_size": image_size, "device": str(device),
-               "epochs_run": len(history.epochs), "stop_reason": history.stop_reason, "failed": history.failed,
-               "best_epoch": tracker.best_epoch, "monitor": cfg.monitor, "best_value": tracker.best,
-               "restored_best": restored, "train_seconds": round(train_seconds, 2),
-               "mean_images_per_s": float(np.mean([e["images_per_s"] for e in history.epochs])) if history.epochs else None,
-               "skipped_images": len(data.skipped), "duplicates": data.duplicates}
-    if history.epochs and len(pipeline.test.dataset):
-        test = evaluate(model, pipeline.test, pipeline.prepare_eval, eval_loss, num_classes, device, cfg.precision)
-        per_class = {name: (float(test["confusion"][i, i] / row) if (row := test["confusion"][i].sum()) else None)
-                     for i, name in enumerate(data.class_names)}
-        summary.update(test_acc=test["acc"], test_loss=test["loss"], test_images=test["n"],
-                       per_class_acc=per_class, confusion=test["confusion"].tolist())
-        plot_confusion(test["confusion"], data.class_names, run_dir / "confusion.png",
-                       title=f"test accuracy {test['acc']:.3f} ({cfg.plugin}/{cfg.model})")
-        log.info("test accuracy %.4f on %d images (weights of epoch %s)", test["acc"], test["n"],
-                 tracker.best_epoch if restored else len(history.epochs))
-    if history.epochs:
-        plot_curves(history.epochs, run_dir / "curves.png", best_epoch=tracker.best_epoch,
-                    stop_epoch=tracker.stopped_epoch, iteration_losses=history.iteration_losses,
-                    title=f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer} lr {cfg.resolved_lr:g}, "
-                          f"aug {cfg.aug if isinstance(cfg.aug, str) else 'custom'}")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    return RunResult(run_dir, summary, history)
+        tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
+                                cfg.restore_best)
+
+        callbacks = [tracker,
+                     Checkpoints(run_dir, lambda epoch: checkpoint_state(
+                         epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, cfg=cfg_to_save, data=data,
+                         image_size=image_size, history=history, pipeline=pipeline), tracker),
+                     MetricsFile(run_dir / "metrics.csv"), HookCallback(plugins, run_dir)]
+        callbacks += extra_callbacks
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        eval_loss = torch.nn.CrossEntropyLoss()
+        show_progress = sys.stderr.isatty() if progress is None else progress
+        start = time.perf_counter()
+        try:
+            fit(train_model, pipeline.train, pipeline.val, prepare_train=pipeline.prepare_train,
+                prepare_eval=pipeline.prepare_eval, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
+                epochs=cfg.epochs, device=device, num_classes=num_classes, callbacks=callbacks, tracker=tracker,
+                precision=cfg.precision, max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None,
+                progress=show_progress, history=history)
+        except KeyboardInterrupt:
+            history.stop_reason = "interrupted"
+            log.info("interrupted: finishing the run directory with the epochs done so far")
+        train_seconds = time.perf_counter() - start
+
+        restored = tracker.restore(model)
+        summary = {"run_dir": str(run_dir), "plugin": cfg.plugin, "model": cfg.model, "activation": cfg.activation,
+                   "parameters": n_params, "image_size": image_size, "device": str(device),
+                   "epochs_run": len(history.epochs), "stop_reason": history.stop_reason, "failed": history.failed,
+                   "best_epoch": tracker.best_epoch, "monitor": cfg.monitor, "best_value": tracker.best,
+                   "restored_best": restored, "train_seconds": round(train_seconds, 2),
+                   "mean_images_per_s": float(np.mean([e["images_per_s"] for e in history.epochs])) if history.epochs else None,
+                   "skipped_images": len(data.skipped), "duplicates": data.duplicates}
+        if history.epochs and len(pipeline.test.dataset):
+            test = evaluate(model, pipeline.test, pipeline.prepare_eval, eval_loss, num_classes, device, cfg.precision)
+            per_class = {name: (float(test["confusion"][i, i] / row) if (row := test["confusion"][i].sum()) else None)
+                         for i, name in enumerate(data.class_names)}
+            summary.update(test_acc=test["acc"], test_loss=test["loss"], test_images=test["n"],
+                           per_class_acc=per_class, confusion=test["confusion"].tolist())
+            plot_confusion(test["confusion"], data.class_names, run_dir / "confusion.png",
+                           title=f"test accuracy {test['acc']:.3f} ({cfg.plugin}/{cfg.model})")
+            log.info("test accuracy %.4f on %d images (weights of epoch %s)", test["acc"], test["n"],
+                     tracker.best_epoch if restored else len(history.epochs))
+        if history.epochs:
+            plot_curves(history.epochs, run_dir / "curves.png", best_epoch=tracker.best_epoch,
+                        stop_epoch=tracker.stopped_epoch, iteration_losses=history.iteration_losses,
+                        title=f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer} lr {cfg.resolved_lr:g}, "
+                              f"aug {cfg.aug if isinstance(cfg.aug, str) else 'custom'}")
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+        return RunResult(run_dir, summary, history)
+    except BaseException as err:
+        _close_failed_run(run_dir, history, err)
+        raise
+
+
+def _close_failed_run(run_dir: Path, history, err: BaseException) -> None:
+    """A run that fails after its directory was made leaves either nothing (no epoch done) or a
+    summary saying why it failed beside the epochs it finished: never a half-written run."""
+    import shutil
+
+    if not history.epochs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    summary = {"run_dir": str(run_dir), "epochs_run": len(history.epochs), "failed": True,
+               "stop_reason": f"{type(err).__name__}: {err}"}
+    try:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    except OSError:
+        pass
 
 
 def _json_default(v):
@@ -335,6 +361,8 @@ def evaluate(run_dir, *, data=None, checkpoint: str = "best.pt", device: str = "
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not {"config", "class_names", "image_size", "model"} <= set(state):
+        raise DataError(f"{path}: not an augpipe checkpoint")
     cfg = TrainConfig.from_dict(state["config"], where=str(path))
     plugins = plugins or get_plugins()
     dev = resolve_device(device)
