@@ -35,7 +35,7 @@ def build_cnn(*, model: str, num_classes: int, image_size: int, activation: str,
 def augpipe_register_trainers(register):
     register(Trainer(
         name="cnn", build_model=build_cnn, models=list(WIDTHS), default_model="cnn",
-        defaults={"optimizer": "nesterov", "lr": 0.1, "scheduler": "onecycle", "batch_size": 128,
+        defaults={"optimizer": "nesterov", "lr": 0.05, "scheduler": "onecycle", "batch_size": 64,
                   "label_smoothing": 0.1, "epochs": 15},
         description="small conv nets for 32x32 images",
     ))
