@@ -97,7 +97,7 @@ def test_the_plugin_lr_applies_to_its_optimizer_only():
     from augpipe.training.run import build_config
 
     cfg = build_config(plugin="cnn")
-    assert (cfg.optimizer, cfg.resolved_lr) == ("nesterov", 0.1)
+    assert (cfg.optimizer, cfg.resolved_lr) == ("nesterov", 0.05)
     cfg = build_config(plugin="cnn", optimizer="adam")
     assert cfg.resolved_lr == DEFAULT_LR["adam"]
     cfg = build_config(plugin="cnn", optimizer="adam", lr=0.02)

@@ -72,7 +72,7 @@ def test_config_yaml_holds_the_resolved_settings(run):
     cfg.validate()
     # flags, the cnn plugin's defaults (nesterov, lr 0.1, onecycle) and the spec of the preset
     assert (cfg.plugin, cfg.model, cfg.epochs, cfg.batch_size, cfg.workers) == ("cnn", "cnn_small", 3, 8, 0)
-    assert (cfg.optimizer, cfg.resolved_lr, cfg.scheduler) == ("nesterov", 0.1, "onecycle")
+    assert (cfg.optimizer, cfg.resolved_lr, cfg.scheduler) == ("nesterov", 0.05, "onecycle")
     assert isinstance(cfg.aug, dict) and cfg.aug["hflip"] == {"p": 0.5}
 
 
