@@ -5,13 +5,12 @@ default learning rate, a named ``--recipe``, a ``--config`` file, then command-l
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from augpipe.errors import ConfigError
+from augpipe.errors import ConfigError, reject_unknown
 
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu", "sigmoid", "tanh")
 MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
@@ -207,11 +206,3 @@ def _coerce(name: str, value):
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be {'a whole number' if target is int else 'a number'}, got {value!r}") from None
 
-
-def reject_unknown(d: dict, valid: list[str], where: str) -> None:
-    """Unknown keys are errors, never silently ignored: a typo would otherwise change nothing."""
-    for key in d:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r} in {where}{hint}")

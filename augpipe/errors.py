@@ -1,4 +1,5 @@
 """Errors a user can cause. The CLI turns each into one line and exit code 1."""
+import difflib
 
 
 class AugpipeError(Exception):
@@ -15,3 +16,13 @@ class ConfigError(AugpipeError):
 
 class PluginError(AugpipeError):
     """An unknown plugin, or a plugin that failed."""
+
+
+def reject_unknown(d: dict, valid: list[str], where: str, list_valid: bool = False) -> None:
+    """Unknown keys are errors, never silently ignored: a typo would otherwise change nothing.
+    The closest valid key is suggested; ``list_valid`` names them all when none is close."""
+    for key in d:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else (f" (valid: {', '.join(valid)})" if list_valid else "")
+            raise ConfigError(f"unknown key {key!r} in {where}{hint}")

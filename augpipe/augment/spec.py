@@ -16,13 +16,12 @@ The ops run in that order: crop, flip, jitter, extra, erase, normalise.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from augpipe.errors import ConfigError
+from augpipe.errors import ConfigError, reject_unknown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,7 +85,7 @@ class AugmentSpec:
     @classmethod
     def from_dict(cls, d: dict | None) -> "AugmentSpec":
         d = dict(d or {})
-        _reject_unknown(d, [f.name for f in fields(cls)], "augmentation spec")
+        reject_unknown(d, [f.name for f in fields(cls)], "augmentation spec", list_valid=True)
         spec = cls(size=d.get("size"), extra=list(d.get("extra") or []))
         for name, op_cls in OPS.items():
             if d.get(name) is not None:
@@ -179,20 +178,13 @@ def _plain(value):
     return value
 
 
-def _reject_unknown(d: dict, valid: list[str], what: str) -> None:
-    for key in d:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(valid)})"
-            raise ConfigError(f"unknown key {key!r} in {what}{hint}")
-
 
 def _build_op(op_cls, value, name):
     if value is True:
         return op_cls()
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a mapping of its parameters, got {value!r}")
-    _reject_unknown(value, [f.name for f in fields(op_cls)], name)
+    reject_unknown(value, [f.name for f in fields(op_cls)], name, list_valid=True)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
     return op_cls(**kwargs)
 

@@ -72,6 +72,15 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
     return cfg
 
 
+def data_or_sample(path) -> str:
+    """The data set to use: ``path``, or the bundled sample data when none is given."""
+    if path is not None:
+        return str(path)
+    from augpipe.sample_data import path as sample_path
+
+    return str(sample_path())
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -216,11 +225,7 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
     run_dir = new_run_dir(cfg)
     seed_everything(cfg.seed)
 
-    data_path = cfg.data
-    if data_path is None:
-        from augpipe.sample_data import path as sample_path
-
-        data_path = str(sample_path())
+    data_path = data_or_sample(cfg.data)
     data = prepare_data(data_path, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=cfg.split_file,
                         strict=cfg.strict, cache_mb=cfg.cache_mb)
     if len(data.indices("train")) == 0:
@@ -366,11 +371,7 @@ def evaluate(run_dir, *, data=None, checkpoint: str = "best.pt", device: str = "
     cfg = TrainConfig.from_dict(state["config"], where=str(path))
     plugins = plugins or get_plugins()
     dev = resolve_device(device)
-    data_path = data or cfg.data
-    if data_path is None:
-        from augpipe.sample_data import path as sample_path
-
-        data_path = str(sample_path())
+    data_path = data_or_sample(data or cfg.data)
     split_file = run_dir / "split.csv"
     prepared = prepare_data(data_path, split_file=split_file if split_file.is_file() else None,
                             val=cfg.val, test=cfg.test, seed=cfg.seed, cache_mb=cfg.cache_mb)
