@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +24,13 @@ def save_figure(fig, path: Path) -> Path:
     """Write atomically: a failure never leaves a half-written picture behind."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    from augpipe.files import atomic_path
+
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except OSError as err:  # read-only folder, full disk: one line, not a traceback
-        raise DataError(f"{path}: can not be written ({err.strerror})") from None
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -9,7 +9,6 @@ import hashlib
 import io
 import logging
 import math
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -160,14 +159,9 @@ def write_manifest(path, source, assignment, *, seed: int, val: float, test: flo
     w.writerow([source.key_column, "label", "split"])
     for key, label, split in zip(source.keys, source.labels.tolist(), assignment):
         w.writerow([key, source.class_names[label], split])
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:  # read-only folder, full disk: one line, and no temporary file left
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: can not be written ({err.strerror})") from None
-    return path
+    from augpipe.files import write_atomic
+
+    return write_atomic(path, buf.getvalue())
 
 
 def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:

@@ -1,0 +1,243 @@
+"""Reading and writing files so that a crash never leaves half a file and no file can run code:
+one atomic-write helper, one bounded YAML reader, one allow-listed unpickler, weights-only
+checkpoints. Every failure here is an augpipe error naming the file."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from augpipe.errors import ConfigError, DataError
+
+# Settings and augmentation specs are a few hundred bytes; anything near these limits is not one.
+MAX_YAML_BYTES = 1 << 20
+# Nodes after alias expansion: a 336-byte "billion laughs" document expands to 10**9.
+MAX_YAML_NODES = 100_000
+
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def temporary_name(path: Path) -> Path:
+    """The sibling a write goes to before it is renamed over ``path`` (the pid tells whose)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds the file is synced and
+    renamed over ``path`` in one step, so a reader (or a crash) sees the old file or the new one,
+    never half of one. On failure the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # read-only folder, full disk: one line, not a traceback
+        raise DataError(f"{path}: can not be written ({err.strerror or err})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def write_atomic(path, data: str | bytes) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary files that a killed process left in ``folder`` (a SIGKILL between
+    writing and renaming); files of processes still running are left alone."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMPORARY.match(entry.name)
+        if not m or not entry.is_file():
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- YAML -------------------------------------------------------------------------------------
+def read_yaml(path, what: str = "file") -> Any:
+    """``yaml.safe_load`` of a file of at most MAX_YAML_BYTES, UTF-8, whose aliases expand to at
+    most MAX_YAML_NODES nodes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is too large for a {what} (at most {MAX_YAML_BYTES:,})")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: can not be read ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str = "YAML") -> Any:
+    import yaml
+
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: too large (at most {MAX_YAML_BYTES:,} characters)")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expanded_size(root, where: str) -> None:
+    """Count the nodes the document has once every alias is expanded, without expanding it: a
+    node's size is computed once and reused wherever an alias points to it."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            children = _children(node)
+            total = 1 + sum(sizes[id(c)] for c in children)
+            if total > MAX_YAML_NODES:
+                raise ConfigError(f"{where}: expands to more than {MAX_YAML_NODES:,} values (alias expansion)")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError(f"{where}: an alias refers to the value that contains it")
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) not in sizes:
+                if id(child) in on_path:
+                    raise ConfigError(f"{where}: an alias refers to the value that contains it")
+                stack.append((child, False))
+
+
+def _children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def dump_yaml(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+# -- pickles ----------------------------------------------------------------------------------
+# What a numpy array needs to unpickle, in the module names numpy 1 and numpy 2 write; and
+# _codecs.encode, with which Python 3 writes bytes at protocol 2. Nothing here runs other code.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        if module.startswith("numpy.core."):  # numpy 2 renamed it; the old name only warns
+            with contextlib.suppress(ImportError):
+                return getattr(importlib.import_module("numpy._core." + module[len("numpy.core."):]), name)
+        return getattr(importlib.import_module(module), name)
+
+
+def load_pickle(path, what: str = "pickle file") -> Any:
+    """Unpickle ``path`` accepting only dicts, lists, tuples, strings, bytes, numbers and numpy
+    arrays: a crafted file that names any other callable is refused before anything runs."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return _AllowListUnpickler(fh, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise DataError(f"{path}: not a readable {what} ({err})") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, RecursionError) as err:
+        raise DataError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def save_checkpoint(state: dict, path) -> Path:
+    """torch.save through ``atomic_path``. ``state`` must hold only tensors and plain Python
+    values, so that ``load_checkpoint`` can read it with ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint read with ``torch.load(weights_only=True)``: tensors and plain values only;
+    a file that would run code when unpickled is refused, and nothing of it runs."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message advises weights_only=False, which is exactly what must not happen.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {found.group(1)}" if found else "it holds more than tensors and plain values"
+        raise DataError(f"{path}: refused to load: {what}, and loading it could run code") from None
+    except Exception as err:  # a truncated zip, a random file: never a traceback
+        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{path}: not an augpipe checkpoint")
+    return state
