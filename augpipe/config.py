@@ -6,10 +6,12 @@ default learning rate, a named ``--recipe``, a ``--config`` file, then command-l
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS
 from augpipe.errors import ConfigError, reject_unknown
 
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu", "sigmoid", "tanh")
@@ -39,7 +41,8 @@ class TrainConfig:
     image_size: int | None = None    # side in pixels; None = the augmentation's size or the data's
     aug: Any = "standard"            # preset name, spec .yaml path, or a spec dict
     aug_device: str = "auto"         # where augmentation runs: auto, cpu (workers), gpu (device)
-    cache_mb: float = 1024           # keep decoded images in memory below this size
+    cache_mb: float = DEFAULT_CACHE_MB  # keep decoded images in memory up to this size (MB)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # skip images of more pixels (width x height): Pillow's bomb limit
     workers: int | None = None       # loader workers; None = chosen from the cores
     # optimisation
     optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad
@@ -68,34 +71,47 @@ class TrainConfig:
     channels_last: bool = True       # NHWC memory layout: faster convolutions on CPUs and on CUDA
     compile: bool = False            # torch.compile the model
     threads: int | None = None       # torch intra-op threads; None = every core (workers mostly wait)
-    seed: int = 0
+    seed: int = 0                    # 0 <= seed < 2**32
     # output
     out: str = "runs"
     name: str | None = None          # run directory name; None = a timestamp
     callbacks: list[str] = field(default_factory=list)  # registered callbacks to attach
 
     # -- construction -------------------------------------------------------------------
+    # Which fields were given (to the constructor, see _init_recording_choices, or set
+    # afterwards): only those override a plugin's defaults, so TrainConfig(plugin="cnn") trains
+    # as train(plugin="cnn") does.
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if "_chosen" in self.__dict__ and name in self.__dataclass_fields__:
+            self._chosen.add(name)
+
+    def chosen(self) -> dict:
+        """The fields set by whoever built this config, as a dict."""
+        return {name: getattr(self, name) for name in self.field_names() if name in self._chosen}
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        """A config of exactly these settings (a run's own config.yaml), checked as strictly as
+        settings from the command line."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: settings must be a mapping, got {type(d).__name__}")
         reject_unknown(d, cls.field_names(), where)
-        cfg = cls(**d)
+        cfg = cls(**{k: _coerce(k, v, where) for k, v in d.items()})
+        cfg.validate()
         return cfg
 
     @staticmethod
     def read_yaml(path) -> dict:
-        import yaml
+        from augpipe.files import read_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        data = read_yaml(path, "config file")
+        if data is None:
+            return {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of settings")
         reject_unknown(data, TrainConfig.field_names(), str(path))
@@ -119,9 +135,9 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path) -> None:
-        import yaml
+        from augpipe.files import dump_yaml, write_atomic
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_atomic(path, dump_yaml(self.to_dict()))
 
     # -- derived values -----------------------------------------------------------------
     @property
@@ -139,6 +155,9 @@ class TrainConfig:
         return "max" if self.monitor.endswith("acc") else "min"
 
     def validate(self) -> None:
+        for name in self.field_names():
+            _check_type(name, getattr(self, name))
+
         def positive(name, value, allow_none=False):
             if value is None and allow_none:
                 return
@@ -176,33 +195,141 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}. Choose from: {', '.join(PRECISIONS)}")
         if self.aug_device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"--aug-device must be auto, cpu or gpu, got {self.aug_device!r}")
-        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
             raise ConfigError(f"--image-size must be a whole number of at least 8, got {self.image_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must not be negative, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number in [0, 2**32), got {self.seed}")
+        if self.cache_mb < 0:
+            raise ConfigError(f"--cache-mb must not be negative, got {self.cache_mb}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.milestones and min(self.milestones) <= 0:
+            raise ConfigError(f"--milestones must be above 0, got {self.milestones}")
+        if self.name is not None and (not self.name.strip() or self.name in (".", "..")
+                                      or any(c in self.name for c in "/\\\0")):
+            raise ConfigError(f"--name must be a folder name without slashes, got {self.name!r}")
+        if not self.out.strip() or "\0" in self.out:
+            raise ConfigError(f"--out must be a folder path, got {self.out!r}")
+        if isinstance(self.aug, str) and not self.aug.strip():
+            raise ConfigError("--aug must name a preset or a spec file")
+        check_device_name(self.device)
         from augpipe.data.split import check_ratios
 
         check_ratios(self.val, self.test)
 
 
-def _coerce(name: str, value):
-    """YAML reads ``5e-4`` (no dot) as a string: turn numbers written as text into numbers of the
-    field's type, and name the field when that is impossible."""
+_dataclass_init = TrainConfig.__init__
+
+
+def _init_recording_choices(self, *args, **kwargs):
+    _dataclass_init(self, *args, **kwargs)
+    object.__setattr__(self, "_chosen", set(TrainConfig.field_names()[:len(args)]) | set(kwargs))
+
+
+TrainConfig.__init__ = _init_recording_choices
+
+
+def typed_settings(d, where: str = "settings") -> dict:
+    """``d`` with each value coerced (numbers written as text) and type-checked: done to every
+    layer before any value is used, so ``plugin: []`` is a one-line error, not a TypeError."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: settings must be a mapping, got {type(d).__name__}")
+    reject_unknown(d, TrainConfig.field_names(), where)
+    out = {}
+    for k, v in d.items():
+        if v is None:
+            out[k] = v
+            continue
+        out[k] = _coerce(k, v, where)
+        _check_type(k, out[k])
+    return out
+
+
+def check_device_name(name) -> None:
+    """auto, cpu, cuda or cuda:N: the devices augpipe trains on."""
+    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list",
+               dict: "a mapping", type(None): "null"}
+
+
+def _allowed_types(name: str) -> tuple[tuple[type, ...], type | None]:
+    """(types the field accepts, type of list items) from its annotation."""
     kind = TrainConfig.__dataclass_fields__[name].type
-    target = float if kind.startswith("float") else int if kind.startswith("int") else None
-    if target is None or value is None or isinstance(value, bool):
+    if kind == "Any":  # aug: a preset name, a spec file or a spec mapping
+        return (str, dict, type(None)), None
+    allowed: list[type] = []
+    item = None
+    for part in (p.strip() for p in kind.split("|")):
+        if part.startswith("list["):
+            allowed.append(list)
+            item = {"float": float, "str": str, "int": int}[part[5:-1]]
+        else:
+            allowed.append({"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}[part])
+    return tuple(allowed), item
+
+
+def _matches(value, t: type) -> bool:
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def _check_type(name: str, value) -> None:
+    """Strict: YAML's ``"false"`` is text, not false; ``true`` is not a batch size."""
+    allowed, item = _allowed_types(name)
+    flag = "--" + name.replace("_", "-")
+    if not any(_matches(value, t) for t in allowed):
+        if isinstance(value, float) and not math.isfinite(value) and float in allowed:
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        want = " or ".join(_TYPE_WORDS[t] for t in allowed)
+        raise ConfigError(f"{flag} must be {want}, got {_show(value)}")
+    if isinstance(value, list):
+        for v in value:
+            if not _matches(v, item):
+                raise ConfigError(f"{flag} must be a list of {_TYPE_WORDS[item]}s, got {_show(value)}")
+
+
+def _show(value) -> str:
+    text = repr(value)
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return f"{shown} ({_TYPE_WORDS.get(type(value), type(value).__name__)})"
+
+
+def _coerce(name: str, value, where: str = "settings"):
+    """YAML reads ``5e-4`` (no dot) as a string: turn numbers written as text into numbers of the
+    field's type, and name the field when that is impossible. Nothing else is converted: the
+    type check in ``validate`` refuses what is left."""
+    allowed, item = _allowed_types(name)
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list) and item in (int, float):
+        return [_number(name, v, item) if isinstance(v, str) else v for v in value]
+    if not isinstance(value, str) or str in allowed:
         return value
-    if isinstance(value, (int, float)) and not (target is int and isinstance(value, float)):
-        return value
+    if float in allowed:
+        return _number(name, value, float)
+    if int in allowed:
+        return _number(name, value, int)
+    return value
+
+
+def _number(name: str, value: str, target: type):
     try:
         number = float(value)
         if target is int:
-            if number != int(number):
+            if not math.isfinite(number) or number != int(number):
                 raise ValueError
             return int(number)
         return number
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be {'a whole number' if target is int else 'a number'}, got {value!r}") from None
-
+    except (TypeError, ValueError, OverflowError):
+        word = "a whole number" if target is int else "a number"
+        raise ConfigError(f"--{name.replace('_', '-')} must be {word}, got {value!r}") from None

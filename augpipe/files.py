@@ -112,8 +112,9 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
 
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{where}: too large (at most {MAX_YAML_BYTES:,} characters)")
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -124,7 +125,8 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_expanded_size(root, where: str) -> None:
@@ -232,6 +234,8 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # not a pickle at all: "Unsupported operand"
+            raise DataError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
         # torch's message advises weights_only=False, which is exactly what must not happen.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f"it names {found.group(1)}" if found else "it holds more than tensors and plain values"

@@ -54,9 +54,16 @@ def augpipe_register_optimizers(register):
 
 @hookspec
 def augpipe_register_schedulers(register):
-    """Call ``register(name, factory)``; ``factory(optimizer, total_steps=, steps_per_epoch=,
-    epochs=, config=)`` returns a scheduler stepped once per iteration, or an object with
-    ``per_epoch = True`` whose ``step(metric)`` is called once per epoch."""
+    """Call ``register(name, factory)``; ``factory(optimizer, *, config, steps_per_epoch, epochs,
+    total_steps)`` (``total_steps = steps_per_epoch * epochs``; ``config`` the TrainConfig)
+    returns one of:
+
+    - a torch learning-rate scheduler, whose ``step()`` is called after every iteration;
+    - a ``ReduceLROnPlateau``, or any object with ``per_epoch = True``, whose ``step(metric)`` is
+      called once per epoch with the monitored figure;
+    - an ``augpipe.training.optim.LRSchedule``, which may combine the two.
+
+    It must have ``state_dict()``/``load_state_dict()``: a resumed run restores it."""
 
 
 @hookspec
@@ -67,8 +74,17 @@ def augpipe_register_augmentations(register):
 
 @hookspec
 def augpipe_register_callbacks(register):
-    """Call ``register(name, factory)``; ``factory(run_dir, config)`` returns an object whose
-    optional ``on_epoch_end(epoch, metrics, model)`` is called after each epoch."""
+    """Call ``register(name, factory)``; ``--callbacks name`` attaches it. ``factory(run_dir,
+    config)`` returns an object with any of the hooks of ``augpipe.training.callbacks.Callback``
+    (subclass it to get them all as no-ops):
+
+    - ``on_train_batch_end(epoch, step, loss)`` after every optimizer step;
+    - ``on_epoch_end(epoch, metrics, model) -> bool`` after each epoch; True stops the run
+      (``reason`` says why);
+    - ``state_dict()`` / ``load_state_dict(state)``: plain values kept in ``last.pt``, given back
+      when the run is resumed.
+
+    An exception raised in a hook ends the run with an error naming the plugin."""
 
 
 @hookspec

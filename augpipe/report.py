@@ -72,12 +72,13 @@ def grid_figure(rows: list[tuple[str, list[np.ndarray]]], column_titles: list[st
 
 
 def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="standard",
-            out="preview.png", per_transform: bool = False, lookup=None) -> Path:
+            out="preview.png", per_transform: bool = False, lookup=None, max_pixels: int | None = None) -> Path:
     """Draw ``n`` images of ``source`` (default: the bundled sample data) with ``variants``
-    augmented versions each, or with each transform of the spec alone (``per_transform``)."""
+    augmented versions each, or with each transform of the spec alone (``per_transform``).
+    Images with more than ``max_pixels`` pixels (default: DEFAULT_MAX_PIXELS) are skipped."""
     from augpipe.augment.cpu import build_train_transform, op_transforms, seed_transform
     from augpipe.augment.spec import AugmentSpec
-    from augpipe.data.images import ImageStore
+    from augpipe.data.images import DEFAULT_MAX_PIXELS, TOO_LARGE, ImageStore
     from augpipe.data.sources import open_dataset
 
     import albumentations as A
@@ -90,15 +91,19 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
         from augpipe.sample_data import path as sample_path
 
         source = sample_path()
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     src = open_dataset(source)
-    store = ImageStore(src)
+    store = ImageStore(src, max_pixels=max_pixels)
     size = spec.size or min(store.native_size())
 
     rows, used = [], 0
     for i in _pick_rows(src, n * 4, seed):
-        img = src.load(i)
+        img, problem = store.read(i)
         if img is None:
-            log.warning("skipped unreadable image %s", src.describe(i))
+            if problem == TOO_LARGE:
+                log.warning("skipped image %s: larger than --max-pixels (%s pixels)", src.describe(i), f"{max_pixels:,}")
+            else:
+                log.warning("skipped unreadable image %s", src.describe(i))
             continue
         rows.append((src.class_names[src.labels[i]], img))
         used += 1

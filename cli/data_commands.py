@@ -1,11 +1,26 @@
 """``augpipe split`` and ``augpipe preview``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
-from augpipe.data.images import DEFAULT_CACHE_MB
+from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS
+
+MAX_PIXELS_HELP = ("Skip images with more pixels than this (read from the header, before decoding); "
+                   "the default is Pillow's decompression-bomb limit.")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: it is not the source either way
+        return False
+
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
@@ -15,24 +30,29 @@ from augpipe.data.images import DEFAULT_CACHE_MB
 @click.option("--out", default="split.csv", show_default=True, type=click.Path(path_type=Path), help="Manifest to write.")
 @click.option("--split-file", type=click.Path(path_type=Path), help="Earlier manifest: its items keep their split (its seed and ratios are reused).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
-def split(source, val, test, seed, out, split_file, strict):
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help=MAX_PIXELS_HELP)
+def split(source, val, test, seed, out, split_file, strict, max_pixels):
     """Split SOURCE into train / val / test and write the manifest."""
     import time
 
-    from augpipe.data.prepare import prepare_data
+    from augpipe.data.prepare import describe_skipped, prepare_data
     from augpipe.data.split import check_ratios, describe_duplicates, split_table, write_manifest
+    from augpipe.errors import DataError
     from augpipe.report import check_output_path
 
     check_ratios(val, test)
     check_output_path(out)
+    if _same_file(out, source):  # the manifest would replace the data set it lists
+        raise DataError(f"--out {out}: is the data set {source} itself; choose another file name")
     start = time.perf_counter()
     data = prepare_data(source, val=val, test=test, seed=seed, split_file=split_file, strict=strict,
-                        cache_mb=0)
+                        cache_mb=0, max_pixels=max_pixels)
     write_manifest(out, data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
     click.echo(split_table(data.class_names, data.source.labels, data.assignment))
     click.echo(describe_duplicates(data.duplicates))
     if data.skipped:
-        click.echo(f"skipped: {len(data.skipped)} unreadable image(s)")
+        click.echo(f"skipped: {describe_skipped(data.skipped, data.too_large, data.max_pixels)}")
     click.echo(f"wrote {out} ({len(data.source)} images, {time.perf_counter() - start:.1f} s)")
 
 
@@ -44,11 +64,14 @@ def split(source, val, test, seed, out, split_file, strict):
 @click.option("--aug", default="standard", show_default=True, help="Preset (none, light, standard, strong) or a spec .yaml.")
 @click.option("--out", default="preview.png", show_default=True, type=click.Path(path_type=Path))
 @click.option("--per-transform", is_flag=True, help="One column per transform, each applied alone.")
-def preview(source, n, variants, seed, aug, out, per_transform):
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help=MAX_PIXELS_HELP)
+def preview(source, n, variants, seed, aug, out, per_transform, max_pixels):
     """Draw augmented versions of images from SOURCE (default: the bundled sample data)."""
     from augpipe.report import preview as draw
 
-    path = draw(source, n=n, variants=variants, seed=seed, aug=aug, out=out, per_transform=per_transform)
+    path = draw(source, n=n, variants=variants, seed=seed, aug=aug, out=out, per_transform=per_transform,
+                max_pixels=max_pixels)
     click.echo(str(path))
 
 

@@ -51,9 +51,14 @@ class AugpipeGroup(click.Group):
             return super().invoke(ctx)
         except AugpipeError as err:
             raise click.ClickException(str(err)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as err:
+            # A stop signal before the first step or a second one: nothing of the run is lost
+            # that a checkpoint held (SIGTERM: 143, as Slurm and Kubernetes expect).
+            from augpipe.training.signals import EXIT_CODES
+
+            name = getattr(err, "signal_name", "SIGINT")
+            click.echo(f"interrupted by {name}", err=True)
+            ctx.exit(EXIT_CODES.get(name, 130))
 
 
 @click.group(cls=AugpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})

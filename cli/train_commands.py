@@ -46,8 +46,10 @@ def _config_options(func):
 
 @click.command(context_settings={"max_content_width": 110})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (config.yaml of a run works); flags override it.")
+@click.option("--resume", "resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
+              help="Continue an interrupted run from its last.pt, exactly (only --device and --threads may be given with it).")
 @_config_options
-def train(config_file, **flags):
+def train(config_file, resume, **flags):
     """Train a classifier: augpipe train --plugin resnet [--data PATH] ...
 
     The defaults shown are augpipe's own: a plugin's defaults (lr, epochs, batch size ...,
@@ -57,7 +59,7 @@ def train(config_file, **flags):
 
     flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     flags = {k: v for k, v in flags.items() if v is not None and v != []}
-    result = run_train(config_file=config_file, **flags)
+    result = run_train(config_file=config_file, resume=resume, **flags)
     s = result.summary
     click.echo(f"run: {result.run_dir}")
     click.echo(f"epochs: {s['epochs_run']} ({s['stop_reason']}); best epoch {s['best_epoch']}")
@@ -65,6 +67,11 @@ def train(config_file, **flags):
         click.echo(f"speed: {s['mean_images_per_s']:.0f} images/s (training, mean over epochs)")
     if "test_acc" in s:
         click.echo(f"test accuracy: {s['test_acc']:.4f} on {s['test_images']} images")
+    if s.get("interrupted"):
+        from augpipe.training.signals import EXIT_CODES
+
+        click.echo(f"interrupted by {s['interrupted']}; resume with: {s['resume_command']}", err=True)
+        raise SystemExit(EXIT_CODES.get(s["interrupted"], 130))
     if result.failed:
         # A run that fails in its first epoch has no checkpoint: do not promise one.
         kept = (f"best checkpoint kept in {result.run_dir}" if (Path(result.run_dir) / "best.pt").is_file()
@@ -75,14 +82,14 @@ def train(config_file, **flags):
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Data set to score (default: the run's).")
-@click.option("--checkpoint", default="best.pt", show_default=True, help="best.pt or last.pt.")
+@click.option("--checkpoint", default=None, help="best.pt or last.pt (default: the one the run scored, best.pt unless it ran with --no-restore-best).")
 @click.option("--device", default="auto", show_default=True)
 def evaluate(run_dir, data, checkpoint, device):
     """Rescore a run's checkpoint on the test split."""
     from augpipe.training.run import evaluate as run_evaluate
 
     result = run_evaluate(run_dir, data=data, checkpoint=checkpoint, device=device)
-    click.echo(f"test accuracy: {result['acc']:.4f} on {result['n']} images (checkpoint of epoch {result['epoch']})")
+    click.echo(f"test accuracy: {result['acc']:.4f} on {result['n']} images ({result['checkpoint']}, epoch {result['epoch']})")
     click.echo(f"test loss: {result['loss']:.4f}")
     width = max(len(n) for n in result["class_names"])
     for name, acc in result["per_class_acc"].items():

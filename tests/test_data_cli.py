@@ -395,6 +395,31 @@ def bad_preview_zero_rows(tmp_path, mf):
     return ["preview", "ds", "--n", "0"], "Invalid value for '--n'"
 
 
+
+def bad_class_all_unreadable(tmp_path, mf):
+    root = _ds(tmp_path, mf)
+    for p in (root / "b").iterdir():
+        p.write_bytes(b"")
+    return ["split", "ds"], "class 'b' has no readable images (all 6 were skipped)"
+
+
+def bad_npz_class_name_without_images(tmp_path, mf):
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 3), np.uint8), y=np.arange(8) % 2,
+             class_names=np.array(["cat", "dog", "truck"]))
+    return ["split", "d.npz"], "class 'truck' has no images"
+
+
+def bad_too_large_strict(tmp_path, mf):
+    _ds(tmp_path, mf)  # 8x8 images: 64 pixels
+    return ["split", "ds", "--strict", "--max-pixels", "63"], \
+        "12 image(s): 12 larger than --max-pixels (63 pixels), first: ds/a/0000.png"
+
+
+def bad_max_pixels_zero(tmp_path, mf):
+    _ds(tmp_path, mf)
+    return ["preview", "ds", "--max-pixels", "0"], "Invalid value for '--max-pixels'"
+
+
 BAD = [f for name, f in sorted(globals().items()) if name.startswith("bad_")]
 
 

@@ -148,7 +148,8 @@ def test_manifest_round_trip_reproduces_exactly(tmp_path, make_folder):
     assert m1.read_bytes() == m2.read_bytes()
     previous, header = read_manifest(m1, data.source)
     assert previous == dict(zip(data.source.keys, data.assignment.tolist()))
-    assert header["seed"] == "11" and header["val"] == "0.25" and header["test"] == "0.15"
+    # Converted and checked, so that a caller's int() / float() can not fail on them.
+    assert header["seed"] == 11 and header["val"] == 0.25 and header["test"] == 0.15
     assert header["fingerprint"] == data.source.fingerprint()
     # No temporary file left beside the manifest.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "m1.csv", "m2.csv"]
@@ -294,4 +295,80 @@ def test_a_manifest_key_that_starts_with_a_hash_is_a_row_not_a_comment(tmp_path)
                                class_names=source.class_names)
     write_manifest(tmp_path / "m.csv", source, assignment, seed=0, val=0.2, test=0.2)
     previous, header = read_manifest(tmp_path / "m.csv", source)
-    assert previous == dict(zip(source.keys, assignment)) and header["seed"] == "0"
+    assert previous == dict(zip(source.keys, assignment)) and header["seed"] == 0
+
+
+# -- the manifest's header ------------------------------------------------------------------
+def _manifest_with_header(tmp_path, make_folder, header: str):
+    root = make_folder(tmp_path / "ds", {"a": 6, "b": 6}, size=8)
+    source = open_dataset(root)
+    out = split_dataset(source.keys, source.labels, source.given, val=0.2, test=0.2, seed=3)
+    m = write_manifest(tmp_path / "m.csv", source, out, seed=3, val=0.2, test=0.2)
+    body = [line for line in m.read_text().splitlines(keepends=True) if not line.startswith("#")]
+    m.write_text(header + "".join(body))
+    return root, source, m
+
+
+@pytest.mark.parametrize("header, field", [
+    ("# seed: banana\n", "seed"),
+    ("# seed: -1\n", "seed"),
+    ("# seed: 4294967296\n", "seed"),  # 2**32
+    ("# seed: +5\n", "seed"),
+    ("# seed: 1_000\n", "seed"),
+    ("# seed: 3.0\n", "seed"),
+    ("# seed: ٣\n", "seed"),  # a digit to str.isdigit, not to a reader of the file
+    ("# seed:\n", "seed"),
+    ("# val: lots\n", "val"),
+    ("# val: nan\n", "val"),
+    ("# val: 1\n", "val"),
+    ("# val: -0.1\n", "val"),
+    ("# test: inf\n", "test"),
+    ("# val: 0.6\n# test: 0.5\n", "val and test"),
+])
+def test_bad_manifest_header_fields_name_the_file_and_field(tmp_path, make_folder, header, field):
+    root, source, m = _manifest_with_header(tmp_path, make_folder, header)
+    with pytest.raises(DataError, match=rf"m.csv: the header fields? {field} ") as err:
+        read_manifest(m, source)
+    assert len(str(err.value).splitlines()) == 1
+    # What prepare_data does with a split file: the same error, not a ValueError from int().
+    with pytest.raises(DataError, match=rf"m.csv: the header fields? {field} "):
+        prepare_data(root, split_file=m)
+
+
+def test_bad_manifest_header_via_the_cli(tmp_path, make_folder, cli):
+    _manifest_with_header(tmp_path, make_folder, "# seed: banana\n")
+    res = cli("split", "ds", "--split-file", "m.csv", "--out", "new.csv")
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.output.splitlines()[-1] == "Error: m.csv: the header field seed must be an integer from 0 to " \
+                                          "4294967295, got 'banana'"
+    assert not (tmp_path / "new.csv").exists()
+
+
+def test_manifest_header_fields_are_converted_and_used(tmp_path, make_folder):
+    root, source, m = _manifest_with_header(
+        tmp_path, make_folder, "# augpipe split manifest v1\n# seed: 4294967295\n# val: 1e-1\n# test: 0\n# note: hi\n")
+    _, header = read_manifest(m, source)
+    assert header["seed"] == 4294967295 and isinstance(header["seed"], int)
+    assert header["val"] == 0.1 and header["test"] == 0.0 and isinstance(header["test"], float)
+    assert header["note"] == "hi"
+    data = prepare_data(root, split_file=m)
+    assert (data.seed, data.val, data.test) == (4294967295, 0.1, 0.0)
+    # Fields that are absent are left to the caller's defaults.
+    _, source, m = _manifest_with_header(tmp_path / "2", make_folder, "")
+    assert read_manifest(m, source)[1] == {}
+
+
+def test_manifest_listing_a_key_twice(tmp_path, make_folder):
+    root = make_folder(tmp_path / "ds", {"a": 4, "b": 4}, size=8)
+    (tmp_path / "m.csv").write_text("path,label,split\na/0000.png,a,train\na/0001.png,a,val\na/0000.png,a,test\n")
+    with pytest.raises(DataError, match="a/0000.png is listed twice, lines 2 and 4"):
+        read_manifest(tmp_path / "m.csv", open_dataset(root))
+
+
+def test_manifest_with_a_field_too_large_for_csv(tmp_path, make_folder):
+    root = make_folder(tmp_path / "ds", {"a": 4}, size=8)
+    (tmp_path / "m.csv").write_text('# seed: 1\npath,label,split\na/0000.png,a,train\n"' + "x" * 200_000 + '",a,val\n')
+    with pytest.raises(DataError, match="m.csv: line 4: not valid CSV"):
+        read_manifest(tmp_path / "m.csv", open_dataset(root))

@@ -47,7 +47,7 @@ def run(tmp_path_factory):
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # plain data: nothing in it can run
 
 
 def read_split(path):
@@ -105,10 +105,12 @@ def test_checkpoints_hold_what_a_resume_needs(run):
     for state in (last, best):
         assert {"model", "optimizer", "scheduler", "epoch", "config", "class_names", "split", "rng"} <= set(state)
         assert state["class_names"] == ["a", "b", "c"] and state["image_size"] == 16
-        assert {"torch", "numpy", "python", "train_loader"} <= set(state["rng"])
-        assert all(isinstance(state["rng"][k], torch.Tensor) for k in ("torch", "train_loader"))
+        assert {"torch", "numpy", "python", "loaders", "device_augment"} <= set(state["rng"])
+        assert isinstance(state["rng"]["torch"], torch.Tensor)
+        assert all(isinstance(state["rng"]["loaders"][k], torch.Tensor) for k in ("train", "val", "test"))
+        assert {"early_stopping", "history", "in_epoch", "train_seconds"} <= set(state)
     assert last["epoch"] == 3 and best["epoch"] == run.summary["best_epoch"]
-    assert len(last["history"]) == 3
+    assert len(last["history"]["epochs"]) == 3 and last["in_epoch"] is None
 
     # the state loads back into the model, optimizer and schedule a run builds from the config
     plugins = get_plugins()
@@ -159,7 +161,7 @@ def test_the_loader_reshuffles_each_epoch_and_repeats_with_the_seed(tmp_path, ti
         probe.SEEN.clear()
         run_train(**fast(data=str(tiny_data), plugin="probe", epochs=2, aug="none", seed=seed,
                          out=str(tmp_path / "runs"), name=name), plugins=plugins)
-        orders[name] = [list(e) for e in probe.SEEN]
+        orders[name] = [list(e) for e in probe.SEEN if e]  # the size check before training sees none
     first, second = orders["a"]
     assert len(first) == len(second) == 30 and sorted(first) == sorted(second)
     assert first != second  # reshuffled
@@ -195,7 +197,8 @@ def test_an_absurd_learning_rate_fails_the_run_cleanly(tmp_path, tiny_data):
     result = run_train(**fast(data=str(tiny_data), plugin="mlp", model="mlp_small", optimizer="sgd", lr=1e6,
                               scheduler="none", epochs=3, aug="none", out=str(tmp_path / "runs"), name="x"))
     assert result.failed
-    assert re.fullmatch(r"stopped at epoch \d: the training loss became (nan|inf)( at iteration \d+)?",
+    # the weights may turn NaN on a step whose own loss was finite: validation shows it first
+    assert re.fullmatch(r"stopped at epoch \d: the (training|validation) loss became (nan|inf)( at iteration \d+)?",
                         result.summary["stop_reason"])
     assert json.loads((result.run_dir / "summary.json").read_text())["failed"] is True
 

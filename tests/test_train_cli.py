@@ -43,7 +43,7 @@ def test_train_then_evaluate_prints_the_same_test_accuracy(tmp_path, cli, tiny_d
 
     result = cli("evaluate", run_dir, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(line + f" (checkpoint of epoch {summary['best_epoch']})")
+    assert result.output.startswith(line + f" (best.pt, epoch {summary['best_epoch']})")
     assert f"test loss: {summary['test_loss']:.4f}" in result.output
 
 
@@ -132,7 +132,9 @@ def test_an_existing_run_directory_is_refused_and_left_untouched(tmp_path, cli, 
 
 def test_evaluate_of_a_missing_run_fails_in_one_line(tmp_path, cli):
     line = error_line(cli("evaluate", tmp_path / "runs/none"))
-    assert "best.pt: no such checkpoint" in line
+    assert "runs/none: no such run directory" in line
+    (tmp_path / "runs/empty").mkdir(parents=True)
+    assert "best.pt: no such checkpoint" in error_line(cli("evaluate", tmp_path / "runs/empty"))
 
 
 # -- plugins that go wrong ----------------------------------------------------------------------------

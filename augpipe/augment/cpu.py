@@ -63,8 +63,9 @@ def extra_transforms(spec: AugmentSpec, lookup: Callable[[str], type] | None) ->
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 t = cls(**params)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"augmentation {entry['name']!r}: {err}") from None
+        except Exception as err:  # pydantic's ValidationError, TypeError ...: the user's parameters
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"augmentation {entry['name']!r}: {first}") from None
         if getattr(t, "invalid_args", None):
             raise ConfigError(f"augmentation {entry['name']!r}: unknown argument(s) {', '.join(t.invalid_args)}")
         out.append(t)
@@ -108,7 +109,10 @@ def build_eval_transform(spec: AugmentSpec, size: int, *, native=None, normalize
 
 
 def save_pipeline(transform: A.BaseCompose, path) -> None:
-    A.save(transform, str(path), data_format="yaml")
+    from augpipe.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        A.save(transform, str(tmp), data_format="yaml")
 
 
 def load_pipeline(path) -> A.BaseCompose:

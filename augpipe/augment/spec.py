@@ -86,7 +86,10 @@ class AugmentSpec:
     def from_dict(cls, d: dict | None) -> "AugmentSpec":
         d = dict(d or {})
         reject_unknown(d, [f.name for f in fields(cls)], "augmentation spec", list_valid=True)
-        spec = cls(size=d.get("size"), extra=list(d.get("extra") or []))
+        extra = d.get("extra") or []
+        if not isinstance(extra, list):
+            raise ConfigError(f"extra must be a list of transforms, e.g. [{{name: GaussianBlur, p: 0.1}}], got {extra!r}")
+        spec = cls(size=d.get("size"), extra=list(extra))
         for name, op_cls in OPS.items():
             if d.get(name) is not None:
                 setattr(spec, name, _build_op(op_cls, d[name], name))
@@ -109,14 +112,9 @@ class AugmentSpec:
             return cls.preset(text)
         path = Path(text)
         if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
-            if not path.is_file():
-                raise ConfigError(f"{path}: no such augmentation spec file")
-            import yaml
+            from augpipe.files import read_yaml
 
-            try:
-                data = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as err:
-                raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+            data = read_yaml(path, "augmentation spec file")
             if data is not None and not isinstance(data, dict):
                 raise ConfigError(f"{path}: an augmentation spec must be a mapping")
             return cls.from_dict(data)
@@ -132,9 +130,9 @@ class AugmentSpec:
         return out
 
     def save(self, path) -> None:
-        import yaml
+        from augpipe.files import dump_yaml, write_atomic
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_atomic(path, dump_yaml(self.to_dict()))
 
     def validate(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1):
@@ -162,9 +160,13 @@ class AugmentSpec:
         mean, std = self.normalize.mean, self.normalize.std
         if not (_numbers(mean, 3) and _numbers(std, 3) and min(std) > 0):
             raise ConfigError("normalize needs three means and three positive standard deviations")
+        if not isinstance(self.extra, list):
+            raise ConfigError(f"extra must be a list of transforms, got {self.extra!r}")
         for e in self.extra:
-            if not isinstance(e, dict) or "name" not in e:
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"]:
                 raise ConfigError("each entry of extra needs a name, e.g. {name: GaussianBlur, p: 0.1}")
+            if not all(isinstance(k, str) for k in e):
+                raise ConfigError(f"extra {e['name']}: parameter names must be text")
 
     def active_ops(self) -> list[str]:
         return [n for n in ("crop", "hflip", "color_jitter", "erase") if getattr(self, n) is not None]

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from augpipe.data.images import DEFAULT_CACHE_MB, ImageStore
+from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS, ImageStore
 from augpipe.data.sources import ImageSource, open_dataset
 from augpipe.data.split import find_duplicates, read_manifest, split_dataset
 from augpipe.errors import DataError
@@ -22,8 +22,10 @@ class PreparedData:
     seed: int
     val: float
     test: float
-    skipped: list[str]  # images that failed to decode
+    skipped: list[str]  # images left out: unreadable, or above max_pixels
     duplicates: dict
+    too_large: list[str] = field(default_factory=list)  # those of ``skipped`` above max_pixels
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.assignment == split)
@@ -33,11 +35,35 @@ class PreparedData:
         return self.source.class_names
 
 
+def describe_skipped(skipped: list[str], too_large: list[str], max_pixels: int) -> str:
+    """'3 image(s): 2 unreadable, 1 larger than --max-pixels (...)', or '3 unreadable image(s)'
+    when none was too large."""
+    if not too_large:
+        return f"{len(skipped)} unreadable image(s)"
+    unreadable = len(skipped) - len(too_large)
+    parts = ([f"{unreadable} unreadable"] if unreadable else []) + \
+        [f"{len(too_large)} larger than --max-pixels ({max_pixels:,} pixels)"]
+    return f"{len(skipped)} image(s): {', '.join(parts)}"
+
+
 def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
-                 strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB) -> PreparedData:
-    """Open ``path``, decode every image once, drop unreadable ones (or fail under ``strict``),
-    and split. With ``split_file`` the manifest's assignment, seed and ratios are reused."""
+                 strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1) -> PreparedData:
+    """Open ``path``, decode every image once, drop unreadable ones and those with more than
+    ``max_pixels`` pixels (or fail under ``strict``), and split. With ``split_file`` the
+    manifest's assignment, seed and ratios are reused. Every class must keep at least one image,
+    and there must be at least ``min_classes`` classes."""
     source = open_dataset(path)
+    names = source.class_names
+    if len(names) < min_classes:
+        listed = ", ".join(repr(c) for c in names[:5])
+        raise DataError(f"{path}: the data set has {len(names)} class{'' if len(names) == 1 else 'es'} "
+                        f"({listed}): a classifier needs at least {min_classes}")
+    counts = source.class_counts()
+    empty = [names[c] for c in np.flatnonzero(counts == 0)]
+    if empty:  # an .npz or CIFAR meta file can name classes that no label uses
+        more = f" (nor do {len(empty) - 1} other class(es))" if len(empty) > 1 else ""
+        raise DataError(f"{path}: class {empty[0]!r} has no images{more}")
     previous = None
     if split_file is not None:
         previous, header = read_manifest(split_file, source)
@@ -47,17 +73,23 @@ def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, sp
         new = len(source) - len(previous)
         if new:
             log.info("%d item(s) are not in %s: they fill the remaining quota of each split", new, split_file)
-    store, report = ImageStore.build(source, cache_mb=cache_mb)
+    store, report = ImageStore.build(source, cache_mb=cache_mb, max_pixels=max_pixels)
     skipped = [source.describe(i) for i in report.bad]
+    too_large = [source.describe(i) for i in report.too_large]
     if skipped:
+        what = describe_skipped(skipped, too_large, max_pixels)
         if strict:
-            raise DataError(f"{len(skipped)} unreadable image(s), first: {skipped[0]}")
-        log.warning("skipped %d unreadable image(s), first: %s (use --strict to stop instead)",
-                    len(skipped), skipped[0])
+            raise DataError(f"{what}, first: {skipped[0]}")
+        log.warning("skipped %s, first: %s (use --strict to stop instead)", what, skipped[0])
         bad = set(report.bad)
         keep = [i for i in range(len(source)) if i not in bad]
         if not keep:
             raise DataError(f"{path}: no readable images")
+        left = np.bincount(source.labels[keep], minlength=len(names))
+        gone = np.flatnonzero(left == 0)
+        if len(gone):
+            c = int(gone[0])
+            raise DataError(f"class {names[c]!r} has no readable images (all {counts[c]} were skipped)")
         store = store.subset(keep)
         source = store.source
         digests = [report.digests[i] for i in keep]
@@ -65,4 +97,5 @@ def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, sp
         digests = report.digests
     assignment = split_dataset(source.keys, source.labels, source.given, val=val, test=test, seed=seed,
                                previous=previous, class_names=source.class_names)
-    return PreparedData(source, store, assignment, seed, val, test, skipped, find_duplicates(digests, assignment))
+    return PreparedData(source, store, assignment, seed, val, test, skipped, find_duplicates(digests, assignment),
+                        too_large, max_pixels)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from augpipe.data.sources import shown
 from augpipe.errors import ConfigError, DataError
 
 log = logging.getLogger("augpipe")
@@ -164,9 +165,38 @@ def write_manifest(path, source, assignment, *, seed: int, val: float, test: flo
     return write_atomic(path, buf.getvalue())
 
 
-def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:
+def _header_fields(path: Path, header: dict[str, str]) -> dict:
+    """The header with seed, val and test checked and converted (int, float, float): a
+    hand-edited "# seed: banana" must stop here with the file's name, not as a traceback later."""
+    out: dict = dict(header)
+    if "seed" in header:
+        text = header["seed"]
+        # Digits only: int() would also take "+7", " 7", "1_000" and hand back another seed.
+        if not (text.isascii() and text.isdigit()) or int(text) >= 2**32:
+            raise DataError(f"{path}: the header field seed must be an integer from 0 to {2**32 - 1}, got {text!r}")
+        out["seed"] = int(text)
+    for field in ("val", "test"):
+        if field in header:
+            try:
+                value = float(header[field])
+            except ValueError:
+                value = None
+            if value is None or not (math.isfinite(value) and 0 <= value < 1):
+                raise DataError(f"{path}: the header field {field} must be a fraction in [0, 1), "
+                                f"got {header[field]!r}")
+            out[field] = value
+    try:
+        check_ratios(out.get("val", 0.0), out.get("test", 0.0))
+    except ConfigError:
+        raise DataError(f"{path}: the header fields val and test add up to {out['val'] + out['test']:g}; "
+                        "they must be below 1") from None
+    return out
+
+
+def read_manifest(path, source) -> tuple[dict[str, str], dict]:
     """The split of each key in the manifest at ``path``, checked against ``source``, and the
-    header fields (seed, val, test, fingerprint ...)."""
+    header fields (fingerprint, source ...; seed as an int, val and test as floats, each
+    checked as ``split_dataset`` would)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such split manifest")
@@ -183,19 +213,35 @@ def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:
                     numbered.append((n, line))
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"{path}: can not be read ({err.strerror or err})") from None
+    header = _header_fields(path, header)
     reader = csv.reader(line for _, line in numbered)
-    rows = [(numbered[reader.line_num - 1][0], r) for r in reader if r]
+    rows = []
+    while True:
+        try:
+            r = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:  # a field over csv's size limit, say
+            raise DataError(f"{path}: line {numbered[reader.line_num - 1][0]}: not valid CSV ({err})") from None
+        if r:
+            rows.append((numbered[reader.line_num - 1][0], r))
     if not rows or len(rows[0][1]) < 3 or rows[0][1][1:3] != ["label", "split"]:
         raise DataError(f"{path}: not a split manifest (expected columns {source.key_column},label,split)")
     index = {k: i for i, k in enumerate(source.keys)}
     known = set(source.class_names)
     previous, missing, unknown = {}, [], []
+    line_of: dict[str, int] = {}
     for n, row in rows[1:]:
         if len(row) < 3:
             raise DataError(f"{path}: line {n}: expected {source.key_column},label,split, found {len(row)} field(s)")
         key, label, split = row[0], row[1], row[2].strip()
         if split not in SPLITS:
-            raise DataError(f"{path}: unknown split {split!r} for {key} (use train, val or test)")
+            raise DataError(f"{path}: unknown split {split!r} for {shown(key)} (use train, val or test)")
+        # Listed twice, the later line would silently decide the item's split.
+        if line_of.setdefault(key, n) != n:
+            raise DataError(f"{path}: {shown(key)} is listed twice, lines {line_of[key]} and {n}")
         if label not in known:
             unknown.append(label)
             continue
@@ -204,11 +250,11 @@ def read_manifest(path, source) -> tuple[dict[str, str], dict[str, str]]:
             missing.append(key)
             continue
         if source.class_names[source.labels[i]] != label:
-            raise DataError(f"{path}: {key} is labelled {label!r} but the data set says "
+            raise DataError(f"{path}: {shown(key)} is labelled {label!r} but the data set says "
                             f"{source.class_names[source.labels[i]]!r}")
         previous[key] = split
     if unknown:
         raise DataError(f"{path}: the manifest names {len(unknown)} item(s) with unknown labels, first: {unknown[0]!r}")
     if missing:
-        raise DataError(f"{path}: the manifest names {len(missing)} item(s) missing from the data set, first: {missing[0]}")
+        raise DataError(f"{path}: the manifest names {len(missing)} item(s) missing from the data set, first: {shown(missing[0])}")
     return previous, header

@@ -1,8 +1,10 @@
-"""Small objects the training loop calls after each epoch: early stopping, checkpoints, the
-metrics file. Each has ``on_epoch_end(epoch, metrics, model) -> bool`` (True asks to stop)."""
+"""Small objects the training loop calls: early stopping, checkpoints, the metrics file, and
+plugins' callbacks. Each has ``on_epoch_end(epoch, metrics, model) -> bool`` (True asks to
+stop); ``Callback`` lists every hook, each a no-op, as Lightning's does."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -10,10 +12,67 @@ from pathlib import Path
 
 import torch
 
+from augpipe.errors import AugpipeError, PluginError
+from augpipe.files import save_checkpoint
+
 log = logging.getLogger("augpipe")
 
 
-class EarlyStopping:
+class Callback:
+    """The hooks the training loop calls, each a no-op here: subclass and override what you
+    need. ``state_dict``/``load_state_dict`` carry a callback's state through ``last.pt``, so a
+    resumed run continues it."""
+
+    def on_train_batch_end(self, epoch: int, step: int, loss) -> None:
+        """After each optimizer step; ``step`` counts from 1 within the epoch, ``loss`` is a tensor."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict, model=None) -> bool:
+        """After each epoch's validation; return True to stop the run (set ``self.reason``)."""
+        return False
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PluginCallback(Callback):
+    """A plugin's callback: a failure inside it is reported as that plugin's, by name."""
+
+    def __init__(self, callback, name: str, owner: str):
+        self.callback, self.name, self.owner = callback, name, owner
+        self.reason = None
+
+    def _call(self, hook: str, *args):
+        method = getattr(self.callback, hook, None)
+        if method is None:
+            return None
+        try:
+            return method(*args)
+        except AugpipeError:
+            raise
+        except Exception as err:
+            raise PluginError(f"callback {self.name!r} of plugin {self.owner!r} failed in {hook}: "
+                              f"{type(err).__name__}: {err}") from None
+
+    def on_train_batch_end(self, epoch, step, loss):
+        self._call("on_train_batch_end", epoch, step, loss)
+
+    def on_epoch_end(self, epoch, metrics, model=None):
+        stop = bool(self._call("on_epoch_end", epoch, metrics, model))
+        self.reason = getattr(self.callback, "reason", None) or (f"stopped by callback {self.name!r}" if stop else None)
+        return stop
+
+    def state_dict(self):
+        return self._call("state_dict") or {}
+
+    def load_state_dict(self, state):
+        if state:
+            self._call("load_state_dict", state)
+
+
+class EarlyStopping(Callback):
     """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs, counting
     only epochs after ``start_from_epoch``; keeps the best weights to restore at the end.
 
@@ -57,6 +116,24 @@ class EarlyStopping:
             return True
         return False
 
+    def state_dict(self, model=None) -> dict:
+        """Plain values; the best weights only when they are not ``model``'s current ones (at the
+        epoch that set them, the checkpoint's model weights are the best weights)."""
+        state = {k: getattr(self, k) for k in ("best", "best_epoch", "wait", "stopped_epoch", "reason")}
+        state["best_state"] = self.best_state
+        if model is not None and self.best_state is not None:
+            model = getattr(model, "_orig_mod", model)
+            current = model.state_dict()
+            if all(torch.equal(v, current[k].detach().cpu()) for k, v in self.best_state.items()):
+                state["best_state"] = "model"
+        return state
+
+    def load_state_dict(self, state: dict, model_state: dict | None = None) -> None:
+        for k in ("best", "best_epoch", "wait", "stopped_epoch", "reason"):
+            setattr(self, k, state[k])
+        best = state.get("best_state")
+        self.best_state = dict(model_state) if best == "model" else best
+
     def restore(self, model) -> bool:
         """Load the best weights into ``model``; False when there are none to restore."""
         if not self.restore_best or self.best_state is None:
@@ -65,15 +142,11 @@ class EarlyStopping:
         return True
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save through a temporary file: a kill mid-write never corrupts the checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class Checkpoints:
-    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored figure improves."""
+class Checkpoints(Callback):
+    """``last.pt`` after every epoch and ``best.pt`` whenever the monitored figure improves.
+    Runs after the other callbacks, so that ``last.pt`` holds the state the next epoch starts
+    from. ``best.pt`` is written first: a kill between the two leaves ``last.pt`` at the epoch
+    before, which a resumed run redoes, rewriting the same ``best.pt``."""
 
     def __init__(self, run_dir: Path, state_fn, tracker: EarlyStopping):
         self.run_dir = Path(run_dir)
@@ -82,28 +155,38 @@ class Checkpoints:
 
     def on_epoch_end(self, epoch: int, metrics: dict, model=None) -> bool:
         state = self.state_fn(epoch)
-        save_atomic(state, self.run_dir / "last.pt")
         # While no epoch has been scored (no validation split, or before start_from_epoch), the
         # latest weights are the best known: without this no best.pt exists, and evaluate fails.
         if self.tracker.best_epoch == epoch or self.tracker.best_epoch is None:
-            save_atomic(state, self.run_dir / "best.pt")
+            save_checkpoint(state, self.run_dir / "best.pt")
+        save_checkpoint(state, self.run_dir / "last.pt")
         return False
 
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
 
 
-class MetricsFile:
-    """``metrics.csv``, one row per epoch, flushed each time so a killed run keeps its rows."""
+class MetricsFile(Callback):
+    """``metrics.csv``, one row per epoch, flushed to disk each time so a killed run keeps its
+    rows. ``epochs`` (a resumed run's history) rewrites the file to exactly those rows first, so
+    rows of an epoch that is redone are never duplicated."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, epochs: list[dict] = ()):
+        from augpipe.files import write_atomic
+
         self.path = Path(path)
-        with open(self.path, "w", newline="") as fh:
-            csv.writer(fh).writerow(METRIC_COLUMNS)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(METRIC_COLUMNS)
+        for metrics in epochs:
+            writer.writerow([_fmt(metrics.get(c)) for c in METRIC_COLUMNS])
+        write_atomic(self.path, buf.getvalue())
 
     def on_epoch_end(self, epoch: int, metrics: dict, model=None) -> bool:
         with open(self.path, "a", newline="") as fh:
             csv.writer(fh).writerow([_fmt(metrics.get(c)) for c in METRIC_COLUMNS])
+            fh.flush()
+            os.fsync(fh.fileno())
         return False
 
 
@@ -118,7 +201,7 @@ def read_metrics(path) -> list[dict]:
         return [{k: (float(v) if v not in ("",) else None) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-class HookCallback:
+class HookCallback(Callback):
     """Forwards each epoch's end to the plugins' ``augpipe_epoch_end`` hooks."""
 
     def __init__(self, plugins, run_dir: Path):

@@ -66,14 +66,71 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
+@dataclass
+class EpochProgress:
+    """How far the current epoch got: what an interrupted epoch's checkpoint keeps, so that a
+    resumed run continues it at the next step with the same sums."""
+
+    epoch: int
+    step: int = 0  # training steps done in this epoch
+    losses: list[float] = field(default_factory=list)
+    correct: int = 0
+    n: int = 0
+    seconds: float = 0.0
+    loader_state: object = None  # the training loader's generator at the start of the epoch
+    lr: float | None = None  # the learning rate at the start of the epoch, as metrics.csv reports it
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "losses": list(self.losses), "correct": self.correct,
+                "n": self.n, "seconds": self.seconds, "loader_state": self.loader_state, "lr": self.lr}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "EpochProgress":
+        return cls(**state)
+
+
+class TrainingControl:
+    """What the loop asks between steps: has a stop been requested (a signal), and where does
+    the first epoch start (a resumed run). ``on_interrupt(progress)`` saves an unfinished epoch."""
+
+    def __init__(self, stop_requested=lambda: False, resume_at: EpochProgress | None = None,
+                 on_interrupt=None, after_fast_forward=None, batch_callbacks=()):
+        self.stop_requested = stop_requested
+        self.resume_at = resume_at
+        self.on_interrupt = on_interrupt
+        self.after_fast_forward = after_fast_forward
+        self.batch_callbacks = list(batch_callbacks)
+
+
 def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *, precision="fp32",
-                scaler=None, progress=False, desc="", deadline=None, check_every: int = 1):
-    """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds, iteration losses)."""
+                scaler=None, progress=False, desc="", deadline=None, check_every: int = 1,
+                state: EpochProgress | None = None, control: TrainingControl | None = None) -> EpochProgress:
+    """One pass over ``loader``, from ``state.step`` on when an interrupted epoch is resumed.
+    Returns the epoch's progress; ``step < len(loader)`` means a stop was requested."""
     model.train()
-    start = time.perf_counter()
-    losses, correct, n = [], torch.zeros((), dtype=torch.int64, device=device), 0
+    control = control or TrainingControl()
+    state = state or EpochProgress(epoch=0)
+    start = time.perf_counter() - state.seconds
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     pending = []
-    for it, (images, labels) in enumerate(_progress(loader, len(loader), desc, progress)):
+    batches = iter(loader)
+    if state.step:
+        # The loader repeats its order and augmentation from the epoch's generator state: drawing
+        # the batches already trained on (without training) puts every stream where it was.
+        for _ in range(state.step):
+            next(batches)
+        if control.after_fast_forward is not None:
+            control.after_fast_forward()
+    counted = state.correct
+
+    def flush():
+        values = torch.stack(pending).float().cpu().tolist()
+        pending.clear()
+        state.losses.extend(values)
+        if not all(math.isfinite(v) for v in values):
+            raise NonFiniteLoss(f"the training loss became {values[-1]} at iteration {state.step}")
+
+    for images, labels in _progress(batches, len(loader) - state.step, desc, progress):
         x = prepare(images)
         y = labels.to(device, non_blocking=True)
         with autocast_for(device, precision):
@@ -89,67 +146,94 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             optimizer.step()
         schedule.step_iteration()
         correct += (logits.detach().argmax(1) == y).sum()
-        n += len(y)
+        state.n += len(y)
+        state.step += 1
         pending.append(loss.detach())
         # Fetching the loss every iteration would stall a GPU; a CPU loses nothing.
         if len(pending) >= check_every:
-            values = torch.stack(pending).float().cpu().tolist()
-            pending.clear()
-            losses.extend(values)
-            if not all(math.isfinite(v) for v in values):
-                raise NonFiniteLoss(f"the training loss became {values[-1]} at iteration {it + 1}")
+            flush()
+        for cb in control.batch_callbacks:
+            cb.on_train_batch_end(state.epoch, state.step, loss)
         if deadline is not None and time.perf_counter() > deadline:
             break
+        if control.stop_requested() and state.step < len(loader):
+            break
     if pending:
-        values = torch.stack(pending).float().cpu().tolist()
-        losses.extend(values)
-        if not all(math.isfinite(v) for v in values):
-            raise NonFiniteLoss(f"the training loss became {values[-1]}")
-    seconds = time.perf_counter() - start
-    mean = float(np.mean(losses)) if losses else float("nan")
-    return mean, int(correct) / max(1, n), n, seconds, losses
+        flush()
+    state.correct = counted + int(correct)
+    state.seconds = time.perf_counter() - start
+    return state
 
 
 def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimizer, schedule, loss_fn,
         epochs: int, device, num_classes: int, callbacks=(), tracker=None, precision: str = "fp32",
         max_seconds: float | None = None, progress: bool = False, start_epoch: int = 1,
-        history: History | None = None) -> History:
+        history: History | None = None, control: TrainingControl | None = None, scaler=None) -> History:
     """Train for ``epochs`` epochs (from ``start_epoch``), validating after each. ``callbacks``
-    see every epoch's metrics; one returning True stops the run (its ``reason`` is recorded)."""
+    see every epoch's metrics; one returning True stops the run (its ``reason`` is recorded).
+    Between steps ``control`` may stop the run (an interrupt) or resume an unfinished epoch."""
     history = history or History()
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+    control = control or TrainingControl()
+    if scaler is None and precision == "fp16" and device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
     check_every = 50 if device.type == "cuda" else 1
     deadline = time.perf_counter() + max_seconds if max_seconds else None
+    resume_at, control.resume_at = control.resume_at, None
     for epoch in range(start_epoch, epochs + 1):
-        lr = current_lr(optimizer)
+        generator = getattr(train_loader, "generator", None)
+        if resume_at is not None and resume_at.epoch == epoch:
+            state = resume_at
+            if generator is not None and state.loader_state is not None:
+                generator.set_state(state.loader_state)
+        else:
+            state = EpochProgress(epoch=epoch, loader_state=generator.get_state() if generator is not None else None,
+                                  lr=current_lr(optimizer))
+        lr = state.lr if state.lr is not None else current_lr(optimizer)
         try:
-            train_loss, train_acc, n, seconds, losses = train_epoch(
+            state = train_epoch(
                 model, train_loader, prepare_train, optimizer, schedule, loss_fn, device, precision=precision,
                 scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs}", deadline=deadline,
-                check_every=check_every)
+                check_every=check_every, state=state, control=control)
         except NonFiniteLoss as err:
             history.stop_reason = f"stopped at epoch {epoch}: {err}"
             history.failed = True
             log.error("%s", history.stop_reason)
             break
-        history.iteration_losses.extend(losses)
-        metrics = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "lr": lr,
-                   "seconds": seconds, "images_per_s": n / seconds if seconds > 0 else float("nan")}
+        if state.step < len(train_loader) and control.stop_requested():
+            history.stop_reason = "interrupted"
+            if control.on_interrupt is not None:
+                control.on_interrupt(state)
+            break
+        history.iteration_losses.extend(state.losses)
+        train_loss = float(np.mean(state.losses)) if state.losses else float("nan")
+        metrics = {"epoch": epoch, "train_loss": train_loss, "train_acc": state.correct / max(1, state.n), "lr": lr,
+                   "seconds": state.seconds,
+                   "images_per_s": state.n / state.seconds if state.seconds > 0 else float("nan")}
         if val_loader is not None and len(val_loader.dataset):
             val = evaluate(model, val_loader, prepare_eval, loss_fn, num_classes, device, precision)
             metrics.update(val_loss=val["loss"], val_acc=val["acc"])
         schedule.step_epoch(metrics.get(tracker.monitor) if tracker else metrics.get("val_loss"))
         history.epochs.append(metrics)
         log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %s acc %s  lr %.3g  %.1f s  %.0f img/s",
-                 epoch, epochs, train_loss, train_acc, _f(metrics.get("val_loss"), 4), _f(metrics.get("val_acc"), 3),
-                 lr, seconds, metrics["images_per_s"])
+                 epoch, epochs, train_loss, metrics["train_acc"], _f(metrics.get("val_loss"), 4),
+                 _f(metrics.get("val_acc"), 3), lr, state.seconds, metrics["images_per_s"])
         stop = False
+        # Weights can turn NaN on an update whose own loss was finite (a NaN weight decay, one
+        # step per epoch): the validation loss is the first figure to show it.
+        val_loss = metrics.get("val_loss")
+        if val_loss is not None and not math.isfinite(val_loss):
+            history.stop_reason = f"stopped at epoch {epoch}: the validation loss became {val_loss}"
+            history.failed = True
+            stop = True
         for cb in callbacks:
-            if cb.on_epoch_end(epoch, metrics, model):
+            if cb.on_epoch_end(epoch, metrics, model) and not stop:
                 stop = True
                 history.stop_reason = getattr(cb, "reason", None) or f"stopped by {type(cb).__name__}"
         if stop:
-            log.info("%s", history.stop_reason)
+            (log.error if history.failed else log.info)("%s", history.stop_reason)
+            break
+        if control.stop_requested():
+            history.stop_reason = "interrupted"
             break
         if deadline is not None and time.perf_counter() > deadline:
             history.stop_reason = f"time budget of {max_seconds / 60:g} min reached after epoch {epoch}"

@@ -71,6 +71,24 @@ class LRSchedule:
             self.per_epoch.load_state_dict(state["per_epoch"])
 
 
+def as_schedule(schedule, name: str, owner: str) -> LRSchedule:
+    """What a scheduler factory returned, as the LRSchedule the loop steps: augpipe's own, a
+    torch scheduler stepped per iteration, or one stepped per epoch on the monitored metric
+    (ReduceLROnPlateau, or any object with ``per_epoch = True``)."""
+    if isinstance(schedule, LRSchedule):
+        return schedule
+    if all(hasattr(schedule, m) for m in ("step_iteration", "step_epoch", "state_dict", "load_state_dict")):
+        return schedule
+    if not all(hasattr(schedule, m) for m in ("step", "state_dict", "load_state_dict")):
+        from augpipe.errors import PluginError
+
+        raise PluginError(f"plugin {owner!r}: scheduler {name!r} returned {type(schedule).__name__}, which has no "
+                          f"step(), state_dict() and load_state_dict()")
+    if isinstance(schedule, ReduceLROnPlateau) or getattr(schedule, "per_epoch", False):
+        return LRSchedule(per_epoch=schedule)
+    return LRSchedule(per_iteration=schedule)
+
+
 def _warmup(it: int, warmup: int) -> float:
     return (it + 1) / warmup if it < warmup else 1.0
 
@@ -80,7 +98,7 @@ def _milestones(config, epochs: int) -> list[float]:
     return [m * epochs for m in ms] if ms and all(m < 1 for m in ms) else ms
 
 
-def _lambda_schedule(shape, optimizer, *, config, steps_per_epoch: int, epochs: int) -> LRSchedule:
+def _lambda_schedule(shape, optimizer, *, config, steps_per_epoch: int, epochs: int, **_) -> LRSchedule:
     """Warm-up for ``warmup_epochs``, then ``shape(iteration, epoch)`` as the factor on the lr."""
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
 

@@ -2,8 +2,10 @@
 (from a plugin) -> loop -> curves, checkpoints, metrics, test score."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from augpipe.config import TrainConfig
+from augpipe.config import TrainConfig, check_device_name, typed_settings
 from augpipe.errors import AugpipeError, ConfigError, DataError, PluginError
 
 log = logging.getLogger("augpipe")
@@ -41,16 +43,17 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
 
     plugins = plugins or get_plugins()
     if isinstance(config, TrainConfig):
-        base = {k: v for k, v in config.to_dict().items() if v is not None}
+        base = config.chosen()
     else:
-        base = dict(config or {})
-    file = TrainConfig.read_yaml(config_file) if config_file else {}
+        base = typed_settings({} if config is None else config, "config")
+    file = typed_settings(TrainConfig.read_yaml(config_file), str(config_file)) if config_file else {}
     file = {**base, **file}
-    chosen = {**{k: v for k, v in file.items() if v is not None}, **{k: v for k, v in flags.items() if v is not None}}
+    chosen = {**{k: v for k, v in file.items() if v is not None},
+              **{k: v for k, v in typed_settings(flags, "settings").items() if v is not None}}
     if chosen.get("recipe"):
         from augpipe.recipes import recipe_path
 
-        chosen = {**TrainConfig.read_yaml(recipe_path(chosen["recipe"])), **chosen}
+        chosen = {**typed_settings(TrainConfig.read_yaml(recipe_path(chosen["recipe"])), chosen["recipe"]), **chosen}
     if "scheduler" in chosen:
         chosen["scheduler"] = SCHEDULER_ALIASES.get(chosen["scheduler"], chosen["scheduler"])
     trainer = plugins.trainer(chosen.get("plugin", TrainConfig.plugin))
@@ -82,6 +85,7 @@ def data_or_sample(path) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -125,16 +129,6 @@ def call_plugin(registry, name: str, *args, **kwargs):
         owner = registry.owner.get(name, "?")
         raise PluginError(f"plugin {owner!r} failed to build {registry.kind} {name!r}: "
                           f"{type(err).__name__}: {err}") from None
-
-
-def new_run_dir(cfg: TrainConfig) -> Path:
-    name = cfg.name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.out) / name
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise DataError(f"--out {cfg.out}: not a directory")
-    if run_dir.exists():
-        raise DataError(f"run directory {run_dir} already exists: choose another --name, or remove it")
-    return run_dir
 
 
 class DataPipeline:
@@ -185,159 +179,398 @@ class DataPipeline:
         self.workers = workers
 
 
-def checkpoint_state(*, epoch, model, optimizer, schedule, cfg, data, image_size, history, pipeline) -> dict:
-    return {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "config": cfg.to_dict(),
-        "class_names": data.class_names,
-        "image_size": image_size,
-        "split": {"key_column": data.source.key_column, "keys": data.source.keys,
-                  "labels": data.source.labels.tolist(), "splits": data.assignment.tolist(),
-                  "seed": data.seed, "val": data.val, "test": data.test},
-        "history": list(history.epochs),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "train_loader": pipeline.train.generator.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-    }
+    def check_train_transform(self, data, image_size: int) -> None:
+        """Run the training augmentation once on a real image, on a copy (the pipeline's own
+        random streams stay untouched): an ``extra`` transform that fails on these images (a
+        crop larger than they are) or changes their size is refused before anything is written."""
+        import copy
+
+        if self.train_transform is None or not len(data.indices("train")):
+            return
+        i = int(data.indices("train")[0])
+        try:
+            out = copy.deepcopy(self.train_transform)(image=data.store[i])["image"]
+        except AugpipeError:
+            raise
+        except Exception as err:
+            raise ConfigError(f"the augmentation fails on {data.source.describe(i)}: {type(err).__name__}: "
+                              f"{_first_line(err)}") from None
+        if out.shape != (image_size, image_size, 3):
+            raise ConfigError(f"the augmentation turns {data.source.describe(i)} into {tuple(out.shape)}, "
+                              f"not {image_size}x{image_size}x3: an 'extra' transform changes the size")
 
 
-def train(config=None, *, config_file=None, plugins=None, progress: bool | None = None, **flags) -> RunResult:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def check_model_input(model, cfg: TrainConfig, num_classes: int, image_size: int, device) -> None:
+    """One forward pass of two blank images before training: a model that can not take images of
+    this size (4x4 pixels into three pooling stages) is a one-line error, not a traceback later."""
+    x = torch.zeros(2, 3, image_size, image_size, device=device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as err:
+        raise ConfigError(f"model {cfg.plugin}/{cfg.model} can not take {image_size}x{image_size} images "
+                          f"({type(err).__name__}: {_first_line(err)}); give a larger --image-size") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PluginError(f"model {cfg.plugin}/{cfg.model} returned {shape} for 2 images, not (2, {num_classes})")
+
+
+def portable_config(cfg: TrainConfig, spec) -> TrainConfig:
+    """The settings as ``config.yaml`` keeps them: the augmentation spec itself rather than a
+    file name, and absolute data paths, so the run can be re-run or evaluated from anywhere."""
+    saved = cfg.to_dict()
+    saved["aug"] = spec.to_dict()
+    for key in ("data", "split_file"):
+        if saved[key] is not None:
+            saved[key] = str(Path(saved[key]).expanduser().resolve())
+    return TrainConfig.from_dict(saved)
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock held while a process trains into ``run_dir``: two processes resuming the
+    same run would write over each other's checkpoints."""
+    import fcntl
+
+    fh = open(run_dir / ".lock", "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataError(f"{run_dir}: another process is training this run") from None
+    return fh
+
+
+# Settings a resumed run may change: where and how fast it computes, not what it computes.
+RESUME_FLAGS = ("device", "threads")
+
+
+def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainConfig, dict]:
+    from augpipe.files import load_checkpoint
+    from augpipe.training.checkpoint import check_resumable
+
+    if config is not None or config_file is not None:
+        raise ConfigError("--resume continues a run with its own settings: it takes no --config")
+    changed = sorted(k for k, v in flags.items() if v is not None and k not in RESUME_FLAGS)
+    if changed:
+        raise ConfigError(f"--resume continues a run with its own settings: --{changed[0].replace('_', '-')} "
+                          f"can not be changed (only {', '.join('--' + f for f in RESUME_FLAGS)} can)")
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run directory")
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if isinstance(summary, dict) and summary.get("stop_reason") and not summary.get("resumable"):
+            raise DataError(f"{run_dir}: the run has ended ({summary['stop_reason']}); nothing to resume")
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: no last.pt to resume from (the run was stopped before it finished a step); "
+                        f"start it again")
+    state = check_resumable(load_checkpoint(path), path)
+    cfg = TrainConfig.from_dict({**state["config"], **{k: v for k, v in flags.items() if v is not None}},
+                                where=str(path))
+    return cfg, state
+
+
+def train(config=None, *, config_file=None, plugins=None, progress: bool | None = None, resume=None,
+          **flags) -> RunResult:
     """Train as ``augpipe train`` does: ``config`` is a TrainConfig, a dict of its fields or
-    None; keyword arguments override it (``augpipe.train(plugin="cnn", epochs=3)``)."""
+    None; keyword arguments override it (``augpipe.train(plugin="cnn", epochs=3)``).
+
+    ``resume``: a run directory whose ``last.pt`` the run continues from, with every state put
+    back, so that it ends as the run would have ended uninterrupted.
+
+    SIGINT and SIGTERM finish the current step, save ``last.pt``, and close the run directory as
+    "interrupted": ``summary["interrupted"]`` names the signal (the CLI exits 130 or 143)."""
+    from augpipe.plugin_manager import get_plugins
+    from augpipe.training.signals import StopSignals
+
+    plugins = plugins or get_plugins()
+    with StopSignals() as signals:
+        if resume is not None:
+            run_dir = Path(resume)
+            cfg, saved = _resume_settings(run_dir, config, config_file, flags)
+        else:
+            cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
+            check_run_dir_free(cfg)
+            run_dir, saved = None, None
+        return _train(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals)
+
+
+def check_run_dir_free(cfg: TrainConfig) -> None:
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {cfg.out}: not a directory")
+    if cfg.name and (out / cfg.name).exists():
+        raise DataError(f"run directory {out / cfg.name} already exists: choose another --name, or remove it")
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    """Create the run directory. Without ``--name`` it is the start time, with ``-2``, ``-3`` ...
+    when runs start in the same second: mkdir is atomic, so two processes never share one."""
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.name:
+            path = out / cfg.name
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise DataError(f"run directory {path} already exists: choose another --name, or remove it") from None
+            return path
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for k in range(1, 10_000):
+            path = out / (stamp if k == 1 else f"{stamp}-{k}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:
+        raise DataError(f"{out}: a run directory can not be created there ({err.strerror})") from None
+    raise DataError(f"{out}: too many runs started in the second {stamp}")
+
+
+def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals) -> RunResult:
     from augpipe.augment.cpu import build_train_transform, save_pipeline
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.prepare import prepare_data
     from augpipe.data.split import describe_duplicates, split_table, write_manifest
-    from augpipe.plugin_manager import get_plugins
-    from augpipe.report import plot_confusion, plot_curves
-    from augpipe.training.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile
-    from augpipe.training.loop import evaluate, fit
+    from augpipe.files import remove_stale_temporaries, write_atomic
+    from augpipe.training.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile, PluginCallback
+    from augpipe.training.checkpoint import checkpoint_state, restore_random_states
+    from augpipe.training.loop import EpochProgress, History, TrainingControl, fit
+    from augpipe.training.optim import as_schedule
 
-    plugins = plugins or get_plugins()
-    cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
+    resuming = saved is not None
     device = resolve_device(cfg.device)
     if cfg.precision == "fp16" and device.type != "cuda":
         log.info("--precision fp16 applies on CUDA only; training in fp32 on the CPU (bf16 works on CPUs)")
     spec = AugmentSpec.load(cfg.aug)
-    run_dir = new_run_dir(cfg)
     seed_everything(cfg.seed)
 
     data_path = data_or_sample(cfg.data)
-    data = prepare_data(data_path, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=cfg.split_file,
-                        strict=cfg.strict, cache_mb=cfg.cache_mb)
+    split_file = run_dir / "split.csv" if resuming else cfg.split_file
+    data = prepare_data(data_path, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file,
+                        strict=cfg.strict, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels, min_classes=2)
+    if resuming and (data.source.fingerprint() != saved["split"].get("fingerprint")
+                     or data.assignment.tolist() != saved["split"]["splits"]):
+        raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
+                        f"removed or relabelled); a resumed run needs the same data")
     if len(data.indices("train")) == 0:
         raise DataError(f"{data_path}: the training split is empty")
+    if cfg.patience is not None and cfg.monitor.startswith("val_") and len(data.indices("val")) == 0:
+        raise ConfigError(f"early stopping (--patience {cfg.patience}) watches {cfg.monitor}, but there is no "
+                          f"validation split: give --val above 0, or --monitor train_loss")
     log.info("data: %s (%d images, %d classes)\n%s\n%s", data_path, len(data.source), len(data.class_names),
              split_table(data.class_names, data.source.labels, data.assignment), describe_duplicates(data.duplicates))
-    image_size = cfg.image_size or spec.size or min(data.store.native_size())
+    image_size = saved["image_size"] if resuming else (cfg.image_size or spec.size or min(data.store.native_size()))
     num_classes = len(data.class_names)
 
     model = build_model(plugins, cfg, num_classes, image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    check_model_input(model, cfg, num_classes, image_size, device)
     optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
                             weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
     pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
+    pipeline.check_train_transform(data, image_size)
     steps = len(pipeline.train)
-    schedule = call_plugin(plugins.schedulers, cfg.scheduler, optimizer, config=cfg, steps_per_epoch=steps,
-                           epochs=cfg.epochs)
-    extra_callbacks = [call_plugin(plugins.callbacks, name, run_dir, cfg) for name in cfg.callbacks]
+    schedule = as_schedule(call_plugin(plugins.schedulers, cfg.scheduler, optimizer, config=cfg,
+                                       steps_per_epoch=steps, epochs=cfg.epochs, total_steps=steps * cfg.epochs),
+                           cfg.scheduler, plugins.schedulers.owner.get(cfg.scheduler, "?"))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     threads = cfg.threads or max(1, _cores())
     torch.set_num_threads(threads)
     train_model = torch.compile(model) if cfg.compile else model
+    tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
+                            cfg.restore_best)
+    history = History()
+    resume_at = None
+    done_seconds = 0.0
+    cfg_to_save = portable_config(cfg, spec)
+
+    def make_callbacks():
+        return {name: PluginCallback(call_plugin(plugins.callbacks, name, run_dir, cfg), name,
+                                     plugins.callbacks.owner.get(name, "?"))
+                for name in cfg.callbacks}
 
     # Everything a user can get wrong has been checked: only now is anything written.
+    if resuming:
+        lock = lock_run_dir(run_dir)
+        remove_stale_temporaries(run_dir)
+        try:
+            extra_callbacks = make_callbacks()
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["scheduler"])
+            if scaler is not None and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
+            tracker.load_state_dict(saved["early_stopping"], saved["model"])
+            for name, cb in extra_callbacks.items():
+                cb.load_state_dict(saved["callbacks"].get(name))
+        except BaseException as err:
+            lock.close()
+            if not isinstance(err, (RuntimeError, KeyError, ValueError, TypeError)):
+                raise
+            raise DataError(f"{run_dir / 'last.pt'}: does not fit the run's model or settings "
+                            f"({type(err).__name__}: {_first_line(err)})") from None
+        history.epochs = list(saved["history"]["epochs"])
+        history.iteration_losses = list(saved["history"]["iteration_losses"])
+        done_seconds = saved["train_seconds"]
+        if saved["in_epoch"] is not None:
+            resume_at = EpochProgress.from_state(saved["in_epoch"])
+        start_epoch = saved["epoch"] + 1
+        restore_random_states(saved["rng"], pipeline)
+        log.info("resuming %s after epoch %d%s", run_dir, saved["epoch"],
+                 f" at step {resume_at.step} of epoch {resume_at.epoch}" if resume_at else "")
+    else:
+        out_existed = Path(cfg.out).exists()
+        run_dir = make_run_dir(cfg)
+        lock = lock_run_dir(run_dir)
+        start_epoch = 1
     try:
-        run_dir.mkdir(parents=True)
-    except OSError as err:
-        raise DataError(f"{run_dir}: can not be created ({err.strerror})") from None
-    from augpipe.training.loop import History
-
-    history = History()
-    try:
-        cfg_to_save = TrainConfig(**{**cfg.to_dict(), "aug": spec.to_dict()})
-        cfg_to_save.save(run_dir / "config.yaml")
-        write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
-        # The Albumentations form of the spec, also when the device backend runs it.
-        save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
-                                            lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
+        if not resuming:
+            extra_callbacks = make_callbacks()
+            cfg_to_save.save(run_dir / "config.yaml")
+            write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val,
+                           test=data.test)
+            # The Albumentations form of the spec, also when the device backend runs it.
+            save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
+                                                lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %s/%s, %s parameters, %s, image %d px, batch %d, %d iterations per epoch, device %s, "
                  "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model, f"{n_params:,}",
                  cfg.activation, image_size, cfg.batch_size, steps, device,
                  "the device" if pipeline.aug_on_device else "the CPU", pipeline.workers, threads)
         log.info("run directory: %s", run_dir)
+        session_start = time.perf_counter()
 
-        tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
-                                cfg.restore_best)
+        def state(epoch, progress_state=None):
+            return checkpoint_state(
+                epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, cfg=cfg_to_save,
+                data=data, image_size=image_size, history=history, pipeline=pipeline, tracker=tracker,
+                callbacks=extra_callbacks, train_seconds=done_seconds + time.perf_counter() - session_start,
+                progress=progress_state)
 
-        callbacks = [tracker,
-                     Checkpoints(run_dir, lambda epoch: checkpoint_state(
-                         epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, cfg=cfg_to_save, data=data,
-                         image_size=image_size, history=history, pipeline=pipeline), tracker),
-                     MetricsFile(run_dir / "metrics.csv"), HookCallback(plugins, run_dir)]
-        callbacks += extra_callbacks
+        def save_unfinished_epoch(progress_state):
+            from augpipe.files import save_checkpoint
+
+            save_checkpoint(state(progress_state.epoch - 1, progress_state), run_dir / "last.pt")
+            log.info("saved %s at step %d of epoch %d", run_dir / "last.pt", progress_state.step,
+                     progress_state.epoch)
+
+        def after_fast_forward():
+            restore_random_states(saved["rng"], pipeline, loaders=False)
+
+        # Checkpoints run last: last.pt must hold the state the next epoch starts from.
+        callbacks = [tracker, MetricsFile(run_dir / "metrics.csv", history.epochs), HookCallback(plugins, run_dir)]
+        callbacks += list(extra_callbacks.values())
+        callbacks.append(Checkpoints(run_dir, state, tracker))
+        control = TrainingControl(signals.requested, resume_at=resume_at, on_interrupt=save_unfinished_epoch,
+                                  after_fast_forward=after_fast_forward if resume_at else None,
+                                  batch_callbacks=list(extra_callbacks.values()))
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        eval_loss = torch.nn.CrossEntropyLoss()
         show_progress = sys.stderr.isatty() if progress is None else progress
-        start = time.perf_counter()
-        try:
+        max_seconds = cfg.max_minutes * 60 - done_seconds if cfg.max_minutes else None
+        with signals.deferred():
             fit(train_model, pipeline.train, pipeline.val, prepare_train=pipeline.prepare_train,
                 prepare_eval=pipeline.prepare_eval, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
                 epochs=cfg.epochs, device=device, num_classes=num_classes, callbacks=callbacks, tracker=tracker,
-                precision=cfg.precision, max_seconds=cfg.max_minutes * 60 if cfg.max_minutes else None,
-                progress=show_progress, history=history)
-        except KeyboardInterrupt:
-            history.stop_reason = "interrupted"
-            log.info("interrupted: finishing the run directory with the epochs done so far")
-        train_seconds = time.perf_counter() - start
-
-        restored = tracker.restore(model)
-        summary = {"run_dir": str(run_dir), "plugin": cfg.plugin, "model": cfg.model, "activation": cfg.activation,
-                   "parameters": n_params, "image_size": image_size, "device": str(device),
-                   "epochs_run": len(history.epochs), "stop_reason": history.stop_reason, "failed": history.failed,
-                   "best_epoch": tracker.best_epoch, "monitor": cfg.monitor, "best_value": tracker.best,
-                   "restored_best": restored, "train_seconds": round(train_seconds, 2),
-                   "mean_images_per_s": float(np.mean([e["images_per_s"] for e in history.epochs])) if history.epochs else None,
-                   "skipped_images": len(data.skipped), "duplicates": data.duplicates}
-        if history.epochs and len(pipeline.test.dataset):
-            test = evaluate(model, pipeline.test, pipeline.prepare_eval, eval_loss, num_classes, device, cfg.precision)
-            per_class = {name: (float(test["confusion"][i, i] / row) if (row := test["confusion"][i].sum()) else None)
-                         for i, name in enumerate(data.class_names)}
-            summary.update(test_acc=test["acc"], test_loss=test["loss"], test_images=test["n"],
-                           per_class_acc=per_class, confusion=test["confusion"].tolist())
-            plot_confusion(test["confusion"], data.class_names, run_dir / "confusion.png",
-                           title=f"test accuracy {test['acc']:.3f} ({cfg.plugin}/{cfg.model})")
-            log.info("test accuracy %.4f on %d images (weights of epoch %s)", test["acc"], test["n"],
-                     tracker.best_epoch if restored else len(history.epochs))
-        if history.epochs:
-            plot_curves(history.epochs, run_dir / "curves.png", best_epoch=tracker.best_epoch,
-                        stop_epoch=tracker.stopped_epoch, iteration_losses=history.iteration_losses,
-                        title=f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer} lr {cfg.resolved_lr:g}, "
-                              f"aug {cfg.aug if isinstance(cfg.aug, str) else 'custom'}")
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+                precision=cfg.precision, max_seconds=max(1e-9, max_seconds) if max_seconds is not None else None,
+                progress=show_progress, start_epoch=start_epoch, history=history, control=control, scaler=scaler)
+        train_seconds = done_seconds + time.perf_counter() - session_start
+        if history.stop_reason == "interrupted":
+            log.warning("interrupted by %s: last.pt saved; resume with: augpipe train --resume %s",
+                        signals.received, run_dir)
+        summary = _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, device, n_params,
+                          train_seconds, interrupted=signals.received if history.stop_reason == "interrupted" else None)
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
         return RunResult(run_dir, summary, history)
     except BaseException as err:
-        _close_failed_run(run_dir, history, err)
+        _close_failed_run(run_dir, history, err, keep=resuming)
+        if not resuming and not out_existed:
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()  # only when empty: made for this run alone
         raise
+    finally:
+        lock.close()
 
 
-def _close_failed_run(run_dir: Path, history, err: BaseException) -> None:
-    """A run that fails after its directory was made leaves either nothing (no epoch done) or a
-    summary saying why it failed beside the epochs it finished: never a half-written run."""
+def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, device, n_params, train_seconds,
+            interrupted) -> dict:
+    """Score the test split with the weights the run keeps, draw the curves, and say how it ended."""
+    from augpipe.report import plot_confusion, plot_curves
+    from augpipe.training.loop import evaluate
+
+    restored = tracker.restore(model)
+    summary = {"run_dir": str(run_dir), "plugin": cfg.plugin, "model": cfg.model, "activation": cfg.activation,
+               "parameters": n_params, "image_size": image_size, "device": str(device),
+               "epochs_run": len(history.epochs), "stop_reason": history.stop_reason, "failed": history.failed,
+               "interrupted": interrupted, "resumable": interrupted is not None,
+               "best_epoch": tracker.best_epoch, "monitor": cfg.monitor, "best_value": tracker.best,
+               "restored_best": restored, "scored_checkpoint": "best.pt" if cfg.restore_best else "last.pt",
+               "train_seconds": round(train_seconds, 2),
+               "mean_images_per_s": float(np.mean([e["images_per_s"] for e in history.epochs])) if history.epochs else None,
+               "skipped_images": len(data.skipped), "duplicates": data.duplicates}
+    if interrupted:
+        summary["resume_command"] = f"augpipe train --resume {run_dir}"
+    if history.epochs and len(pipeline.test.dataset):
+        test = evaluate(model, pipeline.test, pipeline.prepare_eval, torch.nn.CrossEntropyLoss(),
+                        len(data.class_names), device, cfg.precision)
+        per_class = {name: (float(test["confusion"][i, i] / row) if (row := test["confusion"][i].sum()) else None)
+                     for i, name in enumerate(data.class_names)}
+        summary.update(test_acc=test["acc"], test_loss=test["loss"], test_images=test["n"],
+                       per_class_acc=per_class, confusion=test["confusion"].tolist())
+        if not math.isfinite(test["loss"]) and not history.failed:
+            summary["failed"] = history.failed = True
+            summary["stop_reason"] = history.stop_reason = f"the test loss is {test['loss']}: the weights are not finite"
+        plot_confusion(test["confusion"], data.class_names, run_dir / "confusion.png",
+                       title=f"test accuracy {test['acc']:.3f} ({cfg.plugin}/{cfg.model})")
+        log.info("test accuracy %.4f on %d images (weights of epoch %s)", test["acc"], test["n"],
+                 tracker.best_epoch if restored else len(history.epochs))
+    if history.epochs:
+        plot_curves(history.epochs, run_dir / "curves.png", best_epoch=tracker.best_epoch,
+                    stop_epoch=tracker.stopped_epoch, iteration_losses=history.iteration_losses,
+                    title=f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer} lr {cfg.resolved_lr:g}, "
+                          f"aug {cfg.aug if isinstance(cfg.aug, str) else 'custom'}")
+    return summary
+
+
+def _close_failed_run(run_dir: Path | None, history, err: BaseException, keep: bool = False) -> None:
+    """A run that fails after its directory was made leaves either nothing (no step done) or a
+    summary saying why it ended beside what it finished: never a half-written run. A resumed run
+    keeps everything: its last.pt is still the place to resume from."""
     import shutil
 
-    if not history.epochs:
+    from augpipe.files import write_atomic
+
+    if run_dir is None or keep:
+        return
+    if not history.epochs and not (run_dir / "last.pt").is_file():
         shutil.rmtree(run_dir, ignore_errors=True)
         return
-    summary = {"run_dir": str(run_dir), "epochs_run": len(history.epochs), "failed": True,
-               "stop_reason": f"{type(err).__name__}: {err}"}
+    interrupted = isinstance(err, KeyboardInterrupt)
+    summary = {"run_dir": str(run_dir), "epochs_run": len(history.epochs), "failed": not interrupted,
+               "interrupted": getattr(err, "signal_name", "SIGINT") if interrupted else None,
+               "resumable": interrupted and (run_dir / "last.pt").is_file(),
+               "stop_reason": "interrupted" if interrupted else f"{type(err).__name__}: {err}"}
     try:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    except OSError:
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+    except AugpipeError:
         pass
 
 
@@ -349,47 +582,56 @@ def _json_default(v):
     return str(v)
 
 
-def evaluate(run_dir, *, data=None, checkpoint: str = "best.pt", device: str = "auto", plugins=None) -> dict:
-    """Rescore a run's checkpoint on the test split of its manifest (or of ``data``)."""
+def evaluate(run_dir, *, data=None, checkpoint: str | None = None, device: str = "auto", plugins=None) -> dict:
+    """Rescore a run's checkpoint on the test split of its manifest (or of ``data``), the way the
+    run scored it: the same evaluation transform, batches, precision and memory layout, so the
+    run's own test split gives exactly its ``summary.json`` ``test_acc``. ``checkpoint``
+    defaults to the one the run scored (best.pt, or last.pt under ``--no-restore-best``)."""
     from augpipe.augment.spec import AugmentSpec
-    from augpipe.data.loader import AugmentedImages, BatchNormalizer, EpochLoader
-    from augpipe.augment.cpu import build_eval_transform
     from augpipe.data.prepare import prepare_data
+    from augpipe.files import load_checkpoint
     from augpipe.plugin_manager import get_plugins
+    from augpipe.training.checkpoint import check_checkpoint
     from augpipe.training.loop import evaluate as score
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run directory")
+    if checkpoint is None:
+        config_path = run_dir / "config.yaml"
+        restore_best = TrainConfig.from_dict(TrainConfig.read_yaml(config_path), where=str(config_path)).restore_best \
+            if config_path.is_file() else True
+        checkpoint = "best.pt" if restore_best else "last.pt"
     path = run_dir / checkpoint
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or not {"config", "class_names", "image_size", "model"} <= set(state):
-        raise DataError(f"{path}: not an augpipe checkpoint")
+    state = check_checkpoint(load_checkpoint(path), path)
     cfg = TrainConfig.from_dict(state["config"], where=str(path))
+    cfg.device = device
+    check_device_name(device)
     plugins = plugins or get_plugins()
     dev = resolve_device(device)
     data_path = data_or_sample(data or cfg.data)
     split_file = run_dir / "split.csv"
     prepared = prepare_data(data_path, split_file=split_file if split_file.is_file() else None,
-                            val=cfg.val, test=cfg.test, seed=cfg.seed, cache_mb=cfg.cache_mb)
+                            val=cfg.val, test=cfg.test, seed=cfg.seed, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels)
     if prepared.class_names != state["class_names"]:
         raise DataError(f"{data_path}: its classes differ from the run's ({', '.join(state['class_names'])})")
-    model = build_model(plugins, cfg, len(prepared.class_names), state["image_size"])
-    model.load_state_dict(state["model"])
+    image_size = state["image_size"]
+    model = build_model(plugins, cfg, len(prepared.class_names), image_size)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: its weights do not fit model {cfg.plugin}/{cfg.model} "
+                        f"({_first_line(err)[:200]})") from None
     model.to(dev)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     spec = AugmentSpec.load(cfg.aug)
-    native = prepared.store.native_size() if prepared.store.shapes_equal else None
-    transform = build_eval_transform(spec, state["image_size"], native=native)
-    ds = AugmentedImages(prepared.store, prepared.indices("test"), prepared.source.labels,
-                         transform if transform.transforms else None)
-    loader = EpochLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0, seed=cfg.seed)
-    result = score(model, loader, BatchNormalizer(spec.normalize.mean, spec.normalize.std, dev),
-                   torch.nn.CrossEntropyLoss(), len(prepared.class_names), dev)
+    pipeline = DataPipeline(prepared, cfg, spec, image_size, dev, plugins)
+    result = score(model, pipeline.test, pipeline.prepare_eval, torch.nn.CrossEntropyLoss(),
+                   len(prepared.class_names), dev, cfg.precision)
     result["per_class_acc"] = {name: float(result["confusion"][i, i] / max(1, result["confusion"][i].sum()))
                                for i, name in enumerate(prepared.class_names)}
     result["epoch"] = state["epoch"]
+    result["checkpoint"] = checkpoint
     result["class_names"] = prepared.class_names
     return result
