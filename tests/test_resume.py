@@ -129,42 +129,50 @@ def reference(tmp_path_factory, data):
     return tmp / "runs" / "ref"
 
 
-@pytest.mark.parametrize("kill, killed_code, redone", [
-    ("save:1", -9, "nothing"),             # SIGKILL right after an epoch's checkpoint
-    ("SIGKILL:2:2", -9, "epoch 2"),        # SIGKILL mid-epoch: that epoch is redone from its start
-    ("tmp:2", -9, "epoch 3"),              # SIGKILL inside a checkpoint write: an orphan temporary file
-    ("SIGKILL:2:0", -9, "epoch 2"),        # SIGKILL after epoch 2's metrics row, before its checkpoint
-])
-def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path, data, reference, kill, killed_code, redone):
+def test_a_run_killed_again_and_again_resumes_to_the_same_weights_and_metrics(tmp_path, data, reference):
+    """One run, SIGKILLed at four points (each resumed run is killed again at the next), then
+    resumed to its end."""
     run = tmp_path / "runs" / "r"
-    killed = augpipe(tmp_path, "train", "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "r",
-                     *SETTINGS, kill=kill)
-    assert killed.returncode == killed_code, killed.stderr
-    assert (run / "last.pt").is_file() and not (run / "summary.json").exists()
-    if kill.startswith("tmp:"):
-        assert [p.name for p in run.glob(".last.pt.tmp*")]  # what a SIGKILL mid-write leaves
-    resumed = augpipe(tmp_path, "train", "--resume", str(run))
+    kills = [
+        ("save:1", "right after epoch 1's checkpoint: nothing is redone"),
+        ("SIGKILL:2:2", "mid-epoch: epoch 2 is redone from its start"),
+        ("SIGKILL:2:0", "after epoch 2's metrics row, before its checkpoint: epoch 2 is redone, its row replaced"),
+        ("tmp:2", "inside the write of epoch 2's last.pt: an orphan temporary file, the old last.pt intact"),
+    ]
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "r", *SETTINGS]
+    for kill, what in kills:
+        killed = augpipe(tmp_path, *args, kill=kill)
+        assert killed.returncode == -9, f"{what}: {killed.stderr}"
+        assert (run / "last.pt").is_file() and not (run / "summary.json").exists(), what
+        assert bool(list(run.glob(".*.tmp*"))) == kill.startswith("tmp:"), what
+        args = ["train", "--resume", str(run)]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["in_epoch"] is None  # the tmp:2 kill kept epoch 1's
+    assert len(rows(run)) == 2  # epoch 2's row was written before the kill; resuming drops it
+    resumed = augpipe(tmp_path, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert not list(run.glob(".*.tmp*"))
     assert_same_run(run, reference)
 
 
-@pytest.mark.parametrize("signal_name, at, code", [("SIGTERM", "2:1", 143), ("SIGINT", "1:1", 130)])
-def test_a_signal_finishes_the_step_saves_and_the_run_resumes_exactly(tmp_path, data, reference, signal_name, at,
-                                                                      code):
+def test_signals_finish_the_step_save_and_the_run_resumes_exactly(tmp_path, data, reference):
+    """SIGINT in epoch 1 (no epoch finished yet), then SIGTERM in the resumed run's epoch 2."""
     run = tmp_path / "runs" / "r"
-    stopped = augpipe(tmp_path, "train", "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "r",
-                      *SETTINGS, kill=f"{signal_name}:{at}")
-    assert stopped.returncode == code, stopped.stderr
-    assert f"augpipe train --resume {run}" in stopped.stderr
-    assert "Traceback" not in stopped.stderr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["interrupted"] == signal_name and summary["resumable"] and not summary["failed"]
-    epoch, step = map(int, at.split(":"))
-    state = torch.load(run / "last.pt", weights_only=True)
-    assert state["epoch"] == epoch - 1 and state["in_epoch"]["step"] == step
-    assert (run / "curves.png").is_file() == (epoch > 1)
-    resumed = augpipe(tmp_path, "train", "--resume", str(run))
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "r", *SETTINGS]
+    for signal_name, at, code in (("SIGINT", "1:1", 130), ("SIGTERM", "2:1", 143)):
+        stopped = augpipe(tmp_path, *args, kill=f"{signal_name}:{at}")
+        assert stopped.returncode == code, stopped.stderr
+        assert f"augpipe train --resume {run}" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["interrupted"] == signal_name and summary["resumable"] and not summary["failed"]
+        epoch, step = map(int, at.split(":"))
+        state = torch.load(run / "last.pt", weights_only=True)
+        assert state["epoch"] == epoch - 1 and state["in_epoch"]["step"] == step
+        assert (run / "curves.png").is_file() == (epoch > 1)
+        assert len(rows(run)) == epoch - 1
+        args = ["train", "--resume", str(run)]
+    resumed = augpipe(tmp_path, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run, reference)
 

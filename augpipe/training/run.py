@@ -286,7 +286,7 @@ def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainCo
 
 
 def train(config=None, *, config_file=None, plugins=None, progress: bool | None = None, resume=None,
-          **flags) -> RunResult:
+          data_cache: dict | None = None, **flags) -> RunResult:
     """Train as ``augpipe train`` does: ``config`` is a TrainConfig, a dict of its fields or
     None; keyword arguments override it (``augpipe.train(plugin="cnn", epochs=3)``).
 
@@ -294,7 +294,10 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
     back, so that it ends as the run would have ended uninterrupted.
 
     SIGINT and SIGTERM finish the current step, save ``last.pt``, and close the run directory as
-    "interrupted": ``summary["interrupted"]`` names the signal (the CLI exits 130 or 143)."""
+    "interrupted": ``summary["interrupted"]`` names the signal (the CLI exits 130 or 143).
+
+    ``data_cache``: a dict shared by several runs in one process (a sweep): a data set is opened,
+    decoded and split once for all the runs that ask for it with the same settings."""
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.signals import StopSignals
 
@@ -307,7 +310,8 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
             cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
             check_run_dir_free(cfg)
             run_dir, saved = None, None
-        return _train(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals)
+        return _train(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals,
+                      data_cache=data_cache)
 
 
 def check_run_dir_free(cfg: TrainConfig) -> None:
@@ -344,10 +348,27 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     raise DataError(f"{out}: too many runs started in the second {stamp}")
 
 
-def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals) -> RunResult:
+def load_data(cfg: TrainConfig, split_file=None, data_cache: dict | None = None, min_classes: int = 2):
+    """The run's data, opened, decoded, checked and split; from ``data_cache`` when an earlier
+    run of the same process asked for the same data with the same settings."""
+    from augpipe.data.prepare import prepare_data
+
+    data_path = data_or_sample(cfg.data)
+    key = (str(Path(data_path).expanduser().resolve()), cfg.val, cfg.test, cfg.seed,
+           None if split_file is None else str(Path(split_file).resolve()), cfg.strict, cfg.cache_mb,
+           cfg.max_pixels, min_classes)
+    if data_cache is not None and key in data_cache:
+        return data_path, data_cache[key]
+    data = prepare_data(data_path, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file,
+                        strict=cfg.strict, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels, min_classes=min_classes)
+    if data_cache is not None:
+        data_cache[key] = data
+    return data_path, data
+
+
+def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:
     from augpipe.augment.cpu import build_train_transform, save_pipeline
     from augpipe.augment.spec import AugmentSpec
-    from augpipe.data.prepare import prepare_data
     from augpipe.data.split import describe_duplicates, split_table, write_manifest
     from augpipe.files import remove_stale_temporaries, write_atomic
     from augpipe.training.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile, PluginCallback
@@ -362,10 +383,8 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals) -> R
     spec = AugmentSpec.load(cfg.aug)
     seed_everything(cfg.seed)
 
-    data_path = data_or_sample(cfg.data)
     split_file = run_dir / "split.csv" if resuming else cfg.split_file
-    data = prepare_data(data_path, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file,
-                        strict=cfg.strict, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels, min_classes=2)
+    data_path, data = load_data(cfg, split_file, data_cache)
     if resuming and (data.source.fingerprint() != saved["split"].get("fingerprint")
                      or data.assignment.tolist() != saved["split"]["splits"]):
         raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
