@@ -16,12 +16,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # (plugin, model): the CIFAR ResNet and an ImageNet one, the conv net, the MLP, and a small timm
 # model that takes act_layer everywhere.
 MODELS = [("resnet", "resnet20"), ("resnet", "resnet18"), ("cnn", "cnn_small"), ("mlp", "mlp_small"),
-          ("timm", "resnet10t")]
+          ("timm", "resnet10t"), ("squeezenet", "squeezenet1_1")]
 
 # Activations each network has, whatever their kind: stem + 2 per basic block (resnet20: 9 blocks,
-# resnet18: 8 blocks), one per conv group of cnn_small, one per hidden layer of mlp_small, and
-# resnet10t's deep stem (3) + 8 for its four one-block stages.
-EXPECTED_COUNT = {"resnet20": 19, "resnet18": 17, "cnn_small": 7, "mlp_small": 1, "resnet10t": 11}
+# resnet18: 8 blocks), one per conv group of cnn_small, one per hidden layer of mlp_small,
+# resnet10t's deep stem (3) + 8 for its four one-block stages, and squeezenet1_1's stem, three per
+# Fire module (8) and the classifier's.
+EXPECTED_COUNT = {"resnet20": 19, "resnet18": 17, "cnn_small": 7, "mlp_small": 1, "resnet10t": 11,
+                  "squeezenet1_1": 26}
 
 # What each activation computes (PReLU starts at slope 0.25, as torch initialises it).
 FUNCTIONS = {
@@ -61,7 +63,7 @@ def test_every_activation_of_the_network_is_the_one_asked_for(plugin, model, act
 @pytest.mark.parametrize("plugin,model", MODELS, ids=[m for _, m in MODELS])
 def test_dropout_is_set_at_the_asked_rate_and_acts_in_training_only(plugin, model):
     net = build(plugin, model, dropout=0.3)
-    if plugin in ("cnn", "mlp"):
+    if plugin in ("cnn", "mlp", "squeezenet"):
         rates = [m.p for m in net.modules() if isinstance(m, nn.Dropout)]
         assert rates and all(p == 0.3 for p in rates)
     else:  # timm's nets apply drop_rate before the classifier
