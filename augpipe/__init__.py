@@ -18,9 +18,11 @@ _API = {
     "preview": "augpipe.report",
     "train": "augpipe.training.run",
     "evaluate": "augpipe.training.run",
+    "lr_find": "augpipe.training.lr_find",
     "TrainConfig": "augpipe.config",
     "hookimpl": "augpipe.hookspecs",
     "Trainer": "augpipe.hookspecs",
+    "sweep": "augpipe.sweeps",
     "AugpipeError": "augpipe.errors",
 }
 

@@ -201,3 +201,77 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path, title: s
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_sweep(labels: list[str], curves: list[list[list[dict]]], test_acc: list[list[float | None]], path, *,
+               title: str = "", legend_title: str | None = None) -> Path:
+    """A sweep at a glance: validation loss and accuracy per epoch, one colour per setting (each
+    seed a thin line, their mean a thick one), and the test accuracy per setting as a bar (mean
+    over seeds, the error bar one standard deviation, each seed a dot).
+
+    ``curves[i]``: the metrics.csv rows of each seed of setting ``labels[i]``; ``test_acc[i]``
+    their test accuracies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = check_output_path(path)
+    n = len(labels)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "viridis")
+    colours = [cmap(i) if n <= 20 else cmap(i / max(1, n - 1)) for i in range(n)]
+    fig, (ax_loss, ax_acc, ax_bar) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=100,
+                                                  gridspec_kw={"width_ratios": [1, 1, max(0.8, 0.12 * n)]})
+    for label, runs, colour in zip(labels, curves, colours):
+        for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
+            by_epoch: dict[float, list[float]] = {}
+            for epochs in runs:
+                xs = [e["epoch"] for e in epochs if e.get(key) is not None and np.isfinite(e[key])]
+                ys = [e[key] for e in epochs if e.get(key) is not None and np.isfinite(e[key])]
+                if len(runs) > 1:
+                    ax.plot(xs, ys, color=colour, lw=0.9, alpha=0.5)
+                for x, y in zip(xs, ys):
+                    by_epoch.setdefault(x, []).append(y)
+            xs = sorted(by_epoch)
+            # One point per epoch needs a marker to be seen; many would hide the lines.
+            ax.plot(xs, [np.mean(by_epoch[x]) for x in xs], color=colour, lw=2, label=label,
+                    marker="o" if len(xs) <= 20 else None, ms=4)
+    for ax, what in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_acc.set_ylim(0, 1)
+    losses = [e["val_loss"] for runs in curves for epochs in runs for e in epochs
+              if e.get("val_loss") is not None and np.isfinite(e["val_loss"])]
+    top = 3 * float(np.median(losses)) if losses else None
+    clipped = bool(top) and max(losses) > top
+    if clipped:
+        # A diverging run (--lr too large) would flatten every other curve to a line at zero.
+        bottom = min(losses)
+        ax_loss.set_ylim(max(0.0, bottom - 0.05 * (top - bottom)), top)
+    ax_loss.set_title("validation loss (thin: each seed, thick: mean)"
+                      + (f"\nvalues above {top:.3g} are off the chart" if clipped else ""), fontsize=9)
+    ax_acc.set_title("validation accuracy (thin: each seed, thick: mean)", fontsize=9)
+    ax_loss.legend(fontsize=8, title=legend_title, title_fontsize=8, ncol=1 if n <= 8 else 2)
+
+    xs = np.arange(n)
+    for x, values, colour in zip(xs, test_acc, colours):
+        values = [v for v in values if v is not None and np.isfinite(v)]
+        if not values:
+            continue
+        mean = float(np.mean(values))
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        ax_bar.bar(x, mean, color=colour, alpha=0.8, yerr=std if len(values) > 1 else None, capsize=4)
+        ax_bar.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+        ax_bar.text(x, min(0.98, mean + std + 0.02), f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+    tilt = n > 4 or max(map(len, labels), default=0) > 10
+    ax_bar.set_xticks(xs, labels, rotation=30 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+    ax_bar.set_ylim(0, 1.05)
+    ax_bar.set_ylabel("test accuracy")
+    ax_bar.set_title("test accuracy: mean ± std over seeds (dots: each seed)", fontsize=9)
+    ax_bar.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -70,10 +70,11 @@ def main(verbose: bool) -> None:
 
 
 def _register_commands() -> None:
-    from augpipe.cli import data_commands, train_commands
+    from augpipe.cli import data_commands, lr_find_commands, sweep_commands, train_commands
 
-    for command in data_commands.COMMANDS + train_commands.COMMANDS:
-        main.add_command(command)
+    for module in (data_commands, train_commands, sweep_commands, lr_find_commands):
+        for command in module.COMMANDS:
+            main.add_command(command)
     from augpipe.plugin_manager import get_plugins
 
     get_plugins().add_commands(main)

@@ -46,6 +46,20 @@ def describe_skipped(skipped: list[str], too_large: list[str], max_pixels: int) 
     return f"{len(skipped)} image(s): {', '.join(parts)}"
 
 
+@dataclass
+class DecodedData:
+    """A data set opened, decoded once and checked, before it is split: what runs that differ only
+    in their split (the seeds of a sweep) share."""
+
+    opened: ImageSource  # every item, the unreadable ones included (a manifest may name them)
+    source: ImageSource  # the readable items
+    store: ImageStore
+    skipped: list[str]
+    too_large: list[str]
+    digests: list
+    max_pixels: int
+
+
 def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
                  strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1) -> PreparedData:
@@ -53,6 +67,15 @@ def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, sp
     ``max_pixels`` pixels (or fail under ``strict``), and split. With ``split_file`` the
     manifest's assignment, seed and ratios are reused. Every class must keep at least one image,
     and there must be at least ``min_classes`` classes."""
+    decoded = decode_data(path, strict=strict, cache_mb=cache_mb, max_pixels=max_pixels, min_classes=min_classes,
+                          split_file=split_file)
+    return split_decoded(decoded, val=val, test=test, seed=seed, split_file=split_file)
+
+
+def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
+                max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1, split_file=None) -> DecodedData:
+    """The first half of ``prepare_data``: open, check the classes, decode, drop what can not be
+    read. ``split_file`` is only checked here, so that a bad manifest fails before the decoding."""
     source = open_dataset(path)
     names = source.class_names
     if len(names) < min_classes:
@@ -64,15 +87,9 @@ def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, sp
     if empty:  # an .npz or CIFAR meta file can name classes that no label uses
         more = f" (nor do {len(empty) - 1} other class(es))" if len(empty) > 1 else ""
         raise DataError(f"{path}: class {empty[0]!r} has no images{more}")
-    previous = None
     if split_file is not None:
-        previous, header = read_manifest(split_file, source)
-        seed = int(header.get("seed", seed))
-        val = float(header.get("val", val))
-        test = float(header.get("test", test))
-        new = len(source) - len(previous)
-        if new:
-            log.info("%d item(s) are not in %s: they fill the remaining quota of each split", new, split_file)
+        read_manifest(split_file, source)
+    opened = source
     store, report = ImageStore.build(source, cache_mb=cache_mb, max_pixels=max_pixels)
     skipped = [source.describe(i) for i in report.bad]
     too_large = [source.describe(i) for i in report.too_large]
@@ -95,7 +112,23 @@ def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, sp
         digests = [report.digests[i] for i in keep]
     else:
         digests = report.digests
+    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels)
+
+
+def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
+                  split_file=None) -> PreparedData:
+    """The second half of ``prepare_data``: the split (and the duplicates it puts across splits)."""
+    previous = None
+    if split_file is not None:
+        previous, header = read_manifest(split_file, decoded.opened)
+        seed = int(header.get("seed", seed))
+        val = float(header.get("val", val))
+        test = float(header.get("test", test))
+        new = len(decoded.opened) - len(previous)
+        if new:
+            log.info("%d item(s) are not in %s: they fill the remaining quota of each split", new, split_file)
+    source = decoded.source
     assignment = split_dataset(source.keys, source.labels, source.given, val=val, test=test, seed=seed,
                                previous=previous, class_names=source.class_names)
-    return PreparedData(source, store, assignment, seed, val, test, skipped, find_duplicates(digests, assignment),
-                        too_large, max_pixels)
+    return PreparedData(source, decoded.store, assignment, seed, val, test, decoded.skipped,
+                        find_duplicates(decoded.digests, assignment), decoded.too_large, decoded.max_pixels)

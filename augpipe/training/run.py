@@ -349,21 +349,20 @@ def make_run_dir(cfg: TrainConfig) -> Path:
 
 
 def load_data(cfg: TrainConfig, split_file=None, data_cache: dict | None = None, min_classes: int = 2):
-    """The run's data, opened, decoded, checked and split; from ``data_cache`` when an earlier
-    run of the same process asked for the same data with the same settings."""
-    from augpipe.data.prepare import prepare_data
+    """The run's data, opened, decoded, checked and split. With ``data_cache`` (a dict shared by
+    the runs of one process, as a sweep's) a data set is decoded once for every run that reads it
+    with the same decoding settings; only the split, which depends on the seed, is made anew."""
+    from augpipe.data.prepare import decode_data, split_decoded
 
     data_path = data_or_sample(cfg.data)
-    key = (str(Path(data_path).expanduser().resolve()), cfg.val, cfg.test, cfg.seed,
-           None if split_file is None else str(Path(split_file).resolve()), cfg.strict, cfg.cache_mb,
-           cfg.max_pixels, min_classes)
-    if data_cache is not None and key in data_cache:
-        return data_path, data_cache[key]
-    data = prepare_data(data_path, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file,
-                        strict=cfg.strict, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels, min_classes=min_classes)
-    if data_cache is not None:
-        data_cache[key] = data
-    return data_path, data
+    key = (str(Path(data_path).expanduser().resolve()), cfg.strict, cfg.cache_mb, cfg.max_pixels, min_classes)
+    decoded = data_cache.get(key) if data_cache is not None else None
+    if decoded is None:
+        decoded = decode_data(data_path, strict=cfg.strict, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels,
+                              min_classes=min_classes, split_file=split_file)
+        if data_cache is not None:
+            data_cache[key] = decoded
+    return data_path, split_decoded(decoded, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file)
 
 
 def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:

@@ -1,0 +1,533 @@
+"""``augpipe sweep``: a grid of training runs, each a normal run directory under one sweep
+directory, and the tables and picture that compare them.
+
+A sweep is identified by its resolved grid (``sweep.yaml``), so the same command finds the same
+directory again: finished runs are skipped, an unfinished one is resumed from its ``last.pt``,
+and one that left no checkpoint is started again. An interrupted sweep loses at most the run in
+progress."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from augpipe.config import TrainConfig, typed_settings
+from augpipe.errors import ConfigError, DataError, reject_unknown
+
+log = logging.getLogger("augpipe")
+
+# A grid this large is more often a slip (one list too many) than a plan: ask first.
+MAX_UNCONFIRMED_RUNS = 50
+# Where and how fast a run computes, not what: a sweep continued on another machine or with
+# another --threads is the same sweep (unless these are what the sweep varies).
+RUNTIME_FIELDS = ("device", "threads")
+CSV_COLUMNS = ["seed", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "epochs_run", "stop_reason",
+               "train_seconds", "run_dir"]
+
+
+@dataclass
+class PlannedRun:
+    name: str             # the run directory's name, e.g. "activation=relu,seed=0"
+    flags: dict           # what train() is given for this run (besides config, out and name)
+    values: dict          # the varied settings, resolved (seed excluded)
+    seed: int
+    settings: dict = field(repr=False, default_factory=dict)  # every resolved setting that identifies the run
+    cfg: TrainConfig | None = field(repr=False, default=None)
+
+    @property
+    def setting(self) -> tuple:
+        """The group this run belongs to: its varied settings, over seeds."""
+        return tuple(self.values.items())
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    runs: list[PlannedRun]
+    rows: list[dict]            # one per finished run (sweep.csv)
+    table: str                  # sweep.md
+    ran: int = 0
+    resumed: int = 0
+    skipped: int = 0
+    interrupted: str | None = None  # the signal that stopped the sweep
+
+
+# -- the grid ---------------------------------------------------------------------------------------
+def _list_field(name: str) -> bool:
+    return TrainConfig.__dataclass_fields__[name].type.startswith("list[")
+
+
+def parse_values(name: str, text: str) -> list:
+    """``--lr 0.01,0.1`` -> [0.01, 0.1], each item read as the field's type."""
+    flag = "--" + name.replace("_", "-")
+    items = [item.strip() for item in str(text).split(",")]
+    if any(not item for item in items):
+        raise ConfigError(f"{flag} {text!r}: an empty item in the comma list")
+    return [typed_settings({name: item}, flag)[name] for item in items]
+
+
+def _axis(name: str, values) -> list:
+    """The values of one setting: a list (any length) or one value, type-checked, no repeats."""
+    flag = "--" + name.replace("_", "-")
+    if not isinstance(values, (list, tuple)) or _list_field(name):
+        values = [values]
+    if not values:
+        raise ConfigError(f"{flag} needs at least one value")
+    out = []
+    for v in values:
+        v = typed_settings({name: v}, flag)[name]
+        if v in out:
+            raise ConfigError(f"{flag}: {v!r} is given twice")
+        out.append(v)
+    return out
+
+
+def _name_value(value) -> str:
+    """A value as part of a folder name: a path by its last part, odd characters replaced."""
+    if isinstance(value, (dict, list)):
+        return "spec-" + _short_hash(value, 6)
+    text = "none" if value is None else str(value)
+    if "/" in text or "\\" in text:
+        text = Path(text.replace("\\", "/")).stem or text
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "_"
+    return text[:40]
+
+
+def _short_hash(obj, n: int = 8) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def _identity(cfg: TrainConfig, varied: list[str]) -> dict:
+    """The settings that make a run what it is, with paths made absolute so that the same
+    command from another folder is the same sweep."""
+    from augpipe.augment.spec import PRESETS
+
+    settings = cfg.to_dict()
+    for key in ("out", "name") + tuple(k for k in RUNTIME_FIELDS if k not in varied):
+        settings.pop(key)
+    for key in ("data", "split_file"):
+        if settings[key] is not None:
+            settings[key] = str(Path(settings[key]).expanduser().resolve())
+    if isinstance(settings["aug"], str) and settings["aug"] not in PRESETS:
+        settings["aug"] = str(Path(settings["aug"]).expanduser().resolve())
+    return settings
+
+
+def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, plugins=None,
+               **settings) -> list[PlannedRun]:
+    """The runs of the grid, in a stable order, each validated as ``augpipe train`` would
+    validate it, so that a bad value stops the sweep before any run starts.
+
+    A setting given as a list is an axis of the grid (a list for a list-valued setting such as
+    ``milestones`` is its one value). The seed is the outermost loop (seed 0: every setting,
+    seed 1: every setting, ...), so that an interrupted sweep has tried every setting before it
+    repeats one."""
+    from augpipe.plugin_manager import get_plugins
+    from augpipe.training.run import build_config
+
+    plugins = plugins or get_plugins()
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"--seeds must be a whole number of at least 1, got {seeds!r}")
+    reject_unknown(settings, TrainConfig.field_names(), "settings")
+    for key in ("out", "name"):
+        if settings.get(key) is not None:
+            raise ConfigError(f"--{key} names the sweep's directory, not a setting of its runs")
+    settings = {k: v for k, v in settings.items() if v is not None}
+    given_seeds = _axis("seed", settings.pop("seed")) if "seed" in settings else None
+    axes = {k: _axis(k, settings[k]) for k in TrainConfig.field_names() if k in settings}
+    varied = [k for k, values in axes.items() if len(values) > 1]
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    count = len(points) * len(given_seeds or [0]) * seeds
+    if count > MAX_UNCONFIRMED_RUNS and not yes:  # before the configs of a huge grid are built
+        raise ConfigError(f"the sweep has {count} runs (more than {MAX_UNCONFIRMED_RUNS}): pass --yes to run them all")
+
+    per_point = []
+    for point in points:
+        bases = given_seeds or [build_config(config, config_file=config_file, plugins=plugins, **point).seed]
+        seed_list = [base + k for base in bases for k in range(seeds)]
+        repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
+        if repeated:
+            raise ConfigError(f"--seed {','.join(map(str, bases))} with --seeds {seeds} gives seed {repeated[0]} "
+                              f"twice")
+        per_point.append(seed_list)
+    runs = []
+    for i in range(len(per_point[0])):
+        for point, seed_list in zip(points, per_point):
+            flags = {**point, "seed": seed_list[i]}
+            cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
+            values = {k: getattr(cfg, k) for k in varied}
+            name = ",".join([f"{k}={_name_value(v)}" for k, v in values.items()] + [f"seed={cfg.seed}"])
+            runs.append(PlannedRun(name, flags, values, cfg.seed, _identity(cfg, varied), cfg))
+    _check_distinct(runs)
+    return runs
+
+
+def _check_distinct(runs: list[PlannedRun]) -> None:
+    """Two grid points that resolve to the same run (``--scheduler onecycle,one-cycle``) are a
+    slip; two names that the folder-name rules made equal get a hash of their settings."""
+    seen = {}
+    for run in runs:
+        key = json.dumps(run.settings, sort_keys=True, default=str)
+        if key in seen:
+            raise ConfigError(f"runs {seen[key]} and {run.name} of the grid have the same settings")
+        seen[key] = run.name
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1 or len(run.name) > 200:
+            run.name = f"{run.name[:190]}-{_short_hash(run.settings, 6)}"
+
+
+def check_runs_startable(runs: list[PlannedRun]) -> None:
+    """What ``train`` would find wrong only when a run starts (an augmentation spec, a device,
+    a data path), checked once per distinct value before the first run."""
+    from augpipe.augment.spec import AugmentSpec
+    from augpipe.training.run import data_or_sample, resolve_device
+
+    seen = set()
+    for run in runs:
+        cfg = run.cfg
+        for what, value, check in (
+                ("aug", cfg.aug, AugmentSpec.load),
+                ("device", cfg.device, resolve_device),
+                ("data", data_or_sample(cfg.data), _check_exists),
+                ("split_file", cfg.split_file, _check_exists)):
+            key = (what, json.dumps(value, sort_keys=True, default=str))
+            if value is not None and key not in seen:
+                seen.add(key)
+                check(value)
+
+
+def _check_exists(path) -> None:
+    if not Path(path).expanduser().exists():
+        raise DataError(f"{path}: no such file or directory")
+
+
+def grid_document(runs: list[PlannedRun]) -> dict:
+    """``sweep.yaml``: the settings every run shares, then each run's own."""
+    keys = list(runs[0].settings)
+    common = {k: runs[0].settings[k] for k in keys if all(r.settings[k] == runs[0].settings[k] for r in runs)}
+    return {"common": common,
+            "runs": [{"name": r.name, **{k: v for k, v in r.settings.items() if k not in common}} for r in runs]}
+
+
+def default_name(runs: list[PlannedRun], grid: dict) -> str:
+    """``activation-1a2b3c4d``: what varies, and a hash of the whole grid."""
+    varied = "-".join(runs[0].values)[:40] or ("seeds" if len(runs) > 1 else "sweep")
+    return f"{varied}-{_short_hash(grid)}"
+
+
+# -- the sweep directory ---------------------------------------------------------------------------
+def _check_folder_name(name) -> None:
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"--name must be a folder name without slashes, got {name!r}")
+
+
+def _roundtrip(doc: dict):
+    import yaml
+
+    from augpipe.files import dump_yaml
+
+    return yaml.safe_load(dump_yaml(doc))
+
+
+def _grid_difference(saved, grid: dict) -> str:
+    if not isinstance(saved, dict) or not isinstance(saved.get("runs"), list):
+        return "its sweep.yaml is not a sweep's"
+    old = [r.get("name") if isinstance(r, dict) else r for r in saved["runs"]]
+    new = [r["name"] for r in grid["runs"]]
+    if old != new:
+        gone = [n for n in old if n not in new]
+        added = [n for n in new if n not in old]
+        detail = (f"run {added[0]} is not in it" if added else f"its run {gone[0]} is not in this grid" if gone
+                  else "its runs are in another order")
+        return f"{len(old)} runs there, {len(new)} here; {detail}"
+    common = saved.get("common") if isinstance(saved.get("common"), dict) else {}
+    for key in sorted(set(common) | set(grid["common"]), key=str):
+        if common.get(key) != grid["common"].get(key):
+            return f"{key}: {common.get(key)!r} there, {grid['common'].get(key)!r} here"
+    return "the settings of a run differ"
+
+
+def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
+    """Make the sweep directory or check that it holds this very grid; then save the grid."""
+    from augpipe.files import dump_yaml, read_yaml, write_atomic
+
+    path = sweep_dir / "sweep.yaml"
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise DataError(f"{sweep_dir}: not a directory")
+    if path.is_file():
+        saved = read_yaml(path, "sweep file")
+        if saved != _roundtrip(grid):
+            raise ConfigError(f"{sweep_dir} holds another sweep ({_grid_difference(saved, grid)}): "
+                              f"choose another --name, or remove it")
+        return
+    if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
+        raise DataError(f"{sweep_dir} exists and is not a sweep directory (no sweep.yaml): choose another --name")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{sweep_dir}: can not be created ({err.strerror})") from None
+    write_atomic(path, dump_yaml(grid))
+
+
+def _lock(sweep_dir: Path):
+    """Two processes running the same sweep would each redo the other's unfinished run."""
+    import fcntl
+
+    fh = open(sweep_dir / ".lock", "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataError(f"{sweep_dir}: another process is running this sweep") from None
+    return fh
+
+
+def _read_summary(run_dir: Path) -> dict | None:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def run_state(run_dir: Path) -> str:
+    """finished (summary.json, not resumable), resume (last.pt), redo (a directory that has
+    neither: stopped before its first checkpoint) or new."""
+    summary = _read_summary(run_dir)
+    if summary is not None and not summary.get("resumable"):
+        return "finished"
+    if (run_dir / "last.pt").is_file():
+        return "resume"
+    return "redo" if run_dir.exists() else "new"
+
+
+# -- running ---------------------------------------------------------------------------------------
+def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, out="sweeps", name=None,
+          plugins=None, progress: bool | None = None, **settings) -> SweepResult:
+    """Train every combination of the settings given as lists, ``seeds`` times each (seeds
+    ``seed``, ``seed + 1``, ...), one run at a time, into ``OUT/NAME/<run>``:
+
+        augpipe.sweep(plugin="mlp", activation=["relu", "tanh"], seeds=3)
+
+    Other keywords are ``train``'s, fixed for every run. The same call again skips the finished
+    runs and resumes an unfinished one. Writes ``sweep.yaml``, ``sweep.csv``, ``sweep.md`` and
+    ``sweep.png``. A SIGINT or SIGTERM ends the run in progress as ``train`` does, and the sweep
+    after it (``result.interrupted`` names the signal)."""
+    from augpipe.plugin_manager import get_plugins
+    from augpipe.training.signals import StopSignals
+
+    plugins = plugins or get_plugins()
+    runs = plan_sweep(config, config_file=config_file, seeds=seeds, yes=yes, plugins=plugins, **settings)
+    check_runs_startable(runs)
+    grid = grid_document(runs)
+    if name is None:
+        name = default_name(runs, grid)
+    _check_folder_name(name)
+    if not isinstance(out, (str, Path)) or not str(out).strip() or "\0" in str(out):
+        raise ConfigError(f"--out must be a folder path, got {out!r}")
+    sweep_dir = Path(out) / name
+    # Everything a user can get wrong has been checked: only now is anything written.
+    open_sweep_dir(sweep_dir, grid)
+    lock = _lock(sweep_dir)
+    result = SweepResult(sweep_dir, runs, [], "")
+    try:
+        # Between runs too, a signal must end the sweep with its tables written.
+        with StopSignals():
+            _run_all(result, config, config_file, plugins, progress)
+    finally:
+        try:
+            result.rows, result.table = write_results(sweep_dir, runs)
+        finally:
+            lock.close()
+    return result
+
+
+def _run_all(result: SweepResult, config, config_file, plugins, progress) -> None:
+    from augpipe.errors import AugpipeError
+    from augpipe.training.run import train
+
+    data_cache: dict = {}  # one decode of each data set for the whole sweep; each seed splits it anew
+    total = len(result.runs)
+    for i, run in enumerate(result.runs, 1):
+        run_dir = result.sweep_dir / run.name
+        state = run_state(run_dir)
+        if state == "finished":
+            result.skipped += 1
+            log.info("run %d/%d %s: finished before, skipped", i, total, run.name)
+            continue
+        log.info("run %d/%d %s%s", i, total, run.name, ": resuming from last.pt" if state == "resume" else "")
+        try:
+            if state == "resume":
+                trained = train(resume=run_dir, plugins=plugins, progress=progress, data_cache=data_cache,
+                                **{k: run.flags.get(k) for k in RUNTIME_FIELDS})
+                result.resumed += 1
+            else:
+                if state == "redo":  # stopped before its first checkpoint: nothing in it to keep
+                    shutil.rmtree(run_dir)
+                trained = train(config, config_file=config_file, plugins=plugins, progress=progress,
+                                data_cache=data_cache, **run.flags, out=str(result.sweep_dir), name=run.name)
+                result.ran += 1
+        except AugpipeError as err:
+            err.args = (f"run {run.name}: {err}",)
+            raise
+        s = trained.summary
+        if s.get("interrupted"):
+            result.interrupted = s["interrupted"]
+            log.warning("sweep interrupted by %s in run %s: the same command continues it", s["interrupted"],
+                        run.name)
+            return
+        log.info("run %d/%d %s: %s, test accuracy %s", i, total, run.name, s.get("stop_reason"),
+                 _fmt(s.get("test_acc"), 4))
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _run_row(run: PlannedRun, run_dir: Path) -> dict | None:
+    """The finished run's line of sweep.csv, from its summary.json and metrics.csv."""
+    from augpipe.training.callbacks import read_metrics
+
+    if run_state(run_dir) != "finished":
+        return None
+    s = _read_summary(run_dir)
+    try:
+        epochs = read_metrics(run_dir / "metrics.csv")
+    except (OSError, ValueError, csv.Error):
+        epochs = []
+    val_acc, val_loss = _finite(e.get("val_acc") for e in epochs), _finite(e.get("val_loss") for e in epochs)
+    return {**{k: _cell(v) for k, v in run.values.items()}, "seed": run.seed,
+            "best_val_acc": max(val_acc) if val_acc else None, "best_val_loss": min(val_loss) if val_loss else None,
+            "test_acc": s.get("test_acc"), "test_loss": s.get("test_loss"), "epochs_run": s.get("epochs_run"),
+            "stop_reason": s.get("stop_reason"), "failed": bool(s.get("failed")),
+            "train_seconds": s.get("train_seconds"), "run_dir": str(run_dir), "_epochs": epochs}
+
+
+def _cell(value):
+    return "spec-" + _short_hash(value, 6) if isinstance(value, (dict, list)) else value
+
+
+def write_results(sweep_dir: Path, runs: list[PlannedRun]) -> tuple[list[dict], str]:
+    """sweep.csv, sweep.md and sweep.png for the runs finished so far."""
+    from augpipe.files import write_atomic
+
+    rows = [(run, row) for run in runs if (row := _run_row(run, sweep_dir / run.name)) is not None]
+    varied = list(runs[0].values)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(varied + CSV_COLUMNS)
+    for _, row in rows:
+        writer.writerow(["" if row[c] is None else row[c] for c in varied + CSV_COLUMNS])
+    write_atomic(sweep_dir / "sweep.csv", buf.getvalue())
+    groups = _groups(runs, rows)
+    table = markdown_table(sweep_dir.name, varied, groups, finished=len(rows), planned=len(runs))
+    write_atomic(sweep_dir / "sweep.md", table)
+    if rows:
+        from augpipe.report import plot_sweep
+
+        plot_sweep([g["label"] for g in groups], [[r["_epochs"] for r in g["rows"]] for g in groups],
+                   [[r["test_acc"] for r in g["rows"]] for g in groups], sweep_dir / "sweep.png",
+                   title=f"sweep {sweep_dir.name}: {len(rows)} run(s)",
+                   legend_title=varied[0] if len(varied) == 1 else None)
+    return [{k: v for k, v in row.items() if not k.startswith("_")} for _, row in rows], table
+
+
+def _groups(runs: list[PlannedRun], rows) -> list[dict]:
+    """The finished runs per setting (over seeds), settings in the grid's order."""
+    planned: dict[tuple, int] = {}
+    for run in runs:
+        planned[run.setting] = planned.get(run.setting, 0) + 1
+    by_setting: dict[tuple, list] = {s: [] for s in planned}
+    for run, row in rows:
+        by_setting[run.setting].append(row)
+    groups = []
+    for setting, members in by_setting.items():
+        if not members:
+            continue
+        label = ", ".join(f"{k}={_name_value(v)}" for k, v in setting) if len(setting) > 1 else \
+            (_name_value(setting[0][1]) if setting else "all runs")
+        groups.append({"setting": dict(setting), "label": label, "rows": members, "planned": planned[setting]})
+    return groups
+
+
+def _mean_std(values, digits: int) -> str:
+    import numpy as np
+
+    values = _finite(values)
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return _fmt(values[0], digits)
+    return f"{_fmt(float(np.mean(values)), digits)} ± {_fmt(float(np.std(values, ddof=1)), digits)}"
+
+
+def _fmt(value, digits: int) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    # The loss of a diverged run (1e33) would fill a fixed-point column with digits.
+    return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.3g}"
+
+
+def short_reason(row: dict) -> str:
+    reason = str(row.get("stop_reason") or "?")
+    if row.get("failed"):
+        return "failed"
+    for prefix, short in (("early stopping", "early stop"), ("time budget", "time budget")):
+        if reason.startswith(prefix):
+            return short
+    return reason[:30]
+
+
+def _reasons(rows) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[short_reason(row)] = counts.get(short_reason(row), 0) + 1
+    return ", ".join(k if n == 1 and len(rows) == 1 else f"{k} ×{n}" for k, n in counts.items())
+
+
+def _epochs(rows) -> str:
+    values = [int(r["epochs_run"]) for r in rows if isinstance(r.get("epochs_run"), int)]
+    if not values:
+        return "–"
+    return str(values[0]) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+
+
+def markdown_table(name: str, varied: list[str], groups: list[dict], *, finished: int, planned: int) -> str:
+    """sweep.md: one line per setting, mean ± standard deviation over its seeds."""
+    def esc(value) -> str:
+        return str(value).replace("|", "\\|")
+
+    head = varied + ["seeds", "best val acc", "best val loss", "test acc", "epochs", "stopped", "time/run (s)"]
+    lines = [f"# Sweep {name}", "",
+             f"{finished} of {planned} runs finished" + ("" if finished == planned else
+                                                          "; the same command runs the rest") + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for g in groups:
+        rows = g["rows"]
+        cells = [esc(_cell(g["setting"][k])) for k in varied]
+        cells += [f"{len(rows)}" + ("" if len(rows) == g["planned"] else f" of {g['planned']}"),
+                  _mean_std([r["best_val_acc"] for r in rows], 3), _mean_std([r["best_val_loss"] for r in rows], 3),
+                  _mean_std([r["test_acc"] for r in rows], 3), _epochs(rows), esc(_reasons(rows)),
+                  _mean_std([r["train_seconds"] for r in rows], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    # A setting whose run failed (diverged) is not one to recommend, whatever its early epochs scored.
+    scored = [(sum(v) / len(v), -k, g["label"]) for k, g in enumerate(groups)
+              if not any(r["failed"] for r in g["rows"]) and (v := _finite(r["best_val_acc"] for r in g["rows"]))]
+    lines.append("")
+    if len(groups) > 1 and scored:
+        best = max(scored)
+        lines.append(f"Best by mean validation accuracy: {best[2]} ({best[0]:.3f})"
+                     + (", of the settings whose runs did not fail." if len(scored) < len(groups) else "."))
+    lines.append("Mean ± sample standard deviation over seeds; best val acc and loss are the best epoch's of "
+                 "each run (metrics.csv); test acc is scored with the weights the run keeps (summary.json).")
+    return "\n".join(lines) + "\n"

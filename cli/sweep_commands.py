@@ -1,0 +1,74 @@
+"""``augpipe sweep``: every ``train`` flag, where a comma list makes it an axis of the grid.
+
+The flags are generated from ``TrainConfig`` as ``train``'s are, but as text, so that
+``--lr 0.01,0.1`` can be given; ``augpipe.sweeps`` reads each item as the field's type."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from augpipe.cli.train_commands import _field_comments
+from augpipe.config import TrainConfig
+
+# Named once for the whole sweep, not per run.
+SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
+               "name": "Sweep directory OUT/NAME; default: what varies and a hash of the grid, so the same "
+                       "command finds the same directory."}
+
+
+def _sweep_options(func):
+    comments = _field_comments()
+    defaults = TrainConfig()
+    for name in reversed(TrainConfig.field_names()):
+        annotation = TrainConfig.__dataclass_fields__[name].type
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        help_text = comments.get(name, "")
+        if default is not None and not isinstance(default, list):
+            help_text += f"  [default: {default}]"
+        if name in SWEEP_LEVEL:
+            option = click.option(flag, name, default=None, help=SWEEP_LEVEL[name])
+        elif annotation == "bool":
+            option = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
+        elif annotation.startswith("list["):
+            kind = float if "float" in annotation else str
+            option = click.option(flag, name, type=kind, multiple=True, default=None, help=help_text + " (repeatable)")
+        else:
+            option = click.option(flag, name, default=None, metavar="V[,V...]", help=help_text)
+        func = option(func)
+    return func
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings for every run; flags override it.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Runs of each setting, with seeds --seed, --seed + 1, ...")
+@click.option("--yes", is_flag=True, help="Run a grid of more than 50 runs.")
+@_sweep_options
+def sweep(config_file, seeds, yes, **flags):
+    """Train a grid of runs and compare them: augpipe sweep --plugin cnn --activation relu,elu,tanh --seeds 3
+
+    A comma list makes a setting an axis of the grid; every combination is trained, one run at a
+    time, into OUT/NAME/<setting>,seed=<seed>/. The same command again skips the finished runs
+    and resumes an unfinished one. Writes sweep.csv, sweep.md and sweep.png."""
+    from augpipe.sweeps import parse_values, sweep as run_sweep
+
+    out, name = flags.pop("out") or "sweeps", flags.pop("name")
+    settings = {}
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        settings[key] = list(value) if isinstance(value, tuple) else parse_values(key, value) \
+            if isinstance(value, str) else value
+    result = run_sweep(config_file=config_file, seeds=seeds, yes=yes, out=out, name=name, **settings)
+    click.echo(f"sweep: {result.sweep_dir}")
+    click.echo(result.table, nl=False)
+    if result.interrupted:
+        from augpipe.training.signals import EXIT_CODES
+
+        click.echo(f"interrupted by {result.interrupted}: {len(result.rows)} of {len(result.runs)} runs finished; "
+                   f"the same command continues the sweep", err=True)
+        raise SystemExit(EXIT_CODES.get(result.interrupted, 130))
+
+
+COMMANDS = [sweep]
