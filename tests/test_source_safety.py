@@ -437,7 +437,8 @@ def csv_ds(tmp_path, body: str):
      "img/a/0000.png is labelled 'a' on line 2 and 'b' on line 4"),
     ("# made by hand\npath,label\nimg/a/0000.png,a\nimg/a/0001.png,a\nimg/b/0000.png,b\nimg/b/0001.png,b\n"
      "\nimg/a/0000.png,a\n", "img/a/0000.png is listed twice, lines 3 and 8"),
-    ("path,label\nimg/a/0000.png,a\n./img/a/../a/0000.png,a\n", "./img/a/../a/0000.png is listed twice, lines 2 and 3"),
+    ("path,label\nimg/a/0000.png,a\n./img/a/../a/0000.png,a\n",
+     "./img/a/../a/0000.png is listed twice, lines 2 and 3"),
     ("path,label\nimg/a/0000.png,a\nimg/a/0001.png, \n", "line 3: the label of img/a/0001.png is empty"),
     ("path,label\nimg/a/0000.png,a\n,b\n", "line 3: the path is empty"),
     ("path,label,split\nimg/a/0000.png,a,train\nimg/a/0001.png\n", "line 3: expected path,label[,split], found 1"),
@@ -469,7 +470,8 @@ def test_csv_row_starting_with_a_hash_after_the_header_is_a_row(tmp_path):
 
 
 def test_csv_trailing_empty_rows_of_a_spreadsheet_are_blank_lines(tmp_path):
-    src = open_dataset(csv_ds(tmp_path, "path,label,split\r\nimg/a/0000.png,a,\r\nimg/b/0000.png,b,test\r\n,,\r\n , ,\r\n"))
+    body = "path,label,split\r\nimg/a/0000.png,a,\r\nimg/b/0000.png,b,test\r\n,,\r\n , ,\r\n"
+    src = open_dataset(csv_ds(tmp_path, body))
     assert src.keys == ["img/a/0000.png", "img/b/0000.png"] and src.given == [None, "test"]
 
 
@@ -506,7 +508,8 @@ X2 = np.zeros((2, 4, 4, 3), np.uint8)
 CLI_CASES = {
     "cifar code": (lambda t: _cifar_with(t, "data_batch_1", RunsCode(os.system, f"touch {t / 'pwned'}")),
                    "refused to load posix.system"),
-    "cifar meta code": (lambda t: _cifar_with(t, "batches.meta", RunsCode(exec, "1")), "refused to load __builtin__.exec"),
+    "cifar meta code": (lambda t: _cifar_with(t, "batches.meta", RunsCode(exec, "1")),
+                        "refused to load __builtin__.exec"),
     "cifar meta names not a list": (lambda t: _cifar_with(t, "batches.meta", {b"label_names": 3}),
                                     "class names must be a list"),
     "cifar ragged": (lambda t: _cifar_with(t, "data_batch_1", {b"data": [[1], [2, 3]], b"labels": [0, 1]}),
@@ -525,7 +528,8 @@ CLI_CASES = {
     "csv not utf-8": (lambda t: (t / "list.csv").write_bytes(b"path,label\nx.png,caf\xe9\n") and "list.csv",
                       "not a UTF-8 text file"),
     "csv short row": (lambda t: _csv(t, "path,label\nimg/a/0000.png\n"), "line 2: expected path,label"),
-    "csv unknown split": (lambda t: _csv(t, "path,label,split\nimg/a/0000.png,a,dev\n"), "line 2: unknown split name 'dev'"),
+    "csv unknown split": (lambda t: _csv(t, "path,label,split\nimg/a/0000.png,a,dev\n"),
+                          "line 2: unknown split name 'dev'"),
     "csv NUL": (lambda t: _csv(t, "path,label\nimg\x00.png,a\n"), "is not a usable path"),
     "csv huge field": (lambda t: _csv(t, 'path,label\n"' + "z" * 140_000 + '",a\n'), "not valid CSV"),
 }

@@ -348,7 +348,8 @@ def test_bad_manifest_header_via_the_cli(tmp_path, make_folder, cli):
 
 def test_manifest_header_fields_are_converted_and_used(tmp_path, make_folder):
     root, source, m = _manifest_with_header(
-        tmp_path, make_folder, "# augpipe split manifest v1\n# seed: 4294967295\n# val: 1e-1\n# test: 0\n# note: hi\n")
+        tmp_path, make_folder,
+        "# augpipe split manifest v1\n# seed: 4294967295\n# val: 1e-1\n# test: 0\n# note: hi\n")
     _, header = read_manifest(m, source)
     assert header["seed"] == 4294967295 and isinstance(header["seed"], int)
     assert header["val"] == 0.1 and header["test"] == 0.0 and isinstance(header["test"], float)
@@ -369,6 +370,7 @@ def test_manifest_listing_a_key_twice(tmp_path, make_folder):
 
 def test_manifest_with_a_field_too_large_for_csv(tmp_path, make_folder):
     root = make_folder(tmp_path / "ds", {"a": 4}, size=8)
-    (tmp_path / "m.csv").write_text('# seed: 1\npath,label,split\na/0000.png,a,train\n"' + "x" * 200_000 + '",a,val\n')
+    big = '"' + "x" * 200_000 + '"'
+    (tmp_path / "m.csv").write_text(f"# seed: 1\npath,label,split\na/0000.png,a,train\n{big},a,val\n")
     with pytest.raises(DataError, match="m.csv: line 4: not valid CSV"):
         read_manifest(tmp_path / "m.csv", open_dataset(root))

@@ -18,7 +18,7 @@ from augpipe.errors import AugpipeError, DataError
 from conftest import _make_folder
 
 SPLITS = ("train", "val", "test")
-FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ratio = st.one_of(st.sampled_from([0.0, 0.1, 0.2, 0.25, 1 / 3]), st.floats(0, 0.49))
 keys_st = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
@@ -92,7 +92,8 @@ def test_partition_and_stratification(data, val, test, seed):
 
 
 @FAST
-@given(data=datasets(), val=ratio, test=ratio, seed=st.integers(0, 2**32 - 1), order=st.randoms(use_true_random=False))
+@given(data=datasets(), val=ratio, test=ratio, seed=st.integers(0, 2**32 - 1),
+       order=st.randoms(use_true_random=False))
 def test_same_inputs_in_any_order_give_the_same_assignment(data, val, test, seed, order):
     keys, labels, given_, names = data
     out = split_or_none(keys, labels, given_, val, test, seed, names)
@@ -142,11 +143,36 @@ def test_adding_items_with_the_previous_assignment_moves_no_old_item(old, new, v
 
 
 # -- readers of user-written files over random text ---------------------------------------------
-FRAGMENTS = ["# seed: ", "# val: ", "# test: ", "# fingerprint: ", "#", ":", "path,label,split", "index,label,split",
-             "path,label", "a/0000.png", "a/0001.png", "b/0000.png", "#1.png", ",", "a", "b", "train", "val", "test",
-             "holdout", "\n", "\r\n", "\r", '"', "\x00", " ", "\ufeff", "0", "1", "0.5", "-1", "nan", "1e400",
-             "4294967296", "banana", "\u0663"]
-texts = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=40).map("".join)
+# Files shaped like manifests, from pieces that reach each check: header comments, a column row,
+# rows of fields (keys of the data set, labels, splits, quotes, NUL, newlines in quotes), and
+# sometimes text with no shape at all.
+VALUES = ["0", "7", "-1", "4294967296", "banana", "0.25", "1", "nan", "1e400", "", "\u0663", "+3"]
+FIELDS = ["a/0000.png", "a/0001.png", "b/0000.png", "./a/0000.png", "a/../a/0000.png", "#1.png", "a", "b", " b ",
+          "train", "val", "test", "valid", "holdout", "", " ", '"', '"a\nb"', '"x,y"', "\x00", "\ufeff", "z" * 300]
+EOLS = ["\n", "\r\n", "\r"]
+field = st.one_of(st.sampled_from(FIELDS), st.text(max_size=6))
+row = st.lists(field, max_size=4).map(",".join)
+comment = st.tuples(st.sampled_from(["seed", "val", "test", "fingerprint", "augpipe split manifest v1", ""]),
+                    st.one_of(st.sampled_from(VALUES), st.text(max_size=6))).map(lambda kv: f"# {kv[0]}: {kv[1]}")
+
+
+@st.composite
+def manifests(draw, columns):
+    lines = (draw(st.lists(comment, max_size=4)) + [draw(st.one_of(st.sampled_from(columns), row))]
+             + draw(st.lists(row, max_size=6)))
+    return "".join(line + draw(st.sampled_from(EOLS)) for line in lines)
+
+
+def contents(columns):
+    return st.one_of(manifests(columns), st.text(max_size=80), st.binary(max_size=80))
+
+
+def write(path: Path, content) -> Path:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", newline="")
+    return path
 
 
 def fake_source() -> ImageSource:
@@ -161,16 +187,11 @@ def scratch(tmp_path_factory):
 
 
 @settings(max_examples=150, deadline=None)
-@given(content=st.one_of(texts, st.binary(max_size=200)))
+@given(content=contents(["path,label,split", "index,label,split", "path,label"]))
 def test_read_manifest_of_random_text_returns_or_raises_a_user_error(scratch, content):
     source = fake_source()
-    path = scratch / "m.csv"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
     try:
-        previous, header = read_manifest(path, source)
+        previous, header = read_manifest(write(scratch / "m.csv", content), source)
     except AugpipeError as err:
         assert str(err) and "\n" not in str(err), str(err)
         return
@@ -187,20 +208,16 @@ def csv_folder(tmp_path_factory):
     return root
 
 
-@settings(max_examples=120, deadline=None)
-@given(content=st.one_of(texts.map(lambda t: t.replace("path,label,split", "path,label,split\n", 1)),
-                         st.binary(max_size=200)))
+@settings(max_examples=150, deadline=None)
+@given(content=contents(["path,label,split", "label,path", "path,label,split,path", "path,label"]))
 def test_csv_manifest_of_random_text_opens_or_raises_a_user_error(csv_folder, content):
-    path = csv_folder / "list.csv"
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
     try:
-        src = open_dataset(path)
+        src = open_dataset(write(csv_folder / "list.csv", content))
     except AugpipeError as err:
         assert str(err) and "\n" not in str(err), str(err)
         return
+    # Whatever opened is sound: every item one file, one key, one non-empty label.
     assert len(src) > 0 and len(set(src.keys)) == len(src.keys)
-    assert all(src.class_names) and src.labels.max() < len(src.class_names)
     assert len({p.resolve() for p in src.paths}) == len(src)
+    assert all(name.strip() for name in src.class_names) and src.labels.max() < len(src.class_names)
+    assert set(src.given) <= {None, "train", "val", "test"}

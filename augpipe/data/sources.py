@@ -324,8 +324,8 @@ def _open_csv(path: Path) -> ImageSource:
         earlier = first_line.setdefault(f, (n, name, label))
         if earlier[0] != n:
             if earlier[2] != label:
-                raise DataError(f"{path}: {shown(name)} is labelled {earlier[2]!r} on line {earlier[0]} and {label!r} "
-                                f"on line {n}: an image can have only one label")
+                raise DataError(f"{path}: {shown(name)} is labelled {earlier[2]!r} on line {earlier[0]} and "
+                                f"{label!r} on line {n}: an image can have only one label")
             raise DataError(f"{path}: {shown(name)} is listed twice, lines {earlier[0]} and {n}")
         entries.append((f, name, label, split))
     if missing:
@@ -480,7 +480,9 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     if data.dtype != np.uint8 and not (np.issubdtype(data.dtype, np.integer)
                                        and (data.size == 0 or (data.min() >= 0 and data.max() <= 255))):
         raise DataError(f"{path}: CIFAR data must be bytes 0..255, found {data.dtype}")
-    if len(labels) != len(data) or (len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0)):
+    # np.asarray([]) is float64: an empty batch has no wrong labels.
+    bad_labels = len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0)
+    if len(labels) != len(data) or bad_labels:
         raise DataError(f"{path}: expected {len(data)} non-negative integer labels, found {len(labels)} "
                         f"of type {labels.dtype}")
     x = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
