@@ -124,7 +124,8 @@ def suggest(lrs, smoothed, *, skip: int = 0) -> Suggestion:
     finite = np.isfinite(s)
     n = int(np.argmin(finite)) if not finite.all() else len(s)  # points before the first non-finite one
     if n == 0:
-        return Suggestion(None, None, None, None, None, "no finite loss was recorded: lower --start-lr")
+        # The first loss comes before any step: a non-finite one is the model's or the data's doing.
+        return Suggestion(None, None, None, None, None, "the first loss was not finite, before any step was taken")
     lrs, s = lrs[:n], s[:n]
     low = int(np.argmin(s))
     if low == 0:
