@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS

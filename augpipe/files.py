@@ -86,6 +86,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def exclusive_lock(folder, what: str):
+    """An exclusive lock on ``folder/.lock``, held until the returned file is closed: two
+    processes writing one run (or sweep) would overwrite each other's checkpoints and tables."""
+    import fcntl
+
+    fh = open(Path(folder) / ".lock", "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise DataError(f"{folder}: another process is {what}") from None
+    return fh
+
+
 # -- YAML -------------------------------------------------------------------------------------
 def read_yaml(path, what: str = "file") -> Any:
     """``yaml.safe_load`` of a file of at most MAX_YAML_BYTES, UTF-8, whose aliases expand to at

@@ -278,19 +278,6 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
     write_atomic(path, dump_yaml(grid))
 
 
-def _lock(sweep_dir: Path):
-    """Two processes running the same sweep would each redo the other's unfinished run."""
-    import fcntl
-
-    fh = open(sweep_dir / ".lock", "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise DataError(f"{sweep_dir}: another process is running this sweep") from None
-    return fh
-
-
 def _read_summary(run_dir: Path) -> dict | None:
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -337,7 +324,9 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
     sweep_dir = Path(out) / name
     # Everything a user can get wrong has been checked: only now is anything written.
     open_sweep_dir(sweep_dir, grid)
-    lock = _lock(sweep_dir)
+    from augpipe.files import exclusive_lock
+
+    lock = exclusive_lock(sweep_dir, "running this sweep")
     result = SweepResult(sweep_dir, runs, [], "")
     try:
         # Between runs too, a signal must end the sweep with its tables written.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS
+from augpipe.data.images import DEFAULT_MAX_PIXELS
 
 MAX_PIXELS_HELP = ("Skip images with more pixels than this (read from the header, before decoding); "
                    "the default is Pillow's decompression-bomb limit.")

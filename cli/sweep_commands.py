@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from augpipe.cli.train_commands import _field_comments
-from augpipe.config import TrainConfig
+from augpipe.cli.train_commands import config_options
 
 # Named once for the whole sweep, not per run.
 SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
@@ -17,34 +16,11 @@ SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
                        "command finds the same directory."}
 
 
-def _sweep_options(func):
-    comments = _field_comments()
-    defaults = TrainConfig()
-    for name in reversed(TrainConfig.field_names()):
-        annotation = TrainConfig.__dataclass_fields__[name].type
-        flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        help_text = comments.get(name, "")
-        if default is not None and not isinstance(default, list):
-            help_text += f"  [default: {default}]"
-        if name in SWEEP_LEVEL:
-            option = click.option(flag, name, default=None, help=SWEEP_LEVEL[name])
-        elif annotation == "bool":
-            option = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
-        elif annotation.startswith("list["):
-            kind = float if "float" in annotation else str
-            option = click.option(flag, name, type=kind, multiple=True, default=None, help=help_text + " (repeatable)")
-        else:
-            option = click.option(flag, name, default=None, metavar="V[,V...]", help=help_text)
-        func = option(func)
-    return func
-
-
 @click.command(context_settings={"max_content_width": 110})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings for every run; flags override it.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Runs of each setting, with seeds --seed, --seed + 1, ...")
 @click.option("--yes", is_flag=True, help="Run a grid of more than 50 runs.")
-@_sweep_options
+@config_options(comma_lists=True, help_overrides=SWEEP_LEVEL)
 def sweep(config_file, seeds, yes, **flags):
     """Train a grid of runs and compare them: augpipe sweep --plugin cnn --activation relu,elu,tanh --seeds 3
 

@@ -22,26 +22,41 @@ def _field_comments() -> dict[str, str]:
     return comments
 
 
-def _config_options(func):
+def config_options(comma_lists: bool = False, help_overrides: dict | None = None):
+    """A click option for every TrainConfig field. ``comma_lists``: scalar settings are read as
+    text, so that a sweep can take ``--lr 0.01,0.1`` (each item is typed later); on/off and
+    repeatable settings keep their form. ``help_overrides``: name -> help for a plain text option."""
     comments = _field_comments()
     defaults = TrainConfig()
-    for name in reversed(TrainConfig.field_names()):
-        annotation = TrainConfig.__dataclass_fields__[name].type
-        flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        help_text = comments.get(name, "")
-        if default is not None and not isinstance(default, list):
-            help_text += f"  [default: {default}]"
-        if annotation == "bool":
-            option = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
-        elif annotation.startswith("list["):
-            kind = float if "float" in annotation else str
-            option = click.option(flag, name, type=kind, multiple=True, default=None, help=help_text + " (repeatable)")
-        else:
-            kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
-            option = click.option(flag, name, type=kind, default=None, help=help_text)
-        func = option(func)
-    return func
+
+    def decorate(func):
+        for name in reversed(TrainConfig.field_names()):
+            annotation = TrainConfig.__dataclass_fields__[name].type
+            flag = "--" + name.replace("_", "-")
+            default = getattr(defaults, name)
+            help_text = comments.get(name, "")
+            if default is not None and not isinstance(default, list):
+                help_text += f"  [default: {default}]"
+            if help_overrides and name in help_overrides:
+                option = click.option(flag, name, default=None, help=help_overrides[name])
+            elif annotation == "bool":
+                option = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
+            elif annotation.startswith("list["):
+                kind = float if "float" in annotation else str
+                option = click.option(flag, name, type=kind, multiple=True, default=None,
+                                      help=help_text + " (repeatable)")
+            elif comma_lists:
+                option = click.option(flag, name, default=None, metavar="V[,V...]", help=help_text)
+            else:
+                kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+                option = click.option(flag, name, type=kind, default=None, help=help_text)
+            func = option(func)
+        return func
+
+    return decorate
+
+
+_config_options = config_options()
 
 
 @click.command(context_settings={"max_content_width": 110})

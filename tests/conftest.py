@@ -18,6 +18,17 @@ CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10"
 LOSSLESS = (".png", ".bmp", ".tif", ".tiff")
 
 
+def error_line(result, codes=(1, 2)) -> str:
+    """The one ``Error: ...`` line of a failed command, after checking that it failed cleanly:
+    an expected exit code, no uncaught exception, no traceback."""
+    assert result.exit_code in codes, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
 def random_image(rng: np.random.Generator, size=16, channels=3, low=0, high=256) -> np.ndarray:
     h, w = (size, size) if isinstance(size, int) else size
     shape = (h, w) if channels == 1 else (h, w, channels)

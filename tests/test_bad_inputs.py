@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import _make_folder
+from conftest import _make_folder, error_line
 from test_config_properties import BOMB
-from test_train_cli import FAST, error_line
+from test_train_cli import FAST
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import write_image
+from conftest import error_line
 
 
 def manifest_rows(path):
@@ -27,13 +28,8 @@ def leftovers(folder):
 
 
 def assert_clean_failure(result, needle, *outputs, code=(1, 2)):
-    out = result.output
-    assert result.exit_code in code, out
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in out
-    errors = [line for line in out.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, out
-    assert needle in errors[0], errors[0]
+    line = error_line(result, codes=code)
+    assert needle in line, line
     for path in outputs:
         assert not path.exists(), f"{path} was written"
         assert not leftovers(path.parent), leftovers(path.parent)

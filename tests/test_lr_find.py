@@ -13,6 +13,7 @@ import torch
 import augpipe
 from augpipe.errors import ConfigError
 from augpipe.training import lr_find as lf
+from conftest import error_line as shared_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,12 +31,7 @@ def read_csv(path):
 
 
 def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return shared_error_line(result, codes=(1,))
 
 
 @pytest.fixture(scope="module")

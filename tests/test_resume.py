@@ -190,7 +190,7 @@ def test_device_augmentation_and_a_loader_worker_resume_exactly_too(tmp_path, da
 
 
 def test_resume_refuses_what_it_can_not_continue(tmp_path, cli, reference):
-    from test_train_cli import error_line
+    from conftest import error_line
 
     assert "nothing to resume" in error_line(cli("train", "--resume", reference))
     assert "--lr can not be changed" in error_line(cli("train", "--resume", reference, "--lr", "0.5"))

@@ -19,6 +19,7 @@ from augpipe.data.sources import open_dataset
 from augpipe.errors import DataError
 
 from conftest import _make_cifar10, _make_cifar100, _make_folder, cifar_rows, write_image
+from conftest import error_line
 
 
 class RunsCode:
@@ -38,13 +39,8 @@ def dump(path, obj, protocol=2):
 
 
 def assert_one_error_line(result, needle, *not_written):
-    out = result.output
-    assert result.exit_code == 1, out
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in out
-    errors = [line for line in out.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, out
-    assert needle in errors[0], errors[0]
+    line = error_line(result, codes=(1,))
+    assert needle in line, line
     for path in not_written:
         assert not path.exists(), f"{path} was written"
 

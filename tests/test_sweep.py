@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from augpipe.errors import ConfigError
+from conftest import error_line as shared_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,12 +21,7 @@ FAST = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", "--workers",
 
 
 def error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return shared_error_line(result, codes=(1,))
 
 
 def csv_rows(path) -> list[dict]:

@@ -9,20 +9,11 @@ import types
 import pytest
 
 from augpipe.hookspecs import hookimpl
+from conftest import error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--workers", "0", "--threads", "1", "--batch-size", "8"]
-
-
-def error_line(result) -> str:
-    """The one ``Error: ...`` line of a failed command, after checking that it failed cleanly."""
-    assert result.exit_code in (1, 2), result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 def metrics_without_timing(path):

@@ -102,6 +102,18 @@ class TrainingControl:
         self.batch_callbacks = list(batch_callbacks)
 
 
+def optimizer_step(loss, optimizer, scaler=None) -> None:
+    """Backward and update; with fp16's gradient scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *, precision="fp32",
                 scaler=None, progress=False, desc="", deadline=None, check_every: int = 1,
                 state: EpochProgress | None = None, control: TrainingControl | None = None) -> EpochProgress:
@@ -136,14 +148,7 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
         with autocast_for(device, precision):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         schedule.step_iteration()
         correct += (logits.detach().argmax(1) == y).sum()
         state.n += len(y)

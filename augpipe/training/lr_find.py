@@ -191,7 +191,7 @@ def range_test(model, optimizer, loader, *, prepare, loss_fn, device, start_lr: 
     """One optimizer step per iteration at the ramp's rate, until the ramp ends or the smoothed
     loss passes ``diverge`` times its best (or the loss is not finite). ``model`` and ``optimizer``
     end as they began. Param groups keep their ratios to the first group's rate."""
-    from augpipe.training.loop import autocast_for
+    from augpipe.training.loop import autocast_for, optimizer_step
 
     check_settings(start_lr=start_lr, end_lr=end_lr, iterations=iterations, smooth=smooth, diverge=diverge)
     ramp = lr_ramp(start_lr, end_lr, iterations)
@@ -216,14 +216,7 @@ def range_test(model, optimizer, loader, *, prepare, loss_fn, device, start_lr: 
                 y = labels.to(device, non_blocking=True)
                 with autocast_for(torch.device(device), precision):
                     loss = loss_fn(model(x).float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
                 value = float(loss.detach())
                 smoothed = average.update(value)
                 result.lrs.append(float(lr))
@@ -319,8 +312,7 @@ def lr_find(config=None, *, config_file=None, plugins=None, start_lr: float = DE
     ``lr_find.csv`` into ``out``."""
     from augpipe.augment.spec import AugmentSpec
     from augpipe.plugin_manager import get_plugins
-    from augpipe.training.run import (DataPipeline, _cores, build_config, build_model, call_plugin,
-                                      check_model_input, load_data, resolve_device, seed_everything)
+    from augpipe.training.run import build_config, build_parts, load_data, resolve_device, seed_everything
 
     check_settings(start_lr=start_lr, end_lr=end_lr, iterations=iterations, smooth=smooth, diverge=diverge)
     plugins = plugins or get_plugins()
@@ -332,21 +324,8 @@ def lr_find(config=None, *, config_file=None, plugins=None, start_lr: float = DE
         with kept_state():
             seed_everything(cfg.seed)
             data_path, data = load_data(cfg, cfg.split_file, data_cache)
-            if len(data.indices("train")) == 0:
-                raise DataError(f"{data_path}: the training split is empty")
-            # The same size rule as a training run (worth a shared helper in run.py).
-            image_size = cfg.image_size or spec.size or min(data.store.native_size())
-            num_classes = len(data.class_names)
-            model = build_model(plugins, cfg, num_classes, image_size).to(device)
-            if cfg.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-            check_model_input(model, cfg, num_classes, image_size, device)
-            optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
-                                    weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
-            pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
-            pipeline.check_train_transform(data, image_size)
-            torch.set_num_threads(cfg.threads or max(1, _cores()))
-            train_model = torch.compile(model) if cfg.compile else model
+            parts = build_parts(cfg, plugins, data, data_path, spec, device)
+            optimizer, pipeline, train_model = parts.optimizer, parts.pipeline, parts.train_model
             batches = len(pipeline.train)
             log.info("lr-find: %s/%s, %s, %s, batch %d on %s (%d training images, %d iterations per epoch): "
                      "%d iterations from %g to %g", cfg.plugin, cfg.model, cfg.activation, cfg.optimizer,

@@ -237,20 +237,6 @@ def portable_config(cfg: TrainConfig, spec) -> TrainConfig:
     return TrainConfig.from_dict(saved)
 
 
-def lock_run_dir(run_dir: Path):
-    """An exclusive lock held while a process trains into ``run_dir``: two processes resuming the
-    same run would write over each other's checkpoints."""
-    import fcntl
-
-    fh = open(run_dir / ".lock", "a")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise DataError(f"{run_dir}: another process is training this run") from None
-    return fh
-
-
 # Settings a resumed run may change: where and how fast it computes, not what it computes.
 RESUME_FLAGS = ("device", "threads")
 
@@ -365,11 +351,42 @@ def load_data(cfg: TrainConfig, split_file=None, data_cache: dict | None = None,
     return data_path, split_decoded(decoded, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file)
 
 
+@dataclass
+class TrainingParts:
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    pipeline: "DataPipeline"
+    image_size: int
+    threads: int
+
+
+def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_size: int | None = None) -> TrainingParts:
+    """Model, optimizer and data pipeline as a run trains them, each checked on the real data
+    before anything is written: what ``train`` and ``lr-find`` share."""
+    if len(data.indices("train")) == 0:
+        raise DataError(f"{data_path}: the training split is empty")
+    image_size = image_size or cfg.image_size or spec.size or min(data.store.native_size())
+    num_classes = len(data.class_names)
+    model = build_model(plugins, cfg, num_classes, image_size).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    check_model_input(model, cfg, num_classes, image_size, device)
+    optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
+                            weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
+    pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
+    pipeline.check_train_transform(data, image_size)
+    threads = cfg.threads or max(1, _cores())
+    torch.set_num_threads(threads)
+    return TrainingParts(model, torch.compile(model) if cfg.compile else model, optimizer, pipeline, image_size,
+                         threads)
+
+
 def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:
     from augpipe.augment.cpu import build_train_transform, save_pipeline
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.split import describe_duplicates, split_table, write_manifest
-    from augpipe.files import remove_stale_temporaries, write_atomic
+    from augpipe.files import exclusive_lock, remove_stale_temporaries, write_atomic
     from augpipe.training.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile, PluginCallback
     from augpipe.training.checkpoint import checkpoint_state, restore_random_states
     from augpipe.training.loop import EpochProgress, History, TrainingControl, fit
@@ -388,32 +405,22 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
                      or data.assignment.tolist() != saved["split"]["splits"]):
         raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
                         f"removed or relabelled); a resumed run needs the same data")
-    if len(data.indices("train")) == 0:
-        raise DataError(f"{data_path}: the training split is empty")
     if cfg.patience is not None and cfg.monitor.startswith("val_") and len(data.indices("val")) == 0:
         raise ConfigError(f"early stopping (--patience {cfg.patience}) watches {cfg.monitor}, but there is no "
                           f"validation split: give --val above 0, or --monitor train_loss")
     log.info("data: %s (%d images, %d classes)\n%s\n%s", data_path, len(data.source), len(data.class_names),
              split_table(data.class_names, data.source.labels, data.assignment), describe_duplicates(data.duplicates))
-    image_size = saved["image_size"] if resuming else (cfg.image_size or spec.size or min(data.store.native_size()))
+    parts = build_parts(cfg, plugins, data, data_path, spec, device,
+                        image_size=saved["image_size"] if resuming else None)
+    model, optimizer, pipeline, image_size = parts.model, parts.optimizer, parts.pipeline, parts.image_size
     num_classes = len(data.class_names)
-
-    model = build_model(plugins, cfg, num_classes, image_size).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    check_model_input(model, cfg, num_classes, image_size, device)
-    optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
-                            weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
-    pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
-    pipeline.check_train_transform(data, image_size)
     steps = len(pipeline.train)
     schedule = as_schedule(call_plugin(plugins.schedulers, cfg.scheduler, optimizer, config=cfg,
                                        steps_per_epoch=steps, epochs=cfg.epochs, total_steps=steps * cfg.epochs),
                            cfg.scheduler, plugins.schedulers.owner.get(cfg.scheduler, "?"))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
-    threads = cfg.threads or max(1, _cores())
-    torch.set_num_threads(threads)
-    train_model = torch.compile(model) if cfg.compile else model
+    threads = parts.threads
+    train_model = parts.train_model
     tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
                             cfg.restore_best)
     history = History()
@@ -428,7 +435,7 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
 
     # Everything a user can get wrong has been checked: only now is anything written.
     if resuming:
-        lock = lock_run_dir(run_dir)
+        lock = exclusive_lock(run_dir, "training this run")
         remove_stale_temporaries(run_dir)
         try:
             extra_callbacks = make_callbacks()
@@ -458,7 +465,7 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
     else:
         out_existed = Path(cfg.out).exists()
         run_dir = make_run_dir(cfg)
-        lock = lock_run_dir(run_dir)
+        lock = exclusive_lock(run_dir, "training this run")
         start_epoch = 1
     try:
         if not resuming:
