@@ -4,7 +4,10 @@ Writes ``<out>/<class>/NNNN.jpg``: small RGB images of eight classes -- six
 filled shapes (circle, square, triangle, star, cross, ring) and two textures
 (stripes, checker) filling a disc or a rotated square.  The set exists so the
 package's training pipeline and tests can run end to end on a 2-core CPU in
-well under two minutes, while still being a real classification problem.
+about a minute, while still being a real classification problem.  400 images
+a class (3,200, about 3.6 MB of JPEG) give the 10 % test split 320 images, so
+a test accuracy is measured to about +-1.5 %, and give a model enough distinct
+examples (2,560 for training) to learn shape rather than memorise 80 of them.
 
 Colour, position, scale and rotation are random and independent of the class,
 so a model has to learn shape and texture; that is also what makes
@@ -13,7 +16,7 @@ Output is deterministic for a given ``--seed``: one generator is consumed in a
 fixed class/index order.  Only numpy and OpenCV are used.
 
     python sample_data/generate.py [--out sample_data/shapes] [--seed 0]
-                                   [--per-class 100] [--size 32]
+                                   [--per-class 400] [--size 32]
 """
 import argparse
 import shutil
@@ -145,7 +148,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "shapes")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--per-class", type=int, default=400)
     ap.add_argument("--size", type=int, default=32)
     args = ap.parse_args()
 
