@@ -184,7 +184,11 @@ def test_a_train_config_instance_trains_as_the_same_keywords_do(tiny_data):
     from augpipe.training.run import build_config
 
     assert build_config(TrainConfig(plugin="cnn")) == build_config(plugin="cnn")
-    assert build_config(TrainConfig(plugin="cnn")).epochs == 15  # the cnn plugin's default, not the dataclass's
+    from augpipe.plugin_manager import get_plugins
+
+    cnn_epochs = get_plugins().trainer("cnn").defaults["epochs"]
+    assert cnn_epochs != TrainConfig().epochs
+    assert build_config(TrainConfig(plugin="cnn")).epochs == cnn_epochs  # the plugin's default, not the dataclass's
     cfg = TrainConfig(plugin="cnn")
     cfg.epochs = 4
     assert build_config(cfg).epochs == 4

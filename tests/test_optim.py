@@ -93,11 +93,13 @@ def test_momentum_can_be_set_and_nesterov_needs_some():
 
 
 def test_the_plugin_lr_applies_to_its_optimizer_only():
-    """cnn's default lr 0.1 suits its nesterov SGD; choosing adam without an lr gets adam's."""
+    """cnn's default lr suits its nesterov SGD; choosing adam without an lr gets adam's."""
+    from augpipe.plugin_manager import get_plugins
     from augpipe.training.run import build_config
 
+    defaults = get_plugins().trainer("cnn").defaults
     cfg = build_config(plugin="cnn")
-    assert (cfg.optimizer, cfg.resolved_lr) == ("nesterov", 0.05)
+    assert (cfg.optimizer, cfg.resolved_lr) == ("nesterov", defaults["lr"]) and defaults["lr"] != DEFAULT_LR["adam"]
     cfg = build_config(plugin="cnn", optimizer="adam")
     assert cfg.resolved_lr == DEFAULT_LR["adam"]
     cfg = build_config(plugin="cnn", optimizer="adam", lr=0.02)

@@ -70,9 +70,10 @@ def test_config_yaml_holds_the_resolved_settings(run):
     saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     cfg = TrainConfig.from_dict(saved)
     cfg.validate()
-    # flags, the cnn plugin's defaults (nesterov, lr 0.1, onecycle) and the spec of the preset
+    # flags, the cnn plugin's defaults (nesterov, its lr, onecycle) and the spec of the preset
     assert (cfg.plugin, cfg.model, cfg.epochs, cfg.batch_size, cfg.workers) == ("cnn", "cnn_small", 3, 8, 0)
-    assert (cfg.optimizer, cfg.resolved_lr, cfg.scheduler) == ("nesterov", 0.05, "onecycle")
+    cnn_lr = get_plugins().trainer("cnn").defaults["lr"]
+    assert (cfg.optimizer, cfg.resolved_lr, cfg.scheduler) == ("nesterov", cnn_lr, "onecycle")
     assert isinstance(cfg.aug, dict) and cfg.aug["hflip"] == {"p": 0.5}
 
 
