@@ -28,8 +28,10 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
 
         n = CIFAR_RESNETS[model]
         # A 'deep' stem of width 8 makes the stem end at 16 channels, as the CIFAR ResNets do.
+        # zero_init_last=False: timm zeroes each block's last batch-norm scale (right for its long
+        # ImageNet schedules), which left these short-trained CIFAR nets near chance for epochs.
         net = ResNet(BasicBlock, layers=(n, n, n), channels=(16, 32, 64), stem_type="deep", stem_width=8,
-                     num_classes=num_classes, drop_rate=dropout, act_layer=act)
+                     num_classes=num_classes, drop_rate=dropout, act_layer=act, zero_init_last=False)
         net.layer4 = nn.Identity()  # timm's forward runs layer1..layer4; these nets have three stages
     elif model in timm.list_models(module="resnet"):
         net = timm.create_model(model, pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=act)

@@ -5,9 +5,9 @@ filled shapes (circle, square, triangle, star, cross, ring) and two textures
 (stripes, checker) filling a disc or a rotated square.  The set exists so the
 package's training pipeline and tests can run end to end on a 2-core CPU in
 about a minute, while still being a real classification problem.  400 images
-a class (3,200, about 3.6 MB of JPEG) give the 10 % test split 320 images, so
-a test accuracy is measured to about +-1.5 %, and give a model enough distinct
-examples (2,560 for training) to learn shape rather than memorise 80 of them.
+a class (3,200, about 3.6 MB of JPEG) give the 10 % test split 320 images (a
+standard error of 1.7 points at 90 % accuracy), and give a model enough distinct
+examples (2,560 for training) to learn shape rather than memorise 80 a class.
 
 Colour, position, scale and rotation are random and independent of the class,
 so a model has to learn shape and texture; that is also what makes
