@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -51,10 +49,8 @@ def config_file(tmp_path, text: str | bytes, name="bad.yaml"):
 ], ids=lambda v: None)
 def test_a_bad_config_file_is_one_line_and_leaves_nothing(tmp_path, cli, tiny_data, text, message):
     path = config_file(tmp_path, text)
-    start = time.perf_counter()
     line = error_line(cli("train", "--config", path, "--data", tiny_data, *FAST))
-    assert message in line
-    assert time.perf_counter() - start < 20  # an alias bomb is refused, not expanded
+    assert message in line  # an alias bomb is refused before it is expanded (expanded, it would take GBs)
     assert not (tmp_path / "runs").exists()
 
 
