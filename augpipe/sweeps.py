@@ -21,6 +21,7 @@ from pathlib import Path
 
 from augpipe.config import TrainConfig, typed_settings
 from augpipe.errors import ConfigError, DataError, reject_unknown
+from augpipe.training.run import read_summary, run_state
 
 log = logging.getLogger("augpipe")
 
@@ -278,25 +279,6 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
     write_atomic(path, dump_yaml(grid))
 
 
-def _read_summary(run_dir: Path) -> dict | None:
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def run_state(run_dir: Path) -> str:
-    """finished (summary.json, not resumable), resume (last.pt), redo (a directory that has
-    neither: stopped before its first checkpoint) or new."""
-    summary = _read_summary(run_dir)
-    if summary is not None and not summary.get("resumable"):
-        return "finished"
-    if (run_dir / "last.pt").is_file():
-        return "resume"
-    return "redo" if run_dir.exists() else "new"
-
-
 # -- running ---------------------------------------------------------------------------------------
 def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, out="sweeps", name=None,
           plugins=None, progress: bool | None = None, **settings) -> SweepResult:
@@ -389,7 +371,7 @@ def _run_row(run: PlannedRun, run_dir: Path) -> dict | None:
 
     if run_state(run_dir) != "finished":
         return None
-    s = _read_summary(run_dir)
+    s = read_summary(run_dir)
     try:
         epochs = read_metrics(run_dir / "metrics.csv")
     except (OSError, ValueError, csv.Error):

@@ -58,6 +58,7 @@ class DecodedData:
     too_large: list[str]
     digests: list
     max_pixels: int
+    manifests: dict = field(default_factory=dict)  # split file -> read_manifest's result, read once
 
 
 def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
@@ -87,8 +88,9 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
     if empty:  # an .npz or CIFAR meta file can name classes that no label uses
         more = f" (nor do {len(empty) - 1} other class(es))" if len(empty) > 1 else ""
         raise DataError(f"{path}: class {empty[0]!r} has no images{more}")
-    if split_file is not None:
-        read_manifest(split_file, source)
+    manifests = {}
+    if split_file is not None:  # read before the decoding, so that a bad manifest fails at once
+        manifests[str(split_file)] = read_manifest(split_file, source)
     opened = source
     store, report = ImageStore.build(source, cache_mb=cache_mb, max_pixels=max_pixels)
     skipped = [source.describe(i) for i in report.bad]
@@ -112,7 +114,7 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
         digests = [report.digests[i] for i in keep]
     else:
         digests = report.digests
-    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels)
+    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests)
 
 
 def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
@@ -120,10 +122,10 @@ def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, 
     """The second half of ``prepare_data``: the split (and the duplicates it puts across splits)."""
     previous = None
     if split_file is not None:
-        previous, header = read_manifest(split_file, decoded.opened)
-        seed = int(header.get("seed", seed))
-        val = float(header.get("val", val))
-        test = float(header.get("test", test))
+        manifest = decoded.manifests.get(str(split_file))
+        previous, header = manifest if manifest is not None else read_manifest(split_file, decoded.opened)
+        # read_manifest has checked and typed these
+        seed, val, test = header.get("seed", seed), header.get("val", val), header.get("test", test)
         new = len(decoded.opened) - len(previous)
         if new:
             log.info("%d item(s) are not in %s: they fill the remaining quota of each split", new, split_file)

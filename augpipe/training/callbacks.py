@@ -10,7 +10,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
 
 from augpipe.errors import AugpipeError, PluginError
 from augpipe.files import save_checkpoint
@@ -116,16 +115,12 @@ class EarlyStopping(Callback):
             return True
         return False
 
-    def state_dict(self, model=None) -> dict:
-        """Plain values; the best weights only when they are not ``model``'s current ones (at the
-        epoch that set them, the checkpoint's model weights are the best weights)."""
+    def state_dict(self, finished_epoch: int | None = None) -> dict:
+        """Plain values. The best weights are left out when the checkpoint is taken at the end of
+        the epoch that set them (``finished_epoch``): the checkpoint's model weights are they."""
         state = {k: getattr(self, k) for k in ("best", "best_epoch", "wait", "stopped_epoch", "reason")}
-        state["best_state"] = self.best_state
-        if model is not None and self.best_state is not None:
-            model = getattr(model, "_orig_mod", model)
-            current = model.state_dict()
-            if all(torch.equal(v, current[k].detach().cpu()) for k, v in self.best_state.items()):
-                state["best_state"] = "model"
+        same = self.best_state is not None and finished_epoch is not None and finished_epoch == self.best_epoch
+        state["best_state"] = "model" if same else self.best_state
         return state
 
     def load_state_dict(self, state: dict, model_state: dict | None = None) -> None:

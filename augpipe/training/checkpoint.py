@@ -17,24 +17,19 @@ FORMAT = 2
 REQUIRED = ("config", "class_names", "image_size", "model", "epoch")
 
 
-def random_states(pipeline) -> dict:
-    """Every random stream a run draws from: torch's, numpy's and Python's global ones, CUDA's,
-    each loader's generator (order and augmentation seeds), and the device augmentation's."""
+def global_random_states() -> dict:
+    """torch's, numpy's, Python's and CUDA's global random streams, as tensors and plain values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    device_augment = getattr(pipeline, "device_augment", None)
     return {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "loaders": {name: getattr(pipeline, name).generator.get_state() for name in ("train", "val", "test")},
-        "device_augment": None if device_augment is None else
-        [device_augment.generator.get_state(), device_augment.host_generator.get_state()],
     }
 
 
-def restore_random_states(state: dict, pipeline, *, loaders: bool = True) -> None:
+def restore_global_random_states(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
@@ -42,14 +37,29 @@ def restore_random_states(state: dict, pipeline, *, loaders: bool = True) -> Non
     random.setstate((version, tuple(internal), gauss_next))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def random_states(pipeline) -> dict:
+    """Every random stream a run draws from: the global ones, each loader's generator (order and
+    augmentation seeds), and the device augmentation's."""
+    device_augment = getattr(pipeline, "device_augment", None)
+    return {
+        **global_random_states(),
+        "loaders": {name: getattr(pipeline, name).generator.get_state() for name in ("train", "val", "test")},
+        "device_augment": None if device_augment is None else
+        [device_augment.generator.get_state(), device_augment.host_generator.get_state()],
+    }
+
+
+def restore_random_states(state: dict, pipeline, *, loaders: bool = True) -> None:
+    restore_global_random_states(state)
     if loaders:
         for name, generator_state in state["loaders"].items():
             getattr(pipeline, name).generator.set_state(generator_state)
     device_augment = getattr(pipeline, "device_augment", None)
     if device_augment is not None and state.get("device_augment") is not None:
         generator, host = state["device_augment"]
-        device_augment.generator.set_state(generator.to(device_augment.generator.device)
-                                           if generator.device != torch.device("cpu") else generator)
+        device_augment.generator.set_state(generator)
         device_augment.host_generator.set_state(host)
 
 
@@ -74,7 +84,7 @@ def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, im
                   "fingerprint": data.source.fingerprint()},
         "history": {"epochs": list(history.epochs), "iteration_losses": list(history.iteration_losses)},
         "train_seconds": float(train_seconds),
-        "early_stopping": tracker.state_dict(plain_model),
+        "early_stopping": tracker.state_dict(epoch if progress is None else None),
         "callbacks": {name: cb.state_dict() for name, cb in callbacks.items()},
         "in_epoch": progress.state_dict() if progress is not None else None,
         "rng": random_states(pipeline),

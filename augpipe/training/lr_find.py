@@ -10,7 +10,6 @@ import contextlib
 import copy
 import logging
 import math
-import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from augpipe.errors import ConfigError, DataError
+from augpipe.training.checkpoint import global_random_states, restore_global_random_states
 
 log = logging.getLogger("augpipe")
 
@@ -151,8 +151,7 @@ def kept_state(model=None, optimizer=None):
     model_state = copy.deepcopy(model.state_dict()) if model is not None else None
     training = model.training if model is not None else None
     optimizer_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
-    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
-           torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    rng = global_random_states()
     threads = torch.get_num_threads()
     try:
         yield
@@ -162,11 +161,7 @@ def kept_state(model=None, optimizer=None):
             model.train(training)
         if optimizer is not None:
             optimizer.load_state_dict(optimizer_state)
-        torch.set_rng_state(rng[0])
-        np.random.set_state(rng[1])
-        random.setstate(rng[2])
-        if rng[3] is not None:
-            torch.cuda.set_rng_state_all(rng[3])
+        restore_global_random_states(rng)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 

@@ -237,6 +237,27 @@ def portable_config(cfg: TrainConfig, spec) -> TrainConfig:
     return TrainConfig.from_dict(saved)
 
 
+def read_summary(run_dir: Path) -> dict | None:
+    """A run's summary.json, or None where there is none that can be read."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def run_state(run_dir: Path) -> str:
+    """finished (its summary says how it ended, and that it can not be resumed), resume (it has a
+    last.pt), redo (a directory that has neither: stopped before its first step) or new."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("stop_reason") and not summary.get("resumable"):
+        return "finished"
+    if (run_dir / "last.pt").is_file():
+        return "resume"
+    return "redo" if run_dir.exists() else "new"
+
+
 # Settings a resumed run may change: where and how fast it computes, not what it computes.
 RESUME_FLAGS = ("device", "threads")
 
@@ -253,16 +274,11 @@ def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainCo
                           f"can not be changed (only {', '.join('--' + f for f in RESUME_FLAGS)} can)")
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run directory")
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):
-            summary = {}
-        if isinstance(summary, dict) and summary.get("stop_reason") and not summary.get("resumable"):
-            raise DataError(f"{run_dir}: the run has ended ({summary['stop_reason']}); nothing to resume")
+    state = run_state(run_dir)
+    if state == "finished":
+        raise DataError(f"{run_dir}: the run has ended ({read_summary(run_dir)['stop_reason']}); nothing to resume")
     path = run_dir / "last.pt"
-    if not path.is_file():
+    if state != "resume":
         raise DataError(f"{run_dir}: no last.pt to resume from (the run was stopped before it finished a step); "
                         f"start it again")
     state = check_resumable(load_checkpoint(path), path)
