@@ -18,6 +18,8 @@ _API = {
     "preview": "augpipe.report",
     "train": "augpipe.training.run",
     "evaluate": "augpipe.training.run",
+    "load": "augpipe.inference",
+    "Classifier": "augpipe.inference",
     "lr_find": "augpipe.training.lr_find",
     "TrainConfig": "augpipe.config",
     "hookimpl": "augpipe.hookspecs",

@@ -26,11 +26,15 @@ DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, 
 @dataclass
 class TrainConfig:
     # what to train
-    recipe: str | None = None        # settings shipped with augpipe: cifar10-fast (CPU), cifar10-gpu
+    recipe: str | None = None        # settings shipped with augpipe (augpipe/recipes/NAME.yaml)
     plugin: str = "resnet"           # trainer plugin (augpipe plugins lists them)
     model: str | None = None         # model of the plugin; None = the plugin's default
     activation: str = "relu"         # every activation of the network
     dropout: float = 0.0             # rate before the classifier (between hidden layers for mlp)
+    pretrained: bool = False         # start from timm's pretrained weights (fetched once into timm's cache)
+    weights: str | None = None       # start from a local file: a state dict (.pth, .safetensors) or an augpipe checkpoint
+    freeze_epochs: int = 0           # train only the classifier for this many epochs, then everything
+    backbone_lr_scale: float = 1.0   # learning rate of all but the classifier, as a fraction of --lr
     # data
     data: str | None = None          # data set path; None = the bundled sample data
     val: float = 0.1                 # validation fraction of the training pool
@@ -194,6 +198,14 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}. Choose from: {', '.join(PRECISIONS)}")
         if self.aug_device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"--aug-device must be auto, cpu or gpu, got {self.aug_device!r}")
+        if self.pretrained and self.weights is not None:
+            raise ConfigError("--pretrained and --weights both choose the starting weights: give one")
+        if self.weights is not None and (not self.weights.strip() or "\0" in self.weights):
+            raise ConfigError(f"--weights must be a file path, got {self.weights!r}")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"--freeze-epochs must be a whole number of at least 0, got {self.freeze_epochs}")
+        if self.backbone_lr_scale < 0:
+            raise ConfigError(f"--backbone-lr-scale must not be negative, got {self.backbone_lr_scale}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
             raise ConfigError(f"--image-size must be a whole number of at least 8, got {self.image_size}")
         if self.workers is not None and self.workers < 0:

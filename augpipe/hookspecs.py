@@ -25,9 +25,15 @@ class Trainer:
     ``build_model(model=..., num_classes=..., image_size=..., activation=..., dropout=...)``
     returns a ``torch.nn.Module`` mapping float NCHW batches to class logits. ``activation`` is
     one of augpipe's names (relu, sigmoid, ...) and must reach every activation of the network;
-    ``dropout`` is the rate before the classifier. ``models`` lists the accepted ``model`` names
+    ``dropout`` is the rate before the classifier. A ``build_model`` that can load pretrained
+    weights takes ``pretrained=True`` too (``--pretrained``; augpipe passes it only then). The
+    classifier is found by timm's ``get_classifier()``, else as the last layer with
+    ``num_classes`` outputs (``--weights``, ``--freeze-epochs``). ``models`` lists the accepted ``model`` names
     (a callable returning the list is fine for large families); ``defaults`` are training
     settings (lr, optimizer, epochs ...) that suit the family, used where the user set none.
+    ``input_size`` is the image side in pixels the models are built for (an int, or a function
+    of the model name returning one, or None for "any"): images of another size are resized to
+    it unless ``--image-size`` or the augmentation spec names a size.
     """
 
     name: str
@@ -36,9 +42,21 @@ class Trainer:
     default_model: str | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    input_size: int | Callable[[str], int | None] | None = None
 
     def model_names(self) -> list[str]:
         return list(self.models() if callable(self.models) else self.models)
+
+    def model_input_size(self, model: str | None) -> int | None:
+        size = self.input_size(model) if callable(self.input_size) else self.input_size
+        if size is None:
+            return None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            from augpipe.errors import PluginError
+
+            raise PluginError(f"trainer {self.name!r} gave input size {size!r} for model {model!r}, "
+                              f"not a positive integer")
+        return size
 
 
 @hookspec

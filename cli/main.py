@@ -70,9 +70,9 @@ def main(verbose: bool) -> None:
 
 
 def _register_commands() -> None:
-    from augpipe.cli import data_commands, lr_find_commands, sweep_commands, train_commands
+    from augpipe.cli import data_commands, lr_find_commands, model_commands, sweep_commands, train_commands
 
-    for module in (data_commands, train_commands, sweep_commands, lr_find_commands):
+    for module in (data_commands, train_commands, sweep_commands, lr_find_commands, model_commands):
         for command in module.COMMANDS:
             main.add_command(command)
     from augpipe.plugin_manager import get_plugins

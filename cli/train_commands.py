@@ -35,6 +35,10 @@ def config_options(comma_lists: bool = False, help_overrides: dict | None = None
             flag = "--" + name.replace("_", "-")
             default = getattr(defaults, name)
             help_text = comments.get(name, "")
+            if name == "recipe":
+                from augpipe.recipes import recipe_names
+
+                help_text = "settings shipped with augpipe: " + ", ".join(recipe_names())
             if default is not None and not isinstance(default, list):
                 help_text += f"  [default: {default}]"
             if help_overrides and name in help_overrides:

@@ -40,5 +40,5 @@ def augpipe_register_trainers(register):
         # gives twice the steps for the same CPU time: 6 epochs of the bundled data are 480 steps.
         defaults={"optimizer": "nesterov", "lr": 0.02, "scheduler": "onecycle", "batch_size": 32,
                   "label_smoothing": 0.1, "epochs": 6},
-        description="small conv nets for 32x32 images",
+        description="small conv nets for 32x32 images", input_size=32,
     ))

@@ -53,3 +53,41 @@ def check_activation(model, activation: str, what: str):
         raise PluginError(f"{what} keeps activations that --activation {activation} does not reach ({found}): "
                           f"choose another model")
     return model
+
+
+def timm_input_size(model: str) -> int | None:
+    """The image side a timm model is built for (its pretrained configuration's input size), or
+    None where timm does not say."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(model)
+    except Exception:  # a name timm does not know: the plugin reports it when it builds the model
+        return None
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return int(size[-1]) if size else None
+
+
+def create_timm_model(model: str, *, pretrained: bool, **kwargs):
+    """``timm.create_model``; pretrained weights that can not be had (no network, a model
+    without any) end in one line that says what to do instead."""
+    import timm
+
+    from augpipe.errors import PluginError
+
+    if not pretrained:
+        return timm.create_model(model, pretrained=False, **kwargs)
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise PluginError(f"timm has no pretrained weights for {model!r}; use --weights FILE or train from scratch")
+    try:
+        return timm.create_model(model, pretrained=True, **kwargs)
+    except TypeError:
+        raise
+    except Exception as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise PluginError(f"the pretrained weights of {model!r} can not be fetched ({type(err).__name__}"
+                          f"{': ' + first if first else ''}); with no network, download them elsewhere "
+                          f"and give --weights FILE") from None

@@ -30,4 +30,6 @@ def augpipe_register_trainers(register):
         defaults={"optimizer": "adam", "lr": 1e-3, "scheduler": "cosine", "batch_size": 128, "epochs": 20,
                   "weight_decay": 0.0},
         description="multi-layer perceptrons with dropout",
+        # every pixel is an input: 32 px are 3,072 inputs, 224 px would be 150,528
+        input_size=32,
     ))

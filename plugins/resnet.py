@@ -14,18 +14,28 @@ def resnet_models() -> list[str]:
     return list(CIFAR_RESNETS) + timm.list_models(module="resnet")
 
 
-def build_resnet(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
+def resnet_input_size(model: str) -> int | None:
+    from augpipe.plugins.layers import timm_input_size
+
+    return 32 if model in CIFAR_RESNETS else timm_input_size(model)
+
+
+def build_resnet(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float,
+                 pretrained: bool = False):
     import timm
     from torch import nn
 
     from augpipe.errors import PluginError
     from augpipe.plugin_manager import unknown_name_message
-    from augpipe.plugins.layers import activation_layer, check_activation
+    from augpipe.plugins.layers import activation_layer, check_activation, create_timm_model
 
     act = activation_layer(activation)
     if model in CIFAR_RESNETS:
         from timm.models.resnet import BasicBlock, ResNet
 
+        if pretrained:
+            raise PluginError(f"there are no pretrained weights for {model!r} (a CIFAR ResNet); use --weights FILE "
+                              f"or an ImageNet ResNet such as resnet18")
         n = CIFAR_RESNETS[model]
         # A 'deep' stem of width 8 makes the stem end at 16 channels, as the CIFAR ResNets do.
         # zero_init_last=False: timm zeroes each block's last batch-norm scale (right for its long
@@ -34,7 +44,7 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
                      num_classes=num_classes, drop_rate=dropout, act_layer=act, zero_init_last=False)
         net.layer4 = nn.Identity()  # timm's forward runs layer1..layer4; these nets have three stages
     elif model in timm.list_models(module="resnet"):
-        net = timm.create_model(model, pretrained=False, num_classes=num_classes, drop_rate=dropout, act_layer=act)
+        net = create_timm_model(model, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, act_layer=act)
     else:
         raise PluginError(unknown_name_message("model", model, resnet_models(), " for plugin 'resnet'"))
     if image_size <= 64 or model in CIFAR_RESNETS:
@@ -53,5 +63,5 @@ def augpipe_register_trainers(register):
         # 10 epochs of the bundled data's 2,560 training images (400 steps): about a minute on 2 cores.
         defaults={"optimizer": "nesterov", "lr": 0.1, "scheduler": "onecycle", "batch_size": 64, "epochs": 10,
                   "label_smoothing": 0.1},
-        description="timm's ResNet family, with the CIFAR ResNets",
+        description="timm's ResNet family, with the CIFAR ResNets", input_size=resnet_input_size,
     ))

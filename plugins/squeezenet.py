@@ -73,4 +73,5 @@ def augpipe_register_trainers(register):
         defaults={"optimizer": "adam", "lr": 1e-3, "scheduler": "none", "batch_size": 128, "epochs": 50,
                   "dropout": 0.5, "weight_decay": 0.0},
         description="SqueezeNet without batch norm: the network of the CIFAR-10 activation comparison",
+        input_size=32,  # the comparison's CIFAR-10 images; --image-size 224 for ImageNet-sized photos
     ))

@@ -77,10 +77,11 @@ def test_a_data_set_of_one_class_is_refused(tmp_path, cli):
     assert not (tmp_path / "runs").exists()
 
 
-def test_images_too_small_for_the_model_are_one_line(tmp_path, cli):
+def test_an_image_size_the_model_can_not_take_is_one_line(tmp_path, cli):
     data = _make_folder(tmp_path / "tiny", {"a": 8, "b": 8}, size=4)
-    line = error_line(cli("train", "--data", data, "--plugin", "cnn", "--aug", "none", *FAST))
-    assert "can not take 4x4 images" in line and "--image-size" in line
+    line = error_line(cli("train", "--data", data, "--plugin", "timm", "--model", "test_vit", "--image-size", "8",
+                          "--aug", "none", *FAST))
+    assert "can not take 8x8 images" in line and "divisible by patch size" in line and "--image-size" in line
     assert not (tmp_path / "runs").exists()
 
 

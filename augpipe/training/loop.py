@@ -114,11 +114,53 @@ def optimizer_step(loss, optimizer, scaler=None) -> None:
         optimizer.step()
 
 
+class StepTimer:
+    """Times a few steps after the first (which pays for warm-up: allocation, oneDNN's kernel
+    choice, cuDNN's benchmark) and logs what the whole epoch will take, so that a run on a slow
+    setting says so in seconds, not after the first epoch."""
+
+    FIRST, LAST = 2, 6  # steps timed: 2..6
+
+    def __init__(self, steps_per_epoch: int, desc: str):
+        self.steps = steps_per_epoch
+        self.desc = desc
+        self.start = None
+        self.count = 0  # steps taken since this timer was made (a resumed epoch starts midway)
+        self.done = steps_per_epoch <= self.LAST  # such an epoch is over before an estimate helps
+
+    def step(self, loss) -> None:
+        if self.done:
+            return
+        self.count += 1
+        step = self.count
+        if step == self.FIRST - 1:
+            if loss.device.type == "cuda":
+                torch.cuda.synchronize(loss.device)
+            self.start = time.perf_counter()
+        elif step >= self.LAST and self.start is not None:
+            if loss.device.type == "cuda":
+                torch.cuda.synchronize(loss.device)
+            per_step = (time.perf_counter() - self.start) / (step - self.FIRST + 1)
+            log.info("%s: about %s for %d steps (%.3g s a step, timed over steps %d-%d), then validation",
+                     self.desc, _duration(per_step * self.steps), self.steps, per_step, self.FIRST, step)
+            self.done = True
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *, precision="fp32",
                 scaler=None, progress=False, desc="", deadline=None, check_every: int = 1,
-                state: EpochProgress | None = None, control: TrainingControl | None = None) -> EpochProgress:
+                state: EpochProgress | None = None, control: TrainingControl | None = None,
+                estimate: bool = False) -> EpochProgress:
     """One pass over ``loader``, from ``state.step`` on when an interrupted epoch is resumed.
-    Returns the epoch's progress; ``step < len(loader)`` means a stop was requested."""
+    Returns the epoch's progress; ``step < len(loader)`` means a stop was requested.
+    ``estimate``: log the epoch's expected time once a few steps have been timed."""
     model.train()
     control = control or TrainingControl()
     state = state or EpochProgress(epoch=0)
@@ -134,6 +176,7 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
         if control.after_fast_forward is not None:
             control.after_fast_forward()
     counted = state.correct
+    timer = StepTimer(len(loader), desc) if estimate else None
 
     def flush():
         values = torch.stack(pending).float().cpu().tolist()
@@ -159,6 +202,8 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             flush()
         for cb in control.batch_callbacks:
             cb.on_train_batch_end(state.epoch, state.step, loss)
+        if timer is not None:
+            timer.step(loss)
         if deadline is not None and time.perf_counter() > deadline:
             break
         if control.stop_requested() and state.step < len(loader):
@@ -184,6 +229,7 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
     check_every = 50 if device.type == "cuda" else 1
     deadline = time.perf_counter() + max_seconds if max_seconds else None
     resume_at, control.resume_at = control.resume_at, None
+    estimate = True  # for the first epoch this call trains
     for epoch in range(start_epoch, epochs + 1):
         generator = getattr(train_loader, "generator", None)
         if resume_at is not None and resume_at.epoch == epoch:
@@ -198,7 +244,8 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
             state = train_epoch(
                 model, train_loader, prepare_train, optimizer, schedule, loss_fn, device, precision=precision,
                 scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs}", deadline=deadline,
-                check_every=check_every, state=state, control=control)
+                check_every=check_every, state=state, control=control, estimate=estimate)
+            estimate = False
         except NonFiniteLoss as err:
             history.stop_reason = f"stopped at epoch {epoch}: {err}"
             history.failed = True

@@ -145,7 +145,7 @@ def cosine(optimizer, *, config, steps_per_epoch, epochs, **kw):
 def onecycle(optimizer, *, config, steps_per_epoch, epochs, **kw):
     total = steps_per_epoch * epochs
     pct = config.warmup_epochs / epochs if config.warmup_epochs > 0 else 0.3
-    lr = optimizer.param_groups[0]["lr"]
+    lr = [group["lr"] for group in optimizer.param_groups]  # groups may differ (--backbone-lr-scale)
     cycle_momentum = "momentum" in optimizer.defaults and optimizer.defaults.get("momentum", 0) > 0 \
         or "betas" in optimizer.defaults
     return LRSchedule(OneCycleLR(optimizer, max_lr=lr, total_steps=max(2, total), pct_start=min(0.9, max(0.01, pct)),

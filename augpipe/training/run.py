@@ -103,11 +103,22 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def build_model(plugins, cfg: TrainConfig, num_classes: int, image_size: int):
+def build_model(plugins, cfg: TrainConfig, num_classes: int, image_size: int, pretrained: bool = False):
+    """The plugin's model; with ``pretrained``, its pretrained weights (a trainer's
+    ``build_model`` that can load them takes ``pretrained=True``)."""
+    import inspect
+
     trainer = plugins.trainer(cfg.plugin)
+    kwargs = dict(model=cfg.model, num_classes=num_classes, image_size=image_size, activation=cfg.activation,
+                  dropout=cfg.dropout)
+    if pretrained:
+        params = inspect.signature(trainer.build_model).parameters
+        if "pretrained" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise PluginError(f"trainer {cfg.plugin!r} has no pretrained weights (its build_model takes no "
+                              f"pretrained=); use --weights FILE")
+        kwargs["pretrained"] = True
     try:
-        model = trainer.build_model(model=cfg.model, num_classes=num_classes, image_size=image_size,
-                                    activation=cfg.activation, dropout=cfg.dropout)
+        model = trainer.build_model(**kwargs)
     except AugpipeError:
         raise
     except Exception as err:
@@ -231,7 +242,7 @@ def portable_config(cfg: TrainConfig, spec) -> TrainConfig:
     file name, and absolute data paths, so the run can be re-run or evaluated from anywhere."""
     saved = cfg.to_dict()
     saved["aug"] = spec.to_dict()
-    for key in ("data", "split_file"):
+    for key in ("data", "split_file", "weights"):
         if saved[key] is not None:
             saved[key] = str(Path(saved[key]).expanduser().resolve())
     return TrainConfig.from_dict(saved)
@@ -367,6 +378,43 @@ def load_data(cfg: TrainConfig, split_file=None, data_cache: dict | None = None,
     return data_path, split_decoded(decoded, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file)
 
 
+def choose_image_size(cfg: TrainConfig, spec, trainer, data) -> tuple[int, str]:
+    """The side images are trained at, and where it came from: --image-size, else the
+    augmentation spec's size, else the size the model is built for (as timm's models declare
+    theirs), else the data's own."""
+    native = data.store.native_size()
+    held = (f"the data's images are {native[1]}x{native[0]}" if data.store.shapes_equal
+            else f"the data's images differ in size, most are {native[1]}x{native[0]}")
+    if cfg.image_size:
+        return cfg.image_size, f"--image-size; {held}"
+    if spec.size:
+        return spec.size, f"the augmentation spec's size; {held}"
+    built_for = trainer.model_input_size(cfg.model)
+    if built_for:
+        if data.store.shapes_equal and native == (built_for, built_for):
+            return built_for, f"what {cfg.plugin}/{cfg.model} is built for, and the data's own size"
+        return built_for, f"what {cfg.plugin}/{cfg.model} is built for; {held}, resized to it " \
+                          f"(--image-size to choose)"
+    return min(native), f"the data's own size; {cfg.plugin}/{cfg.model} takes any"
+
+
+def use_weights_normalization(spec, normalization) -> None:
+    """Starting weights were trained on images normalised their own way: use it, unless the
+    augmentation spec names a normalisation of its own (anything but the default)."""
+    from augpipe.augment.spec import IMAGENET_MEAN, IMAGENET_STD, Normalize
+
+    mean, std = (tuple(float(v) for v in normalization[0]), tuple(float(v) for v in normalization[1]))
+    own = (tuple(float(v) for v in spec.normalize.mean), tuple(float(v) for v in spec.normalize.std))
+    if own != (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)):
+        if own != (mean, std):
+            log.info("normalisation: the spec's own (mean %s, std %s), not the weights' (mean %s, std %s)",
+                     list(spec.normalize.mean), list(spec.normalize.std), list(mean), list(std))
+        return
+    if len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std):
+        spec.normalize = Normalize(mean=mean, std=std)
+        log.info("normalisation: the weights' own (mean %s, std %s)", list(mean), list(std))
+
+
 @dataclass
 class TrainingParts:
     model: torch.nn.Module
@@ -377,19 +425,38 @@ class TrainingParts:
     threads: int
 
 
-def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_size: int | None = None) -> TrainingParts:
+def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_size: int | None = None,
+                resuming: bool = False) -> TrainingParts:
     """Model, optimizer and data pipeline as a run trains them, each checked on the real data
-    before anything is written: what ``train`` and ``lr-find`` share."""
+    before anything is written: what ``train`` and ``lr-find`` share. The starting weights
+    (--pretrained, --weights) are loaded unless the run is resumed (its checkpoint has its
+    own); their normalisation replaces the spec's default one."""
+    from augpipe.training.finetune import classifier_parameter_names, load_weights, scale_backbone_lr
+
     if len(data.indices("train")) == 0:
         raise DataError(f"{data_path}: the training split is empty")
-    image_size = image_size or cfg.image_size or spec.size or min(data.store.native_size())
+    if image_size is None:
+        image_size, reason = choose_image_size(cfg, spec, plugins.trainer(cfg.plugin), data)
+        log.info("image size: %d px (%s)", image_size, reason)
     num_classes = len(data.class_names)
-    model = build_model(plugins, cfg, num_classes, image_size).to(device)
+    model = build_model(plugins, cfg, num_classes, image_size, pretrained=cfg.pretrained and not resuming)
+    normalization = None
+    if cfg.pretrained and not resuming:
+        pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+        if pretrained_cfg.get("mean") and pretrained_cfg.get("std"):
+            normalization = (tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"]))
+    if cfg.weights and not resuming:
+        normalization = load_weights(model, cfg.weights, num_classes)
+    if normalization is not None:
+        use_weights_normalization(spec, normalization)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_model_input(model, cfg, num_classes, image_size, device)
     optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
                             weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
+    if cfg.backbone_lr_scale != 1.0:
+        scale_backbone_lr(optimizer, model, classifier_parameter_names(model, num_classes), cfg.backbone_lr_scale)
     pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
     pipeline.check_train_transform(data, image_size)
     threads = cfg.threads or max(1, _cores())
@@ -427,7 +494,7 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
     log.info("data: %s (%d images, %d classes)\n%s\n%s", data_path, len(data.source), len(data.class_names),
              split_table(data.class_names, data.source.labels, data.assignment), describe_duplicates(data.duplicates))
     parts = build_parts(cfg, plugins, data, data_path, spec, device,
-                        image_size=saved["image_size"] if resuming else None)
+                        image_size=saved["image_size"] if resuming else None, resuming=resuming)
     model, optimizer, pipeline, image_size = parts.model, parts.optimizer, parts.pipeline, parts.image_size
     num_classes = len(data.class_names)
     steps = len(pipeline.train)
@@ -519,6 +586,11 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
 
         # Checkpoints run last: last.pt must hold the state the next epoch starts from.
         callbacks = [tracker, MetricsFile(run_dir / "metrics.csv", history.epochs), HookCallback(plugins, run_dir)]
+        if cfg.freeze_epochs:
+            from augpipe.training.finetune import FreezeBackbone, classifier_parameter_names
+
+            callbacks.insert(1, FreezeBackbone(model, classifier_parameter_names(model, num_classes),
+                                               cfg.freeze_epochs, start_epoch))
         callbacks += list(extra_callbacks.values())
         callbacks.append(Checkpoints(run_dir, state, tracker))
         control = TrainingControl(signals.requested, resume_at=resume_at, on_interrupt=save_unfinished_epoch,
@@ -630,24 +702,14 @@ def evaluate(run_dir, *, data=None, checkpoint: str | None = None, device: str =
     defaults to the one the run scored (best.pt, or last.pt under ``--no-restore-best``)."""
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.prepare import prepare_data
-    from augpipe.files import load_checkpoint
+    from augpipe.inference import model_from_checkpoint, read_run_checkpoint
     from augpipe.plugin_manager import get_plugins
-    from augpipe.training.checkpoint import check_checkpoint
     from augpipe.training.loop import evaluate as score
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: no such run directory")
-    if checkpoint is None:
-        config_path = run_dir / "config.yaml"
-        restore_best = TrainConfig.from_dict(TrainConfig.read_yaml(config_path), where=str(config_path)).restore_best \
-            if config_path.is_file() else True
-        checkpoint = "best.pt" if restore_best else "last.pt"
-    path = run_dir / checkpoint
-    state = check_checkpoint(load_checkpoint(path), path)
-    cfg = TrainConfig.from_dict(state["config"], where=str(path))
-    cfg.device = device
     check_device_name(device)
+    path, state, cfg = read_run_checkpoint(run_dir, checkpoint)
+    run_dir, checkpoint = Path(run_dir), path.name
+    cfg.device = device
     plugins = plugins or get_plugins()
     dev = resolve_device(device)
     data_path = data_or_sample(data or cfg.data)
@@ -657,15 +719,7 @@ def evaluate(run_dir, *, data=None, checkpoint: str | None = None, device: str =
     if prepared.class_names != state["class_names"]:
         raise DataError(f"{data_path}: its classes differ from the run's ({', '.join(state['class_names'])})")
     image_size = state["image_size"]
-    model = build_model(plugins, cfg, len(prepared.class_names), image_size)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: its weights do not fit model {cfg.plugin}/{cfg.model} "
-                        f"({_first_line(err)[:200]})") from None
-    model.to(dev)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model_from_checkpoint(plugins, cfg, state, path, dev)
     spec = AugmentSpec.load(cfg.aug)
     pipeline = DataPipeline(prepared, cfg, spec, image_size, dev, plugins)
     result = score(model, pipeline.test, pipeline.prepare_eval, torch.nn.CrossEntropyLoss(),
