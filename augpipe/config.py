@@ -73,12 +73,17 @@ class TrainConfig:
     precision: str = "fp32"          # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
     channels_last: bool = True       # NHWC memory layout: faster convolutions on CPUs and on CUDA
     compile: bool = False            # torch.compile the model
-    threads: int | None = None       # torch intra-op threads; None = every core (workers mostly wait)
+    threads: int | None = None       # torch intra-op threads; None = every core (workers mostly wait), shared by the processes of --devices
+    devices: int = 1                 # processes to train in with torch.distributed (one per GPU, or CPU processes on gloo); --batch-size is per process
+    dist_timeout: float = 600        # seconds a process waits for the others before it gives up (a rank died or hangs)
     seed: int = 0                    # 0 <= seed < 2**32
     # output
     out: str = "runs"
     name: str | None = None          # run directory name; None = a timestamp
     callbacks: list[str] = field(default_factory=list)  # registered callbacks to attach
+    logger: list[str] = field(default_factory=list)  # experiment loggers besides metrics.csv: tensorboard, mlflow
+    tracking_uri: str | None = None  # MLflow tracking URI; None = file:<out>/mlruns
+    experiment: str | None = None    # MLflow experiment; None = augpipe (a sweep: the sweep's name)
 
     # -- construction -------------------------------------------------------------------
     # Which fields were given (to the constructor, see _init_recording_choices, or set
@@ -210,6 +215,9 @@ class TrainConfig:
             raise ConfigError(f"--image-size must be a whole number of at least 8, got {self.image_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must not be negative, got {self.workers}")
+        if not isinstance(self.devices, int) or self.devices < 1:
+            raise ConfigError(f"--devices must be a whole number of at least 1, got {self.devices}")
+        positive("dist_timeout", self.dist_timeout)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.seed < 2**32:

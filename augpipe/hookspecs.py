@@ -33,7 +33,9 @@ class Trainer:
     settings (lr, optimizer, epochs ...) that suit the family, used where the user set none.
     ``input_size`` is the image side in pixels the models are built for (an int, or a function
     of the model name returning one, or None for "any"): images of another size are resized to
-    it unless ``--image-size`` or the augmentation spec names a size.
+    it unless ``--image-size`` or the augmentation spec names a size. ``activations`` names the
+    activations ``build_model`` supports, where it does not take all of augpipe's (None: all);
+    another ``--activation`` is refused before any data is read.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Trainer:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     input_size: int | Callable[[str], int | None] | None = None
+    activations: tuple[str, ...] | None = None
 
     def model_names(self) -> list[str]:
         return list(self.models() if callable(self.models) else self.models)

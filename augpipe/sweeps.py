@@ -29,7 +29,9 @@ log = logging.getLogger("augpipe")
 MAX_UNCONFIRMED_RUNS = 50
 # Where and how fast a run computes, not what: a sweep continued on another machine or with
 # another --threads is the same sweep (unless these are what the sweep varies).
-RUNTIME_FIELDS = ("device", "threads")
+# Where and how a run computes and reports, not what it computes: not part of a run's identity,
+# and given again when a run is resumed.
+RUNTIME_FIELDS = ("device", "threads", "devices", "dist_timeout", "logger", "tracking_uri", "experiment")
 CSV_COLUMNS = ["seed", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "epochs_run", "stop_reason",
                "train_seconds", "run_dir"]
 
@@ -326,9 +328,11 @@ def _run_all(result: SweepResult, config, config_file, plugins, progress) -> Non
     from augpipe.errors import AugpipeError
     from augpipe.training.run import train
 
+    from augpipe.progress import track
+
     data_cache: dict = {}  # one decode of each data set for the whole sweep; each seed splits it anew
     total = len(result.runs)
-    for i, run in enumerate(result.runs, 1):
+    for i, run in enumerate(track(result.runs, total, "sweep", enabled=progress, unit="run", leave=True), 1):
         run_dir = result.sweep_dir / run.name
         state = run_state(run_dir)
         if state == "finished":
@@ -336,16 +340,19 @@ def _run_all(result: SweepResult, config, config_file, plugins, progress) -> Non
             log.info("run %d/%d %s: finished before, skipped", i, total, run.name)
             continue
         log.info("run %d/%d %s%s", i, total, run.name, ": resuming from last.pt" if state == "resume" else "")
+        # Every run of the sweep in one MLflow experiment (one TensorBoard folder: the same out).
+        experiment = run.flags.get("experiment") or result.sweep_dir.name
         try:
             if state == "resume":
                 trained = train(resume=run_dir, plugins=plugins, progress=progress, data_cache=data_cache,
-                                **{k: run.flags.get(k) for k in RUNTIME_FIELDS})
+                                **{**{k: run.flags.get(k) for k in RUNTIME_FIELDS}, "experiment": experiment})
                 result.resumed += 1
             else:
                 if state == "redo":  # stopped before its first checkpoint: nothing in it to keep
                     shutil.rmtree(run_dir)
                 trained = train(config, config_file=config_file, plugins=plugins, progress=progress,
-                                data_cache=data_cache, **run.flags, out=str(result.sweep_dir), name=run.name)
+                                data_cache=data_cache, **{**run.flags, "experiment": experiment},
+                                out=str(result.sweep_dir), name=run.name)
                 result.ran += 1
         except AugpipeError as err:
             err.args = (f"run {run.name}: {err}",)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from augpipe.cli.train_commands import config_options
+from augpipe.cli.train_commands import config_options, quiet_option
 
 # Named once for the whole sweep, not per run.
 SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
@@ -20,6 +20,7 @@ SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings for every run; flags override it.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Runs of each setting, with seeds --seed, --seed + 1, ...")
 @click.option("--yes", is_flag=True, help="Run a grid of more than 50 runs.")
+@quiet_option
 @config_options(comma_lists=True, help_overrides=SWEEP_LEVEL)
 def sweep(config_file, seeds, yes, **flags):
     """Train a grid of runs and compare them: augpipe sweep --plugin cnn --activation relu,elu,tanh --seeds 3

@@ -63,10 +63,24 @@ def config_options(comma_lists: bool = False, help_overrides: dict | None = None
 _config_options = config_options()
 
 
+def _set_quiet(ctx, param, value):
+    if value:
+        from augpipe.progress import set_quiet
+
+        set_quiet(True)
+    return value
+
+
+# Also a flag of the commands themselves, where people put it: augpipe train ... --quiet
+quiet_option = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
+                            help="No progress bars, and no progress lines where stderr is not a terminal.")
+
+
 @click.command(context_settings={"max_content_width": 110})
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (config.yaml of a run works); flags override it.")
 @click.option("--resume", "resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
-              help="Continue an interrupted run from its last.pt, exactly (only --device and --threads may be given with it).")
+              help="Continue an interrupted run from its last.pt, exactly (only --device, --threads, --devices, --dist-timeout and the logger flags may be given with it).")
+@quiet_option
 @_config_options
 def train(config_file, resume, **flags):
     """Train a classifier: augpipe train --plugin resnet [--data PATH] ...
@@ -78,7 +92,11 @@ def train(config_file, resume, **flags):
 
     flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     flags = {k: v for k, v in flags.items() if v is not None and v != []}
+    from augpipe.distributed import launched_ranks
+
     result = run_train(config_file=config_file, resume=resume, **flags)
+    if launched_ranks().rank != 0:
+        return  # under torchrun every process runs this command; rank 0 reports the run
     s = result.summary
     click.echo(f"run: {result.run_dir}")
     click.echo(f"epochs: {s['epochs_run']} ({s['stop_reason']}); best epoch {s['best_epoch']}")

@@ -1,5 +1,5 @@
 """Built-in optimizers and learning-rate schedulers, registered like any plugin's."""
-from augpipe.hookspecs import hookimpl
+from augpipe.plugin import hookimpl
 
 
 @hookimpl

@@ -1,6 +1,6 @@
 """A small, fast convolutional net for 32x32 images on a CPU, in the style of the fast CIFAR-10
 training nets (airbench): a stem, three conv-pool-norm groups, global max-pooling."""
-from augpipe.hookspecs import Trainer, hookimpl
+from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 # widths of the stem and the three groups
 WIDTHS = {"cnn_small": (24, 32, 64, 128), "cnn": (32, 64, 128, 256), "cnn_wide": (64, 128, 256, 512)}
@@ -8,10 +8,6 @@ WIDTHS = {"cnn_small": (24, 32, 64, 128), "cnn": (32, 64, 128, 256), "cnn_wide":
 
 def build_cnn(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
     from torch import nn
-
-    from augpipe.errors import PluginError
-    from augpipe.plugins.layers import activation_layer
-    from augpipe.plugin_manager import unknown_name_message
 
     if model not in WIDTHS:
         raise PluginError(unknown_name_message("model", model, WIDTHS, " for plugin 'cnn'"))

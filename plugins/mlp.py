@@ -1,16 +1,12 @@
 """Fully connected networks on the flattened image, with dropout between the hidden layers:
 the lecture's setting for activations and dropout."""
-from augpipe.hookspecs import Trainer, hookimpl
+from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 HIDDEN = {"mlp_small": (256,), "mlp": (512, 256), "mlp_large": (1024, 512, 256)}
 
 
 def build_mlp(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
     from torch import nn
-
-    from augpipe.errors import PluginError
-    from augpipe.plugins.layers import activation_layer
-    from augpipe.plugin_manager import unknown_name_message
 
     if model not in HIDDEN:
         raise PluginError(unknown_name_message("model", model, HIDDEN, " for plugin 'mlp'"))

@@ -2,7 +2,8 @@
 variants) and the CIFAR ResNets of He et al. (resnet20 ... resnet110: three stages of 16, 32 and
 64 channels), all built with timm's ResNet class and randomly initialised. Images of 64 px or
 less get the CIFAR stem (3x3 convolution, no max-pool)."""
-from augpipe.hookspecs import Trainer, hookimpl
+from augpipe.plugin import (PluginError, Trainer, activation_layer, check_activation, create_timm_model, hookimpl,
+                            timm_input_size, unknown_name_message)
 
 # basic blocks per stage: 6n + 2 layers
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
@@ -15,8 +16,6 @@ def resnet_models() -> list[str]:
 
 
 def resnet_input_size(model: str) -> int | None:
-    from augpipe.plugins.layers import timm_input_size
-
     return 32 if model in CIFAR_RESNETS else timm_input_size(model)
 
 
@@ -24,10 +23,6 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
                  pretrained: bool = False):
     import timm
     from torch import nn
-
-    from augpipe.errors import PluginError
-    from augpipe.plugin_manager import unknown_name_message
-    from augpipe.plugins.layers import activation_layer, check_activation, create_timm_model
 
     act = activation_layer(activation)
     if model in CIFAR_RESNETS:

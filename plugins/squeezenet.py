@@ -4,7 +4,7 @@ comparison (Misra 2019, SqueezeNet, Adam 1e-3, batch 128, 50 epochs), where the 
 decides how well gradients flow. Images of 64 px or less get a 3x3 stride-1 first convolution,
 as CIFAR adaptations of the network do, so a 32 px image is not shrunk to 7 px before the first
 Fire module."""
-from augpipe.hookspecs import Trainer, hookimpl
+from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 # (squeeze, expand) per Fire module and where the max-pools go ("M"), after torchvision.
 LAYOUTS = {
@@ -18,10 +18,6 @@ LAYOUTS = {
 def build_squeezenet(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float):
     import torch
     from torch import nn
-
-    from augpipe.errors import PluginError
-    from augpipe.plugin_manager import unknown_name_message
-    from augpipe.plugins.layers import activation_layer
 
     if model not in LAYOUTS:
         raise PluginError(unknown_name_message("model", model, LAYOUTS, " for plugin 'squeezenet'"))

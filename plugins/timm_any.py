@@ -1,7 +1,7 @@
 """Any timm model by name (``--model convnext_atto``, ``--model vit_tiny_patch16_224`` ...),
 randomly initialised, with the activation passed as timm's ``act_layer``."""
-from augpipe.hookspecs import Trainer, hookimpl
-from augpipe.plugins.layers import timm_input_size
+from augpipe.plugin import (PluginError, Trainer, activation_layer, check_activation, create_timm_model, hookimpl,
+                            timm_input_size, unknown_name_message)
 
 
 def timm_models() -> list[str]:
@@ -13,10 +13,6 @@ def timm_models() -> list[str]:
 def build_timm(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float,
                pretrained: bool = False):
     import timm
-
-    from augpipe.errors import PluginError
-    from augpipe.plugins.layers import activation_layer, check_activation, create_timm_model
-    from augpipe.plugin_manager import unknown_name_message
 
     if not timm.is_model(model):
         raise PluginError(unknown_name_message("model", model, timm_models(), " for plugin 'timm'"))

@@ -72,6 +72,17 @@ def _make_split_folder(root, splits=None, size=16, ext=".png", seed=0) -> Path:
     return root
 
 
+def colour_classes(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
+    """Three classes a small model learns in a few steps: mostly red, green or blue noise."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(per_class):
+            img = rng.integers(0, 120, (size, size, 3), dtype=np.uint8)
+            img[:, :, 2 - c] += 120  # BGR on disk
+            write_image(root / name / f"{i:03d}.png", img)
+    return root
+
+
 def cifar_rows(rng, n: int) -> np.ndarray:
     return rng.integers(0, 256, (n, 3072), dtype=np.uint8)
 
@@ -279,3 +290,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- the image index (test_index) -----------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def private_image_index(tmp_path_factory, monkeypatch):
+    """Every test gets an image index of its own (AUGPIPE_CACHE_DIR), never the user's: one test's
+    scan must not decide what another one decodes. Yields the folder."""
+    folder = tmp_path_factory.mktemp("augpipe-cache")
+    monkeypatch.setenv("AUGPIPE_CACHE_DIR", str(folder))
+    yield folder

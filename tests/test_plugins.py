@@ -251,3 +251,19 @@ def test_installed_plugins_do_not_outlive_the_test():
     assert not {"tinyplug", "fancy", "clone", "typoplug", "cnn [augpipe]", "cnn [othercnn]"} & set(info)
     assert all(not i.error for i in info.values())
     assert "tinyplug_mod" not in sys.modules
+
+
+def test_an_activation_the_trainer_does_not_support_is_refused_before_the_data(fresh_plugins):
+    from augpipe.errors import ConfigError
+    from augpipe.training.run import build_config
+
+    def augpipe_register_trainers(register):
+        register(Trainer(name="relu_only", build_model=lambda **kw: None, models=["m"], default_model="m",
+                         activations=("relu", "gelu")))
+
+    plugins = fresh_plugins()
+    plugins.register(types.SimpleNamespace(augpipe_register_trainers=hookimpl(augpipe_register_trainers)),
+                     name="relu_only")
+    assert build_config(plugin="relu_only", activation="gelu", plugins=plugins).activation == "gelu"
+    with pytest.raises(ConfigError, match=r"^trainer 'relu_only' supports --activation relu, gelu, not 'tanh'$"):
+        build_config(plugin="relu_only", activation="tanh", data="/nonexistent", plugins=plugins)

@@ -17,11 +17,14 @@ class AugmentedImages(Dataset):
     """Items ``indices`` of an ImageStore, each passed through ``transform`` (an Albumentations
     pipeline on uint8 HWC, or None). Yields (HWC uint8 array, label)."""
 
-    def __init__(self, store, indices, labels, transform=None):
+    def __init__(self, store, indices, labels, transform=None, stream: int = 0):
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
+        # The rank of a distributed run: the ranks share the loader's seed (so that they agree
+        # on the epoch's order) but must not augment with the same random numbers.
+        self.stream = stream
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -33,6 +36,8 @@ class AugmentedImages(Dataset):
         return img, int(self.labels[self.indices[i]])
 
     def reseed(self, seed: int) -> None:
+        if self.stream:
+            seed = (seed + self.stream * 0x9E3779B97F4A7C15) % 2**63
         random.seed(seed)
         np.random.seed(seed % 2**32)
         if self.transform is not None:
@@ -66,27 +71,73 @@ def default_workers(device: str = "cpu") -> int:
     return 0 if cores <= 4 else min(4, cores // 4)
 
 
+class RankSampler(torch.utils.data.Sampler):
+    """One rank's share of an epoch in a distributed run.
+
+    Training (``shuffle``): one permutation drawn from the loader's generator, the same on every
+    rank, padded to a multiple of the world size by repeating its first items (as torch's
+    DistributedSampler pads), and every ``world_size``-th item from position ``rank``: the ranks
+    see disjoint parts of each epoch and take the same number of steps. Evaluation: items
+    ``rank, rank + world_size, ...`` in order, unpadded, so that sums over the ranks count every
+    image exactly once.
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int, shuffle: bool, generator: torch.Generator):
+        self.n, self.rank, self.world_size, self.shuffle, self.generator = n, rank, world_size, shuffle, generator
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.rank, self.n, self.world_size))
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        padded = len(self) * self.world_size
+        while len(order) < padded:
+            order += order[:padded - len(order)]
+        return iter(order[self.rank:padded:self.world_size])
+
+
 class EpochLoader:
     """A DataLoader that reshuffles every epoch and reseeds augmentation reproducibly, also
-    when it runs in the main process (``num_workers=0``)."""
+    when it runs in the main process (``num_workers=0``). With ``world_size`` above 1 it yields
+    this rank's share of every epoch (``RankSampler``); ``batch_sampler`` replaces the sampling
+    altogether (tar shards, each rank and worker reading its own)."""
 
     def __init__(self, dataset: AugmentedImages, *, batch_size: int, shuffle: bool, num_workers: int,
-                 seed: int, drop_last: bool = False, pin_memory: bool = False):
+                 seed: int, drop_last: bool = False, pin_memory: bool = False, rank: int = 0,
+                 world_size: int = 1, batch_sampler=None):
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.generator = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-            collate_fn=collate_uint8, generator=self.generator, drop_last=drop_last,
-            worker_init_fn=_worker_init if num_workers > 0 else None, pin_memory=pin_memory,
-            persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
-        )
+        common = dict(num_workers=num_workers, collate_fn=collate_uint8, generator=self.generator,
+                      worker_init_fn=_worker_init if num_workers > 0 else None, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+        self.batch_sampler = batch_sampler
+        if batch_sampler is not None:
+            self.loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)
+        elif world_size > 1 or shuffle:
+            # One sampler for one process and for many: a run of 2 processes of batch 8 then sees
+            # exactly the images of a run of 1 process of batch 16.
+            sampler = RankSampler(len(dataset), rank, world_size, shuffle, self.generator)
+            self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
+        else:
+            self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, **common)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch about to be drawn: a shard sampler deals the shards anew for each."""
+        self.epoch = epoch
+        if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
 
     def __iter__(self):
         if self.num_workers == 0:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS, ImageStore
+from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS, Digests, ImageStore
 from augpipe.data.sources import ImageSource, open_dataset
 from augpipe.data.split import find_duplicates, read_manifest, split_dataset
 from augpipe.errors import DataError
@@ -56,7 +56,7 @@ class DecodedData:
     store: ImageStore
     skipped: list[str]
     too_large: list[str]
-    digests: list
+    digests: Digests  # pixel digest per readable item
     max_pixels: int
     manifests: dict = field(default_factory=dict)  # split file -> read_manifest's result, read once
 
@@ -64,9 +64,10 @@ class DecodedData:
 def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
                  strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
                  max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1) -> PreparedData:
-    """Open ``path``, decode every image once, drop unreadable ones and those with more than
-    ``max_pixels`` pixels (or fail under ``strict``), and split. With ``split_file`` the
-    manifest's assignment, seed and ratios are reused. Every class must keep at least one image,
+    """Open ``path``, learn whether each image is readable (from the image index, else by decoding
+    it), drop unreadable ones and those with more than ``max_pixels`` pixels (or fail under
+    ``strict``), and split. With ``split_file`` the manifest's assignment, seed and ratios are
+    reused. Every class must keep at least one image,
     and there must be at least ``min_classes`` classes."""
     decoded = decode_data(path, strict=strict, cache_mb=cache_mb, max_pixels=max_pixels, min_classes=min_classes,
                           split_file=split_file)
@@ -75,8 +76,9 @@ def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, sp
 
 def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
                 max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1, split_file=None) -> DecodedData:
-    """The first half of ``prepare_data``: open, check the classes, decode, drop what can not be
-    read. ``split_file`` is only checked here, so that a bad manifest fails before the decoding."""
+    """The first half of ``prepare_data``: open, check the classes, find what can not be read
+    (from the image index where it knows the files, else by decoding them), drop it.
+    ``split_file`` is only checked here, so that a bad manifest fails before the decoding."""
     source = open_dataset(path)
     names = source.class_names
     if len(names) < min_classes:
@@ -111,7 +113,7 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
             raise DataError(f"class {names[c]!r} has no readable images (all {counts[c]} were skipped)")
         store = store.subset(keep)
         source = store.source
-        digests = [report.digests[i] for i in keep]
+        digests = report.digests.take(keep)
     else:
         digests = report.digests
     return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests)
@@ -133,4 +135,9 @@ def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, 
     assignment = split_dataset(source.keys, source.labels, source.given, val=val, test=test, seed=seed,
                                previous=previous, class_names=source.class_names)
     return PreparedData(source, decoded.store, assignment, seed, val, test, decoded.skipped,
-                        find_duplicates(decoded.digests, assignment), decoded.too_large, decoded.max_pixels)
+                        find_duplicates(_repeated(decoded.digests), assignment), decoded.too_large, decoded.max_pixels)
+
+
+def _repeated(digests):
+    # Only digests that occur twice can be duplicates: the others need no bytes object each.
+    return digests.repeated() if isinstance(digests, Digests) else digests

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from augpipe.data.images import decode_file, is_image_file
+from augpipe.data.images import IMAGE_EXTENSIONS, decode_file
+from augpipe.data.index import PathColumn, StrColumn
 from augpipe.errors import DataError
 from augpipe.files import load_pickle
 
@@ -45,17 +46,28 @@ class ImageSource:
     """Items (identity key, label, given split) and the means to load each image.
 
     ``keys`` identify items stably: paths relative to the root for files, ``train/123``
-    style indices for arrays. Splits and manifests are keyed by them.
+    style indices for arrays. Splits and manifests are keyed by them. Keys and paths are kept as
+    compact columns (``StrColumn``, ``PathColumn``: sequences of str and of Path, whatever was
+    passed in), so that a data set of millions of files costs no Python object per item.
     """
 
     kind: str
     root: Path
     class_names: list[str]
-    keys: list[str]
+    keys: list[str]  # a StrColumn once made
     labels: np.ndarray
     given: list[str | None]
-    paths: list[Path] | None = None
+    paths: list[Path] | None = None  # a PathColumn once made
     arrays: np.ndarray | None = None
+    # Encoded images that are not files of their own (members of tar shards): an object with
+    # read(i) -> bytes, describe(i) -> str and subset(indices) -> the same kind of object.
+    blobs: object | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.keys, StrColumn):
+            self.keys = StrColumn(self.keys)
+        if self.paths is not None and not isinstance(self.paths, PathColumn):
+            self.paths = PathColumn(self.paths)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -67,19 +79,28 @@ class ImageSource:
     def load(self, i: int) -> np.ndarray | None:
         if self.arrays is not None:
             return self.arrays[i]
+        if self.blobs is not None:
+            from augpipe.data.images import read_image_bytes
+
+            return read_image_bytes(self.blobs.read(i))[0]
         return decode_file(self.paths[i])
 
     def describe(self, i: int) -> str:
-        return str(self.paths[i]) if self.paths is not None else f"{self.root}[{self.keys[i]}]"
+        if self.paths is not None:
+            return self.paths.text(i)
+        if self.blobs is not None:
+            return self.blobs.describe(i)
+        return f"{self.root}[{self.keys[i]}]"
 
     def subset(self, indices) -> "ImageSource":
         idx = [int(i) for i in indices]
         return ImageSource(
             kind=self.kind, root=self.root, class_names=self.class_names,
-            keys=[self.keys[i] for i in idx], labels=self.labels[idx],
+            keys=self.keys.take(idx), labels=self.labels[idx],
             given=[self.given[i] for i in idx],
-            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            paths=None if self.paths is None else self.paths.take(idx),
             arrays=None if self.arrays is None else self.arrays[idx],
+            blobs=None if self.blobs is None else self.blobs.subset(idx),
         )
 
     def fingerprint(self) -> str:
@@ -94,7 +115,8 @@ class ImageSource:
 
 
 def open_dataset(path) -> ImageSource:
-    """Open the data set at ``path``, detecting its kind from what is there."""
+    """Open the data set at ``path``, detecting its kind from what is there (a folder with a
+    ``shards.json`` is a set of WebDataset tar shards)."""
     root = Path(path).expanduser()
     try:
         exists, is_file = root.exists(), root.is_file()
@@ -109,6 +131,10 @@ def open_dataset(path) -> ImageSource:
         if suffix == ".npz":
             return _open_npz(root)
         raise DataError(f"{root}: not a data set (expected a folder, a .csv manifest or an .npz file)")
+    if (root / "shards.json").is_file():  # what ``augpipe shard`` writes
+        from augpipe.data.shards import open_shards
+
+        return open_shards(root)
     if (root / "data_batch_1").is_file() or ((root / "meta").is_file() and (root / "train").is_file()):
         return _open_cifar(root)
     return _open_folder(root)
@@ -158,11 +184,16 @@ def _image_files(folder: str) -> tuple[list[tuple[str, str]], list[str]]:
                     linked.append(e.path)
                 else:
                     subdirs.append(e)
-            elif is_image_file(Path(e.name)):
+            elif _is_image_name(e.name):
                 # Resolving only the links keeps this to one system call per linked file.
                 files.append((e.path, os.path.realpath(e.path) if _is_link(e) else os.path.join(real, e.name)))
         stack.extend((e.path, os.path.join(real, e.name)) for e in reversed(subdirs))
     return files, linked
+
+
+def _is_image_name(name: str) -> bool:
+    # is_image_file without a Path object: this runs for every file of a data set at every start.
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _inside(inner: Path, outer: Path) -> bool:
@@ -248,10 +279,14 @@ def _open_folder(root: Path) -> ImageSource:
 
     class_names = sorted(per_class)
     paths, keys, labels, given = [], [], [], []
+    # The listed paths start with the root as given: slicing it off is the relative path, at a
+    # fraction of relpath's cost (a million images are listed at every start).
+    prefix = os.path.join(str(root), "")
     for label, name in enumerate(class_names):
         for f, split in per_class[name]:
-            paths.append(Path(f))
-            keys.append(os.path.relpath(f, root).replace(os.sep, "/"))
+            paths.append(f)
+            rel = f[len(prefix):] if f.startswith(prefix) else os.path.relpath(f, root)
+            keys.append(rel.replace(os.sep, "/") if os.sep != "/" else rel)
             labels.append(label)
             given.append(split)
     return ImageSource("folder", root, class_names, keys, np.asarray(labels, dtype=np.int64), given, paths=paths)

@@ -64,7 +64,7 @@ def restore_random_states(state: dict, pipeline, *, loaders: bool = True) -> Non
 
 
 def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, image_size, history, pipeline,
-                     tracker, callbacks, train_seconds: float, progress=None) -> dict:
+                     tracker, callbacks, train_seconds: float, progress=None, loggers=()) -> dict:
     """``epoch``: the last finished epoch; ``progress``: the unfinished one, for an interrupted
     run (an ``EpochProgress``), else None."""
     plain_model = getattr(model, "_orig_mod", model)
@@ -86,6 +86,7 @@ def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, im
         "train_seconds": float(train_seconds),
         "early_stopping": tracker.state_dict(epoch if progress is None else None),
         "callbacks": {name: cb.state_dict() for name, cb in callbacks.items()},
+        "loggers": {lg.name: lg.state_dict() for lg in loggers},
         "in_epoch": progress.state_dict() if progress is not None else None,
         "rng": random_states(pipeline),
     }

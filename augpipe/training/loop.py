@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from augpipe import distributed
+from augpipe.progress import duration, track
 from augpipe.training.optim import current_lr
 
 log = logging.getLogger("augpipe")
@@ -27,6 +28,20 @@ class History:
     iteration_losses: list[float] = field(default_factory=list)
     stop_reason: str = "completed"
     failed: bool = False  # a non-finite loss ended the run
+
+
+def unwrap(model):
+    """The model itself, inside torch.compile's and DistributedDataParallel's wrappers: its
+    state dict has the plain names a single-process run loads."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -53,17 +68,13 @@ def evaluate(model, loader, prepare, loss_fn, num_classes: int, device, precisio
         pred = logits.argmax(1)
         confusion.view(-1).index_add_(0, y * num_classes + pred, torch.ones_like(y))
         n += len(y)
+    # In a distributed run every rank scored its own share: the sums make the whole split's.
+    counted = torch.tensor([float(n)], dtype=torch.float64, device=device)
+    distributed.sum_(total_loss), distributed.sum_(confusion), distributed.sum_(counted)
+    n = int(counted.item())
     confusion = confusion.cpu().numpy()
     correct = int(np.trace(confusion))
     return {"loss": float(total_loss) / max(1, n), "acc": correct / max(1, n), "n": n, "confusion": confusion}
-
-
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
 
 
 @dataclass
@@ -94,12 +105,13 @@ class TrainingControl:
     the first epoch start (a resumed run). ``on_interrupt(progress)`` saves an unfinished epoch."""
 
     def __init__(self, stop_requested=lambda: False, resume_at: EpochProgress | None = None,
-                 on_interrupt=None, after_fast_forward=None, batch_callbacks=()):
+                 on_interrupt=None, after_fast_forward=None, batch_callbacks=(), step_loggers=()):
         self.stop_requested = stop_requested
         self.resume_at = resume_at
         self.on_interrupt = on_interrupt
         self.after_fast_forward = after_fast_forward
         self.batch_callbacks = list(batch_callbacks)
+        self.step_loggers = list(step_loggers)  # ExperimentLogger: log_step(global step, scalars)
 
 
 def optimizer_step(loss, optimizer, scaler=None) -> None:
@@ -142,20 +154,12 @@ class StepTimer:
                 torch.cuda.synchronize(loss.device)
             per_step = (time.perf_counter() - self.start) / (step - self.FIRST + 1)
             log.info("%s: about %s for %d steps (%.3g s a step, timed over steps %d-%d), then validation",
-                     self.desc, _duration(per_step * self.steps), self.steps, per_step, self.FIRST, step)
+                     self.desc, duration(per_step * self.steps), self.steps, per_step, self.FIRST, step)
             self.done = True
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *, precision="fp32",
-                scaler=None, progress=False, desc="", deadline=None, check_every: int = 1,
+                scaler=None, progress: bool | None = False, desc="", deadline=None, check_every: int = 1,
                 state: EpochProgress | None = None, control: TrainingControl | None = None,
                 estimate: bool = False) -> EpochProgress:
     """One pass over ``loader``, from ``state.step`` on when an interrupted epoch is resumed.
@@ -175,17 +179,33 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             next(batches)
         if control.after_fast_forward is not None:
             control.after_fast_forward()
-    counted = state.correct
+    counted, n_before = state.correct, state.n
     timer = StepTimer(len(loader), desc) if estimate else None
 
+    world = distributed.ranks().world_size
+    since = {"time": time.perf_counter(), "n": state.n}
+
     def flush():
-        values = torch.stack(pending).float().cpu().tolist()
+        # Every rank records the mean over the ranks of each step's loss, so that all of them
+        # stop together on a non-finite one.
+        values = (distributed.sum_(torch.stack(pending).float()) / world).cpu().tolist()
         pending.clear()
         state.losses.extend(values)
+        if control.step_loggers:
+            now = time.perf_counter()
+            rate = (state.n - since["n"]) * world / (now - since["time"]) if now > since["time"] else float("nan")
+            since.update(time=now, n=state.n)
+            lr = current_lr(optimizer)
+            first = (state.epoch - 1) * len(loader) + state.step - len(values) + 1
+            for k, v in enumerate(values):
+                for lg in control.step_loggers:
+                    lg.log_step(first + k, {"loss": v, "lr": lr, "images_per_s": rate})
         if not all(math.isfinite(v) for v in values):
             raise NonFiniteLoss(f"the training loss became {values[-1]} at iteration {state.step}")
 
-    for images, labels in _progress(batches, len(loader) - state.step, desc, progress):
+    shown = track(batches, len(loader) - state.step, desc, enabled=progress, unit="step",
+                  per_item=(getattr(loader, "batch_size", 1) * distributed.ranks().world_size, "images"))
+    for images, labels in shown:
         x = prepare(images)
         y = labels.to(device, non_blocking=True)
         with autocast_for(device, precision):
@@ -204,26 +224,35 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             cb.on_train_batch_end(state.epoch, state.step, loss)
         if timer is not None:
             timer.step(loss)
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-        if control.stop_requested() and state.step < len(loader):
+        stop = (deadline is not None and time.perf_counter() > deadline) or \
+            (control.stop_requested() and state.step < len(loader))
+        if world == 1:
+            if stop:
+                break
+        # The ranks agree on a stop at the same steps (every step on CPUs; a GPU is not made to
+        # wait for the answer at every one).
+        elif state.step % check_every == 0 and distributed.any_(stop, device):
             break
     if pending:
         flush()
+    seen = torch.tensor([state.n - n_before], dtype=torch.int64, device=device)
+    distributed.sum_(correct), distributed.sum_(seen)
     state.correct = counted + int(correct)
+    state.n = n_before + int(seen.item())
     state.seconds = time.perf_counter() - start
     return state
 
 
 def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimizer, schedule, loss_fn,
         epochs: int, device, num_classes: int, callbacks=(), tracker=None, precision: str = "fp32",
-        max_seconds: float | None = None, progress: bool = False, start_epoch: int = 1,
+        max_seconds: float | None = None, progress: bool | None = False, start_epoch: int = 1,
         history: History | None = None, control: TrainingControl | None = None, scaler=None) -> History:
     """Train for ``epochs`` epochs (from ``start_epoch``), validating after each. ``callbacks``
     see every epoch's metrics; one returning True stops the run (its ``reason`` is recorded).
     Between steps ``control`` may stop the run (an interrupt) or resume an unfinished epoch."""
     history = history or History()
     control = control or TrainingControl()
+    plain_model = unwrap(model)  # what callbacks see and checkpoints keep
     if scaler is None and precision == "fp16" and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
     check_every = 50 if device.type == "cuda" else 1
@@ -231,6 +260,8 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
     resume_at, control.resume_at = control.resume_at, None
     estimate = True  # for the first epoch this call trains
     for epoch in range(start_epoch, epochs + 1):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
         generator = getattr(train_loader, "generator", None)
         if resume_at is not None and resume_at.epoch == epoch:
             state = resume_at
@@ -251,7 +282,7 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
             history.failed = True
             log.error("%s", history.stop_reason)
             break
-        if state.step < len(train_loader) and control.stop_requested():
+        if state.step < len(train_loader) and distributed.any_(control.stop_requested(), device):
             history.stop_reason = "interrupted"
             if control.on_interrupt is not None:
                 control.on_interrupt(state)
@@ -278,16 +309,19 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
             history.failed = True
             stop = True
         for cb in callbacks:
-            if cb.on_epoch_end(epoch, metrics, model) and not stop:
+            if cb.on_epoch_end(epoch, metrics, plain_model) and not stop:
                 stop = True
                 history.stop_reason = getattr(cb, "reason", None) or f"stopped by {type(cb).__name__}"
+        # Rank 0's callbacks (plugins', which only it runs) may stop the run for every rank.
+        if distributed.any_(stop, device) and not stop:
+            stop, history.stop_reason = True, "stopped by a callback on rank 0"
         if stop:
             (log.error if history.failed else log.info)("%s", history.stop_reason)
             break
-        if control.stop_requested():
+        if distributed.any_(control.stop_requested(), device):
             history.stop_reason = "interrupted"
             break
-        if deadline is not None and time.perf_counter() > deadline:
+        if distributed.any_(deadline is not None and time.perf_counter() > deadline, device):
             history.stop_reason = f"time budget of {max_seconds / 60:g} min reached after epoch {epoch}"
             log.info("%s", history.stop_reason)
             break

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from augpipe import distributed
 from augpipe.config import TrainConfig, check_device_name, typed_settings
 from augpipe.errors import AugpipeError, ConfigError, DataError, PluginError
 
@@ -63,6 +63,9 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
     cfg = TrainConfig.resolve(plugin_defaults=defaults, flags=chosen)
     if cfg.model is None:
         cfg.model = trainer.default_model
+    if trainer.activations is not None and cfg.activation not in trainer.activations:
+        raise ConfigError(f"trainer {cfg.plugin!r} supports --activation {', '.join(trainer.activations)}, "
+                          f"not {cfg.activation!r}")
     names = trainer.model_names()
     if names and cfg.model not in names:  # before any data is decoded
         from augpipe.plugin_manager import unknown_name_message
@@ -72,6 +75,9 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
     plugins.schedulers.get(cfg.scheduler)
     for name in cfg.callbacks:
         plugins.callbacks.get(name)
+    from augpipe.training.loggers import check_loggers
+
+    cfg.logger = list(check_loggers(cfg.logger))
     return cfg
 
 
@@ -160,7 +166,9 @@ class DataPipeline:
             if spec.extra:
                 raise ConfigError("augmentations under 'extra' run only in loader workers: use --aug-device cpu")
             self.train_transform = build_eval_transform(spec, image_size, native=native) if native != (image_size, image_size) else None
-            self.device_augment = DeviceAugment(spec, image_size, device=device, generator_seed=cfg.seed,
+            rank = distributed.ranks().rank  # each rank its own random numbers
+            self.device_augment = DeviceAugment(spec, image_size, device=device,
+                                                generator_seed=cfg.seed + 7919 * rank if rank else cfg.seed,
                                                 channels_last=cfg.channels_last)
             self.prepare_train = self.device_augment
         else:
@@ -174,15 +182,19 @@ class DataPipeline:
                                             channels_last=cfg.channels_last)
         pin = device.type == "cuda"
         labels = data.source.labels
+        me = distributed.ranks()
 
-        def loader(split, transform, shuffle, seed_offset, n_workers, drop_last=False):
-            ds = AugmentedImages(data.store, data.indices(split), labels, transform)
+        def loader(split, transform, shuffle, seed_offset, n_workers, drop_last=False, batch_sampler=None):
+            ds = AugmentedImages(data.store, data.indices(split), labels, transform, stream=me.rank)
             return EpochLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=n_workers,
-                               seed=cfg.seed + seed_offset, pin_memory=pin, drop_last=drop_last)
+                               seed=cfg.seed + seed_offset, pin_memory=pin, drop_last=drop_last,
+                               rank=me.rank, world_size=me.world_size, batch_sampler=batch_sampler)
 
         # A last training batch of a single image breaks batch norm (one value per channel).
-        lone_last = len(data.indices("train")) % cfg.batch_size == 1 and len(data.indices("train")) > 1
-        self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last)
+        n_train = math.ceil(len(data.indices("train")) / me.world_size)  # this rank's share
+        lone_last = n_train % cfg.batch_size == 1 and n_train > 1
+        self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last,
+                            batch_sampler=shard_batch_sampler(data, cfg, me, workers))
         # Evaluation batches need no augmentation: decoding from the cache is cheap in-process.
         eval_workers = 0 if data.store.cached else workers
         self.val = loader("val", eval_transform, False, 1, eval_workers)
@@ -209,6 +221,20 @@ class DataPipeline:
         if out.shape != (image_size, image_size, 3):
             raise ConfigError(f"the augmentation turns {data.source.describe(i)} into {tuple(out.shape)}, "
                               f"not {image_size}x{image_size}x3: an 'extra' transform changes the size")
+
+
+def shard_batch_sampler(data, cfg: TrainConfig, me, workers: int):
+    """For a data set read from tar shards, the batch sampler that gives each rank and each loader
+    worker its own shards; None for every other source. Its batches are all full (a reader short
+    of items repeats its own), so there is no lone last batch to drop."""
+    shard_of = getattr(data.source.blobs, "shard_of_item", None)
+    if shard_of is None:
+        return None
+    from augpipe.data.shards import ShardBatchSampler
+
+    train = data.indices("train")
+    return ShardBatchSampler(np.asarray(shard_of)[train], cfg.batch_size, rank=me.rank, world_size=me.world_size,
+                             num_workers=workers, seed=cfg.seed)
 
 
 def _first_line(err: BaseException) -> str:
@@ -270,7 +296,7 @@ def run_state(run_dir: Path) -> str:
 
 
 # Settings a resumed run may change: where and how fast it computes, not what it computes.
-RESUME_FLAGS = ("device", "threads")
+RESUME_FLAGS = ("device", "threads", "devices", "dist_timeout", "logger", "tracking_uri", "experiment")
 
 
 def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainConfig, dict]:
@@ -295,6 +321,9 @@ def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainCo
     state = check_resumable(load_checkpoint(path), path)
     cfg = TrainConfig.from_dict({**state["config"], **{k: v for k, v in flags.items() if v is not None}},
                                 where=str(path))
+    from augpipe.training.loggers import check_loggers
+
+    cfg.logger = list(check_loggers(cfg.logger))
     return cfg, state
 
 
@@ -323,8 +352,21 @@ def train(config=None, *, config_file=None, plugins=None, progress: bool | None 
             cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
             check_run_dir_free(cfg)
             run_dir, saved = None, None
+        if cfg.devices > 1 and not distributed.launched_ranks().active:
+            # Checked here, before any process starts: a mistake is one line, not N of them.
+            distributed.check_devices(cfg.devices, resolve_device(cfg.device).type)
+            from augpipe.progress import is_quiet
+
+            if is_quiet():  # the spawned processes do not inherit --quiet
+                progress = False
+            return distributed.launch(cfg.devices, _train_launched, config, config_file, resume, progress, flags)
         return _train(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals,
                       data_cache=data_cache)
+
+
+def _train_launched(config, config_file, resume, progress, flags) -> RunResult:
+    """What each process of ``--devices N`` runs: the same ``train`` call, now inside a process group."""
+    return train(config, config_file=config_file, resume=resume, progress=progress, **flags)
 
 
 def check_run_dir_free(cfg: TrainConfig) -> None:
@@ -459,13 +501,72 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
         scale_backbone_lr(optimizer, model, classifier_parameter_names(model, num_classes), cfg.backbone_lr_scale)
     pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
     pipeline.check_train_transform(data, image_size)
-    threads = cfg.threads or max(1, _cores())
+    me = distributed.ranks()
+    threads = cfg.threads or max(1, _cores() // me.local_world_size)
     torch.set_num_threads(threads)
-    return TrainingParts(model, torch.compile(model) if cfg.compile else model, optimizer, pipeline, image_size,
-                         threads)
+    train_model = model
+    if me.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # A frozen backbone's weights get no gradient: DDP must be told to expect that.
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=cfg.freeze_epochs > 0)
+    return TrainingParts(model, torch.compile(train_model) if cfg.compile else train_model, optimizer, pipeline,
+                         image_size, threads)
+
+
+class _NoLock:
+    def close(self) -> None:
+        pass
 
 
 def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:
+    """A run in this process: alone, or as one rank of a distributed run when the environment
+    says so (torchrun, or ``--devices N``), in which case the process group lives as long as it."""
+    import torch.distributed as dist
+
+    if not distributed.launched_ranks().active:
+        return _train_rank(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals,
+                           data_cache=data_cache)
+    joined_here = not dist.is_initialized()
+    me = distributed.start(resolve_device(cfg.device).type, cfg.dist_timeout)
+    if not me.is_main:
+        log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))  # rank 0 speaks for the run
+    try:
+        return _train_rank(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals,
+                           data_cache=data_cache)
+    finally:
+        if joined_here:
+            distributed.stop()
+
+
+def _load_data_once(cfg, split_file, data_cache, me):
+    """Rank 0 opens and decodes the data set first (filling the image index), then the other
+    ranks do (reading it), and every rank takes rank 0's split: the split is made once."""
+    if me.active and not me.is_main:
+        distributed.barrier_for_data()
+    data_path, data = load_data(cfg, split_file, data_cache)
+    if not me.active:
+        return data_path, data
+    if me.is_main:
+        distributed.barrier_for_data()
+    fingerprint, assignment = distributed.broadcast_object(
+        (data.source.fingerprint(), data.assignment.tolist()), data_phase=True)
+    if data.source.fingerprint() != fingerprint:
+        raise DataError(f"rank {me.rank}: the data set at {data_path} is not the one rank 0 reads (its images or "
+                        f"labels differ); every node needs the same copy")
+    data.assignment = np.asarray(assignment, dtype=data.assignment.dtype)
+    return data_path, data
+
+
+def _rank_device(device: torch.device, me) -> torch.device:
+    """Each rank of a distributed CUDA run trains on the GPU of its local rank."""
+    if me.active and device.type == "cuda":
+        return torch.device("cuda", me.local_rank)
+    return device
+
+
+def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:
     from augpipe.augment.cpu import build_train_transform, save_pipeline
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.split import describe_duplicates, split_table, write_manifest
@@ -476,14 +577,15 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
     from augpipe.training.optim import as_schedule
 
     resuming = saved is not None
-    device = resolve_device(cfg.device)
+    me = distributed.ranks()
+    device = _rank_device(resolve_device(cfg.device), me)
     if cfg.precision == "fp16" and device.type != "cuda":
         log.info("--precision fp16 applies on CUDA only; training in fp32 on the CPU (bf16 works on CPUs)")
     spec = AugmentSpec.load(cfg.aug)
     seed_everything(cfg.seed)
 
     split_file = run_dir / "split.csv" if resuming else cfg.split_file
-    data_path, data = load_data(cfg, split_file, data_cache)
+    data_path, data = _load_data_once(cfg, split_file, data_cache, me)
     if resuming and (data.source.fingerprint() != saved["split"].get("fingerprint")
                      or data.assignment.tolist() != saved["split"]["splits"]):
         raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
@@ -512,14 +614,19 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
     cfg_to_save = portable_config(cfg, spec)
 
     def make_callbacks():
+        if not me.is_main:  # plugins' callbacks write files and see the run as a whole: rank 0 runs them
+            return {}
         return {name: PluginCallback(call_plugin(plugins.callbacks, name, run_dir, cfg), name,
                                      plugins.callbacks.owner.get(name, "?"))
                 for name in cfg.callbacks}
 
-    # Everything a user can get wrong has been checked: only now is anything written.
+    loggers: list = []  # started once the run directory exists
+
+    # Everything a user can get wrong has been checked: only now is anything written, by rank 0.
     if resuming:
-        lock = exclusive_lock(run_dir, "training this run")
-        remove_stale_temporaries(run_dir)
+        lock = exclusive_lock(run_dir, "training this run") if me.is_main else _NoLock()
+        if me.is_main:
+            remove_stale_temporaries(run_dir)
         try:
             extra_callbacks = make_callbacks()
             model.load_state_dict(saved["model"])
@@ -547,23 +654,32 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
                  f" at step {resume_at.step} of epoch {resume_at.epoch}" if resume_at else "")
     else:
         out_existed = Path(cfg.out).exists()
-        run_dir = make_run_dir(cfg)
-        lock = exclusive_lock(run_dir, "training this run")
+        run_dir = make_run_dir(cfg) if me.is_main else None
+        if me.active:
+            run_dir = Path(distributed.broadcast_object(str(run_dir) if me.is_main else None))
+        lock = exclusive_lock(run_dir, "training this run") if me.is_main else _NoLock()
         start_epoch = 1
     try:
         if not resuming:
             extra_callbacks = make_callbacks()
+        if not resuming and me.is_main:
             cfg_to_save.save(run_dir / "config.yaml")
             write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val,
                            test=data.test)
             # The Albumentations form of the spec, also when the device backend runs it.
             save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
                                                 lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
+        loggers = start_loggers(cfg, cfg_to_save, run_dir, saved if resuming else None, pipeline, data, image_size,
+                                plugins) if me.is_main else []
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model: %s/%s, %s parameters, %s, image %d px, batch %d, %d iterations per epoch, device %s, "
                  "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model, f"{n_params:,}",
                  cfg.activation, image_size, cfg.batch_size, steps, device,
                  "the device" if pipeline.aug_on_device else "the CPU", pipeline.workers, threads)
+        if me.active:
+            log.info("distributed: %d processes (%s), batch %d per process, %d in all; each process takes %d "
+                     "steps an epoch", me.world_size, "nccl" if device.type == "cuda" else "gloo", cfg.batch_size,
+                     cfg.batch_size * me.world_size, steps)
         log.info("run directory: %s", run_dir)
         session_start = time.perf_counter()
 
@@ -572,7 +688,7 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
                 epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, cfg=cfg_to_save,
                 data=data, image_size=image_size, history=history, pipeline=pipeline, tracker=tracker,
                 callbacks=extra_callbacks, train_seconds=done_seconds + time.perf_counter() - session_start,
-                progress=progress_state)
+                progress=progress_state, loggers=loggers)
 
         def save_unfinished_epoch(progress_state):
             from augpipe.files import save_checkpoint
@@ -585,19 +701,24 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
             restore_random_states(saved["rng"], pipeline, loaders=False)
 
         # Checkpoints run last: last.pt must hold the state the next epoch starts from.
-        callbacks = [tracker, MetricsFile(run_dir / "metrics.csv", history.epochs), HookCallback(plugins, run_dir)]
+        callbacks = [tracker]
+        if me.is_main:
+            callbacks += [MetricsFile(run_dir / "metrics.csv", history.epochs), HookCallback(plugins, run_dir)]
         if cfg.freeze_epochs:
             from augpipe.training.finetune import FreezeBackbone, classifier_parameter_names
 
             callbacks.insert(1, FreezeBackbone(model, classifier_parameter_names(model, num_classes),
                                                cfg.freeze_epochs, start_epoch))
-        callbacks += list(extra_callbacks.values())
-        callbacks.append(Checkpoints(run_dir, state, tracker))
-        control = TrainingControl(signals.requested, resume_at=resume_at, on_interrupt=save_unfinished_epoch,
+        callbacks += list(extra_callbacks.values()) + loggers
+        if me.is_main:
+            callbacks.append(Checkpoints(run_dir, state, tracker))
+        control = TrainingControl(signals.requested, resume_at=resume_at,
+                                  on_interrupt=save_unfinished_epoch if me.is_main else None,
                                   after_fast_forward=after_fast_forward if resume_at else None,
-                                  batch_callbacks=list(extra_callbacks.values()))
+                                  batch_callbacks=list(extra_callbacks.values()), step_loggers=loggers)
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        show_progress = sys.stderr.isatty() if progress is None else progress
+        # None: a bar on a terminal, a line every 30 s elsewhere (augpipe.progress)
+        show_progress = progress if me.is_main else False
         max_seconds = cfg.max_minutes * 60 - done_seconds if cfg.max_minutes else None
         with signals.deferred():
             fit(train_model, pipeline.train, pipeline.val, prepare_train=pipeline.prepare_train,
@@ -610,10 +731,20 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
             log.warning("interrupted by %s: last.pt saved; resume with: augpipe train --resume %s",
                         signals.received, run_dir)
         summary = _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, device, n_params,
-                          train_seconds, interrupted=signals.received if history.stop_reason == "interrupted" else None)
-        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+                          train_seconds, interrupted=signals.received if history.stop_reason == "interrupted" else None,
+                          write=me.is_main)
+        if me.active:
+            summary.update(world_size=me.world_size, global_batch_size=cfg.batch_size * me.world_size)
+        if me.is_main:
+            write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+        finish_loggers(loggers, summary, run_dir)
         return RunResult(run_dir, summary, history)
     except BaseException as err:
+        for lg in loggers:
+            lg.finish({}, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            lg.close()
+        if not me.is_main:
+            raise
         _close_failed_run(run_dir, history, err, keep=resuming)
         if not resuming and not out_existed:
             with contextlib.suppress(OSError):
@@ -623,9 +754,66 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
         lock.close()
 
 
+def start_loggers(cfg: TrainConfig, saved_cfg: TrainConfig, run_dir: Path, saved, pipeline, data, image_size: int,
+                  plugins) -> list:
+    """The run's TensorBoard / MLflow loggers, started (a resumed run continues its own), with the
+    settings as hyper-parameters and a grid of augmented training images."""
+    from augpipe.training.loggers import hparams_from_config, make_loggers
+
+    if not cfg.logger:
+        return []
+    loggers = make_loggers(cfg.logger, root=run_dir.parent, run_name=run_dir.name, experiment=cfg.experiment,
+                           tracking_uri=cfg.tracking_uri)
+    settings = saved_cfg.to_dict()
+    for lg in loggers:
+        if saved is not None:
+            lg.load_state_dict((saved.get("loggers") or {}).get(lg.name))
+        lg.start(settings, hparams_from_config(settings))
+    if saved is None:
+        grid = augmented_grid(cfg, data, pipeline, image_size, plugins)
+        for lg in loggers:
+            lg.log_image("preview", grid)
+    return loggers
+
+
+def augmented_grid(cfg: TrainConfig, data, pipeline, image_size: int, plugins, rows: int = 8, variants: int = 6):
+    """Training images (one a row, in the first column) and augmented versions of them, as the
+    run's spec augments them, tiled into one RGB array. Drawn with a copy of the pipeline seeded
+    apart, so that the run's own random streams are untouched."""
+    from augpipe.augment.cpu import build_eval_transform, build_train_transform, seed_transform
+    from augpipe.augment.spec import AugmentSpec
+
+    spec = AugmentSpec.load(cfg.aug)
+    transform = build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
+                                      lookup=plugins.augmentation_lookup())
+    seed_transform(transform, cfg.seed + 104729)
+    plain = build_eval_transform(spec, image_size, native=pipeline.native)
+    train = data.indices("train")
+    picks = np.random.default_rng(cfg.seed).choice(train, size=min(rows, len(train)), replace=False)
+    tiles = []
+    for i in picks:
+        img = data.store[int(i)]
+        row = [plain(image=img)["image"] if plain.transforms else img]
+        row += [transform(image=img)["image"] for _ in range(variants)]
+        tiles.append(np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in row], axis=1))
+    return np.concatenate(tiles, axis=0)
+
+
+def finish_loggers(loggers: list, summary: dict, run_dir: Path) -> None:
+    from augpipe.training.loggers import summary_metrics
+
+    status = "FAILED" if summary.get("failed") else "KILLED" if summary.get("interrupted") else "FINISHED"
+    for lg in loggers:
+        if (run_dir / "confusion.png").is_file():
+            lg.log_image("confusion", run_dir / "confusion.png", step=int(summary.get("epochs_run") or 0))
+        lg.finish(summary_metrics(summary), status)
+        lg.close()
+
+
 def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, device, n_params, train_seconds,
-            interrupted) -> dict:
-    """Score the test split with the weights the run keeps, draw the curves, and say how it ended."""
+            interrupted, write: bool = True) -> dict:
+    """Score the test split with the weights the run keeps, draw the curves (``write``: this
+    process writes the run directory), and say how it ended."""
     from augpipe.report import plot_confusion, plot_curves
     from augpipe.training.loop import evaluate
 
@@ -651,11 +839,12 @@ def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, d
         if not math.isfinite(test["loss"]) and not history.failed:
             summary["failed"] = history.failed = True
             summary["stop_reason"] = history.stop_reason = f"the test loss is {test['loss']}: the weights are not finite"
-        plot_confusion(test["confusion"], data.class_names, run_dir / "confusion.png",
-                       title=f"test accuracy {test['acc']:.3f} ({cfg.plugin}/{cfg.model})")
+        if write:
+            plot_confusion(test["confusion"], data.class_names, run_dir / "confusion.png",
+                           title=f"test accuracy {test['acc']:.3f} ({cfg.plugin}/{cfg.model})")
         log.info("test accuracy %.4f on %d images (weights of epoch %s)", test["acc"], test["n"],
                  tracker.best_epoch if restored else len(history.epochs))
-    if history.epochs:
+    if history.epochs and write:
         plot_curves(history.epochs, run_dir / "curves.png", best_epoch=tracker.best_epoch,
                     stop_epoch=tracker.stopped_epoch, iteration_losses=history.iteration_losses,
                     title=f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer} lr {cfg.resolved_lr:g}, "
