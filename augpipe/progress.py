@@ -47,8 +47,9 @@ class LogLines:
     ``every`` seconds (the first line after ``every`` seconds: a short loop logs nothing)."""
 
     def __init__(self, iterable, total: int | None, desc: str, unit: str = "it", every: float | None = None,
-                 clock=time.monotonic, per_item: tuple[int, str] | None = None):
-        self.iterable, self.total, self.desc, self.unit, self.clock = iterable, total, desc, unit, clock
+                 clock=None, per_item: tuple[int, str] | None = None):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.clock = clock or time.monotonic
         self.every = LOG_EVERY_S if every is None else every
         self.per_item = per_item  # (images, "images") per step: the rate a reader wants to see
         self.n = 0
@@ -87,3 +88,42 @@ def track(iterable, total: int | None, desc: str, *, enabled: bool | None = None
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=leave, file=sys.stderr, dynamic_ncols=True, unit=unit)
+
+
+class _LoggedCounter(LogLines):
+    """``counter``'s non-terminal form: counts what it is told, logs at most every ``every`` s."""
+
+    def __init__(self, total, desc, unit, clock=None):
+        super().__init__((), total, desc, unit, clock=clock)
+        self.start = self.last = self.clock()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s", self.line(now - self.start))
+
+    def close(self) -> None:
+        pass
+
+
+class _NoCounter:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def counter(total: int, desc: str, *, enabled: bool | None = None, unit: str = "it"):
+    """A progress counter for work done in chunks (``update(n)``, ``close()``), shown as
+    ``mode(enabled)`` says."""
+    how = mode(enabled)
+    if how == "off":
+        return _NoCounter()
+    if how == "log":
+        return _LoggedCounter(total, desc, unit)
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)

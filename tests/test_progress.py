@@ -68,3 +68,18 @@ def test_train_under_a_non_terminal_logs_progress_unless_quiet(cli, tiny_data, m
     else:
         assert lines and "images/s" in lines[0] and "left" in lines[0], result.output
     progress.set_quiet(False)
+
+
+def test_a_counter_off_a_terminal_logs_what_it_was_told(caplog, monkeypatch):
+    clock = FakeClock(10.0)
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    monkeypatch.setattr("sys.stderr", type("S", (), {"isatty": lambda self: False})())
+    done = progress.counter(1000, "decoding images", unit="image")
+    with caplog.at_level(logging.INFO, logger="augpipe"):
+        for _ in range(8):
+            done.update(100)  # 10 s each: a line after the 3rd (30 s), the 6th (60 s)
+        done.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["decoding images: image 300/1,000 (30 %), 10 image/s, about 70 s left",
+                        "decoding images: image 600/1,000 (60 %), 10 image/s, about 40 s left"]
+    assert isinstance(progress.counter(10, "x", enabled=False), progress._NoCounter)

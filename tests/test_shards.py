@@ -579,3 +579,29 @@ def test_sampler_properties(sizes, world, workers, batch, drop_last, seed, epoch
             for s in set(shard_of[items].tolist()):
                 assert owner.setdefault(s, reader) == reader
     assert epoch_batches(shard_of, batch, world, workers, epoch=epoch, seed=seed, drop_last=drop_last) == batches
+
+
+def test_a_second_open_of_shards_decodes_nothing_and_a_rewritten_set_is_decoded_again(sharded, monkeypatch):
+    """Shard members are in the image index (by shard path and offset, with the shard's mtime):
+    the second command, or the second rank of a distributed run, reads what the first learnt."""
+    import augpipe.data.images as images_module
+
+    data, out = sharded
+    seen = []
+    real = images_module.inspect_bytes
+
+    def counting(blob, max_pixels=images_module.DEFAULT_MAX_PIXELS):
+        seen.append(len(blob))
+        return real(blob, max_pixels)
+
+    monkeypatch.setattr(images_module, "inspect_bytes", counting)
+    first = prepare_data(out, cache_mb=0)
+    assert len(seen) == len(first.source)
+    seen.clear()
+    second = prepare_data(out, cache_mb=0)
+    assert seen == []  # nothing decoded
+    assert second.duplicates == first.duplicates and second.assignment.tolist() == first.assignment.tolist()
+    assert second.store.native_size() == first.store.native_size()
+    write_shards(data, out, max_count=3)  # new shards, new offsets and mtimes
+    prepare_data(out, cache_mb=0)
+    assert len(seen) == len(first.source)

@@ -428,9 +428,10 @@ PROCESS_SCAN_MIN = 512
 SCAN_BLOCK = 256
 
 
-def _scan(store, todo: np.ndarray, workers: int | None, budget, progress: bool):
+def _scan(store, todo: np.ndarray, workers: int | None, budget, progress: bool | None):
     """((lo, hi), the results of ``_scan_one`` for the items ``todo[lo:hi]``), block by block in
-    order, with a progress bar (count, rate, time left) on stderr when ``progress``.
+    order, with its progress (count, rate, time left) as ``augpipe.progress.mode(progress)`` says:
+    a bar on a terminal, a line every 30 s elsewhere.
 
     Files are decoded in forked processes, one per core: cv2.imdecode releases the GIL, but the
     Python around it (reading, the JPEG structure walk, the digest) does not, and on 2 cores
@@ -438,12 +439,10 @@ def _scan(store, todo: np.ndarray, workers: int | None, budget, progress: bool):
     files (tar members, whose reader may hold an open file) keep a thread pool."""
     global _SCAN_JOB
 
-    n = len(todo)
-    bar = None
-    if progress and n:
-        from tqdm import tqdm
+    from augpipe.progress import counter
 
-        bar = tqdm(total=n, desc="decoding images", unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
+    n = len(todo)
+    bar = counter(n, "decoding images", enabled=progress, unit="image") if n and progress is not False else None
     workers = workers or _cores()
     try:
         blocks = [(lo, min(n, lo + SCAN_BLOCK)) for lo in range(0, n, SCAN_BLOCK)]
@@ -595,9 +594,12 @@ class ImageStore:
         n = len(source)
         limit = int(cache_mb * 2**20)
         paths = getattr(source, "paths", None)
+        blobs = getattr(source, "blobs", None)
         index = None
-        if use_index and paths is not None and n:
-            keys, sizes, mtimes = file_keys(paths)
+        if use_index and n and (paths is not None or hasattr(blobs, "index_keys")):
+            # Tar shards are indexed by member (shard path and offset): every rank of a
+            # distributed run after the first reads what the first one learnt.
+            keys, sizes, mtimes = file_keys(paths) if paths is not None else blobs.index_keys()
             index = ImageIndex.open()
             facts = index.lookup(keys, sizes, mtimes)
         else:
@@ -617,11 +619,10 @@ class ImageStore:
                 import multiprocessing
 
                 budget = multiprocessing.get_context("fork").RawValue("q", limit)
-            progress = sys.stderr.isatty() if progress is None else progress
             record = index is not None and index.ok
             done = 0  # items before this have their facts and their places
             pending = []
-            for (lo, hi), results in _scan(reader, todo, workers, budget, progress and len(todo) > 1):
+            for (lo, hi), results in _scan(reader, todo, workers, budget, progress if len(todo) > 1 else False):
                 items = todo[lo:hi]
                 cols = np.array([r[:4] for r in results], dtype=np.int64)
                 verdict[items] = cols[:, 0]

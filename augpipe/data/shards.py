@@ -383,6 +383,22 @@ class ShardBlobs:
     def describe(self, i: int) -> str:
         return f"{self.files[self.shard[i]]}:{self.names[i]}"
 
+    def index_keys(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(key, size, mtime_ns) of each item for the image index: the shard's absolute path and
+        the member's offset, the member's size, the shard file's mtime. A shard written anew has
+        a new mtime, so nothing learnt from the old one is taken for it."""
+        mtimes = np.zeros(len(self.files), np.int64)
+        for k, f in enumerate(self.files):
+            try:
+                mtimes[k] = os.stat(f).st_mtime_ns
+            except OSError:
+                mtimes[k] = -1
+        prefixes = [os.fsencode(os.path.abspath(f)) + b"#" for f in self.files]
+        keys = np.array([prefixes[s] + str(int(o)).encode() for s, o in zip(self.shard.tolist(), self.offset.tolist())],
+                        dtype=bytes)
+        mtimes = mtimes[self.shard]
+        return keys, np.where(mtimes < 0, -1, self.size.astype(np.int64)), mtimes
+
     def subset(self, indices) -> "ShardBlobs":
         idx = np.asarray([int(i) for i in indices], dtype=np.int64)
         return ShardBlobs(self.files, self.shard[idx], self.offset[idx], self.size[idx],

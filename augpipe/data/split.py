@@ -55,6 +55,8 @@ def split_dataset(keys, labels, given, *, val: float = 0.1, test: float = 0.1, s
       class's remaining quota. This is what keeps a grown data set's test images out of training.
     """
     check_ratios(val, test)
+    if hasattr(keys, "texts"):  # a compact column: one decoding pass, not one per lookup
+        keys = list(keys.texts())
     labels = np.asarray(labels)
     names = class_names or [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
     previous = previous or {}
