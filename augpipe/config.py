@@ -59,6 +59,8 @@ class TrainConfig:
     gamma: float = 0.1               # step / multistep / exponential / plateau decay factor
     min_lr: float = 0.0              # cosine floor
     label_smoothing: float = 0.0
+    ema: float | None = None         # decay of a moving average of the weights, which is then what is scored and kept as best (e.g. 0.99); None = off
+    ema_start: float = 0.0           # epochs before the average starts (until then it copies the weights)
     epochs: int = 10
     batch_size: int = 64
     max_minutes: float | None = None  # stop after this much training time (time-to-accuracy runs)
@@ -68,6 +70,7 @@ class TrainConfig:
     min_delta: float = 0.0
     start_from_epoch: int = 0        # epochs before early stopping may act
     restore_best: bool = True        # test and save the best epoch's weights, not the last
+    tta: str = "none"                # test-time augmentation of the validation and test scores: none, flip, flip-translate
     # machine
     device: str = "auto"             # auto, cpu, cuda, cuda:N
     precision: str = "fp32"          # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
@@ -194,6 +197,13 @@ class TrainConfig:
             raise ConfigError(f"unknown monitor {self.monitor!r}. Choose from: {', '.join(MONITORS)}")
         if self.min_delta < 0 or self.start_from_epoch < 0 or self.warmup_epochs < 0:
             raise ConfigError("--min-delta, --start-from-epoch and --warmup-epochs must not be negative")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.99, got {self.ema}")
+        if self.ema_start < 0:
+            raise ConfigError(f"--ema-start must not be negative, got {self.ema_start}")
+        from augpipe.training.tta import check_tta
+
+        check_tta(self.tta)
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         positive("gamma", self.gamma)

@@ -108,9 +108,25 @@ def _collective(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except RuntimeError as err:
-        me = ranks()
-        raise DistributedError(f"rank {me.rank} of {me.world_size}: lost contact with the other processes "
-                               f"({_first_line(err)}); another rank has probably died: see its error") from None
+        raise lost_contact_error(err) from None
+
+
+def lost_contact(err: BaseException) -> bool:
+    """Whether ``err`` is a collective's failure (a peer gone), also one raised inside DDP's
+    gradient reduction, where no call of ours wraps it."""
+    import torch.distributed as dist
+
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(w in text for w in ("gloo", "nccl", "connection closed",
+                                                                      "connection reset", "timed out"))
+
+
+def lost_contact_error(err: BaseException) -> "DistributedError":
+    me = ranks()
+    return DistributedError(f"rank {me.rank} of {me.world_size}: lost contact with the other processes "
+                            f"({_first_line(err)}); another rank has probably died: see its error")
 
 
 def barrier_for_data() -> None:

@@ -107,18 +107,24 @@ def read_yaml(path, what: str = "file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
+    return parse_yaml(read_bounded_text(path, MAX_YAML_BYTES, what), str(path))
+
+
+def read_bounded_text(path, limit: int, what: str, error=ConfigError) -> str:
+    """The UTF-8 text of a file of at most ``limit`` bytes (a file from anywhere may be huge, or
+    not text), or ``error`` saying which it is."""
+    path = Path(path)
     try:
         size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes is too large for a {what} (at most {MAX_YAML_BYTES:,})")
+        if size > limit:
+            raise error(f"{path}: {size:,} bytes is too large for a {what} (at most {limit:,})")
         raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"{path}: can not be read ({err.strerror or err})") from None
+        raise error(f"{path}: can not be read ({err.strerror or err})") from None
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    return parse_yaml(text, str(path))
+        raise error(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
 def parse_yaml(text: str, where: str = "YAML") -> Any:

@@ -105,6 +105,7 @@ class Classifier:
     channels_last: bool = False
     run_dir: Path | None = None
     epoch: int | None = None
+    tta: str = "none"  # test-time augmentation: none, flip, flip-translate (augpipe.training.tta)
     _transform: object = field(default=None, repr=False)
 
     def resize(self, image: np.ndarray) -> np.ndarray:
@@ -134,6 +135,7 @@ class Classifier:
         from augpipe.data.images import DEFAULT_MAX_PIXELS
         from augpipe.data.loader import BatchNormalizer
         from augpipe.training.loop import autocast_for
+        from augpipe.training.tta import tta_logits
 
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -145,7 +147,7 @@ class Classifier:
                               for item in images[start:start + batch_size]])
             x = prepare(torch.from_numpy(batch).permute(0, 3, 1, 2))
             with autocast_for(self.device, self.precision):
-                out.append(self.model(x).float().cpu())
+                out.append(tta_logits(self.model, x, self.tta).cpu())
         if not out:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return torch.cat(out).numpy()
@@ -189,11 +191,14 @@ class Classifier:
         return predictions, skipped
 
 
-def load(run_dir, *, checkpoint: str | None = None, device: str = "auto", plugins=None) -> Classifier:
+def load(run_dir, *, checkpoint: str | None = None, device: str = "auto", plugins=None,
+         tta: str | None = None) -> Classifier:
     """A run's model, ready for inference: ``augpipe.load("runs/x").predict(["cat.jpg"])``.
 
     ``checkpoint`` defaults to the one the run scored (best.pt, or last.pt under
-    --no-restore-best)."""
+    --no-restore-best); ``tta`` to the run's own test-time augmentation."""
+    from augpipe.training.tta import check_tta
+
     from augpipe.augment.spec import AugmentSpec
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.run import resolve_device
@@ -206,7 +211,7 @@ def load(run_dir, *, checkpoint: str | None = None, device: str = "auto", plugin
     return Classifier(model=model, class_names=list(state["class_names"]), image_size=int(state["image_size"]),
                       mean=tuple(spec.normalize.mean), std=tuple(spec.normalize.std), device=dev,
                       precision=cfg.precision, channels_last=cfg.channels_last, run_dir=Path(run_dir),
-                      epoch=int(state["epoch"]))
+                      epoch=int(state["epoch"]), tta=check_tta(cfg.tta if tta is None else tta))
 
 
 def image_files(inputs) -> list[Path]:

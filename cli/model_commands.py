@@ -17,7 +17,9 @@ CHECKPOINT_HELP = "best.pt or last.pt (default: the one the run scored)."
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--checkpoint", default=None, help=CHECKPOINT_HELP)
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, inputs, top_k, out, batch_size, checkpoint, device):
+@click.option("--tta", type=click.Choice(["none", "flip", "flip-translate"]), default=None,
+              help="Test-time augmentation (default: the run's own).")
+def predict(run_dir, inputs, top_k, out, batch_size, checkpoint, device, tta):
     """Label images with a run's model: augpipe predict RUN_DIR IMAGE... | FOLDER...
 
     Images go through the run's own evaluation transform (resize, centre-crop, normalisation) at
@@ -25,7 +27,7 @@ def predict(run_dir, inputs, top_k, out, batch_size, checkpoint, device):
     from augpipe.inference import image_files, load, write_predictions
 
     files = image_files(inputs)
-    classifier = load(run_dir, checkpoint=checkpoint, device=device)
+    classifier = load(run_dir, checkpoint=checkpoint, device=device, tta=tta)
     predictions, skipped = classifier.predict_files(files, top_k=top_k, batch_size=batch_size)
     for path, why in skipped:
         click.echo(f"warning: skipped {path}: {why}", err=True)

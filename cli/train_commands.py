@@ -121,11 +121,13 @@ def train(config_file, resume, **flags):
 @click.option("--data", type=click.Path(path_type=Path), help="Data set to score (default: the run's).")
 @click.option("--checkpoint", default=None, help="best.pt or last.pt (default: the one the run scored, best.pt unless it ran with --no-restore-best).")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(run_dir, data, checkpoint, device):
+@click.option("--tta", type=click.Choice(["none", "flip", "flip-translate"]), default=None,
+              help="Test-time augmentation (default: the run's own).")
+def evaluate(run_dir, data, checkpoint, device, tta):
     """Rescore a run's checkpoint on the test split."""
     from augpipe.training.run import evaluate as run_evaluate
 
-    result = run_evaluate(run_dir, data=data, checkpoint=checkpoint, device=device)
+    result = run_evaluate(run_dir, data=data, checkpoint=checkpoint, device=device, tta=tta)
     click.echo(f"test accuracy: {result['acc']:.4f} on {result['n']} images ({result['checkpoint']}, epoch {result['epoch']})")
     click.echo(f"test loss: {result['loss']:.4f}")
     width = max(len(n) for n in result["class_names"])

@@ -5,7 +5,6 @@ fires where a test copies a file on purpose.
 """
 from __future__ import annotations
 
-import logging
 import pickle
 from pathlib import Path
 

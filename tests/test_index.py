@@ -269,4 +269,4 @@ def test_a_scan_shows_progress_only_when_asked_or_on_a_terminal(tmp_path, make_f
     (tmp_path / "ds").rename(tmp_path / "other")
     _, report = build(tmp_path / "other", progress=True)
     err = capsys.readouterr().err
-    assert report.decoded == 6 and "decoding images" in err and "img" in err
+    assert report.decoded == 6 and "decoding images" in err and "image" in err

@@ -9,7 +9,7 @@ import torch
 
 import augpipe
 from augpipe.errors import ConfigError, DataError, PluginError
-from tests.conftest import error_line, write_image
+from tests.conftest import error_line
 
 FAST = dict(epochs=1, val=0.2, test=0.2, threads=1, workers=0, aug="light", batch_size=8, plugin="cnn",
             model="cnn_small")

@@ -92,7 +92,8 @@ def test_plugins_lists_the_builtins_with_package_version_and_models(cli, fresh_p
 def test_every_builtin_registry_entry_is_owned_by_its_plugin(fresh_plugins):
     plugins = fresh_plugins()
     assert {t: plugins.trainers.owner[t] for t in plugins.trainers.names()} == \
-        {"cnn": "cnn", "mlp": "mlp", "resnet": "resnet", "squeezenet": "squeezenet", "timm": "timm"}
+        {"cnn": "cnn", "fastcifar": "fastcifar", "mlp": "mlp", "resnet": "resnet", "squeezenet": "squeezenet",
+         "timm": "timm"}
     assert set(plugins.optimizers.owner.values()) == set(plugins.schedulers.owner.values()) == {"builtins"}
 
 

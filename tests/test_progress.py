@@ -2,6 +2,7 @@
 nothing under --quiet."""
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -37,8 +38,9 @@ def test_a_short_loop_logs_nothing(caplog):
 
 
 def test_mode_follows_the_terminal_and_quiet(monkeypatch):
-    class Stream:
+    class Stream(io.StringIO):
         def __init__(self, tty):
+            super().__init__()
             self.tty = tty
 
         def isatty(self):
@@ -73,7 +75,7 @@ def test_train_under_a_non_terminal_logs_progress_unless_quiet(cli, tiny_data, m
 def test_a_counter_off_a_terminal_logs_what_it_was_told(caplog, monkeypatch):
     clock = FakeClock(10.0)
     monkeypatch.setattr(progress.time, "monotonic", clock)
-    monkeypatch.setattr("sys.stderr", type("S", (), {"isatty": lambda self: False})())
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
     done = progress.counter(1000, "decoding images", unit="image")
     with caplog.at_level(logging.INFO, logger="augpipe"):
         for _ in range(8):

@@ -68,7 +68,7 @@ BASE = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", *FAST]
 
 BAD = {
     "unknown plugin": (["--plugin", "resnett"],
-                       ["unknown plugin 'resnett'", "Did you mean 'resnet'", "cnn, mlp, resnet, squeezenet, timm"]),
+                       ["unknown plugin 'resnett'", "Did you mean 'resnet'", "cnn, fastcifar, mlp, resnet, squeezenet, timm"]),
     "unknown model": (["--plugin", "cnn", "--model", "cnn_tiny"],
                       ["'cnn_tiny'", "plugin 'cnn'", "cnn, cnn_small, cnn_wide"]),
     "unknown model of resnet": (["--plugin", "resnet", "--model", "resnet19"], ["'resnet19'", "resnet20"]),

@@ -1,18 +1,63 @@
-"""The augmentation spec as Albumentations pipelines: the CPU backend, run in loader workers."""
+"""The augmentation spec as Albumentations pipelines: the CPU backend, run in loader workers.
+
+A pipeline is called as ``transform(image=img, item=k, epoch=e)``: ``item`` (the image's index
+in the data set) and ``epoch`` are what ``hflip: {alternate: true}`` decides by
+(``AlternateHorizontalFlip``); every other transform ignores them.
+"""
 from __future__ import annotations
 
 import random
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import cv2
 import numpy as np
 
-from augpipe.augment.spec import AugmentSpec
+from augpipe.augment.spec import AugmentSpec, alternate_flip
 from augpipe.errors import ConfigError
 
 import augpipe  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before the import below)
 import albumentations as A
+
+ITEM_KEY, EPOCH_KEY = "item", "epoch"
+
+
+class AlternateHorizontalFlip(A.HorizontalFlip):
+    """HorizontalFlip on alternate epochs: called with ``item`` and ``epoch``, it flips when
+    ``augpipe.augment.spec.alternate_flip(item, epoch, flip_seed)`` says so, drawing no random
+    number. Called without them (a one-off call: ``augpipe preview``, a check of the pipeline)
+    it flips with probability ``p``, as HorizontalFlip does."""
+
+    def __init__(self, flip_seed: int = 0, p: float = 0.5):
+        super().__init__(p=p)
+        self.flip_seed = int(flip_seed)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("flip_seed",)
+
+    def should_apply(self, force_apply: bool = False) -> bool:
+        # Decided in get_params_dependent_on_data, where the item and epoch are known.
+        return True
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        if data.get(ITEM_KEY) is not None and data.get(EPOCH_KEY) is not None:
+            flip = alternate_flip(data[ITEM_KEY], data[EPOCH_KEY], self.flip_seed)
+        else:
+            flip = self.py_random.random() < self.p
+        return {"flip": flip}
+
+    def apply(self, img: np.ndarray, flip: bool = False, **params: Any) -> np.ndarray:
+        return super().apply(img, **params) if flip else img
+
+    def apply_to_mask(self, mask: np.ndarray, flip: bool = False, **params: Any) -> np.ndarray:
+        return super().apply_to_mask(mask, **params) if flip else mask
+
+    def apply_to_bboxes(self, bboxes: np.ndarray, flip: bool = False, **params: Any) -> np.ndarray:
+        return super().apply_to_bboxes(bboxes, **params) if flip else bboxes
+
+    def apply_to_keypoints(self, keypoints: np.ndarray, flip: bool = False, **params: Any) -> np.ndarray:
+        return super().apply_to_keypoints(keypoints, **params) if flip else keypoints
 
 
 def _resize_to(size: int, native: tuple[int, int] | None) -> list:
@@ -21,8 +66,10 @@ def _resize_to(size: int, native: tuple[int, int] | None) -> list:
     return [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
 
 
-def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: bool = False) -> list:
-    """The Albumentations transforms for one op of the spec (``force``: probability 1)."""
+def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: bool = False,
+                  seed: int = 0) -> list:
+    """The Albumentations transforms for one op of the spec (``force``: probability 1, and
+    ``hflip`` as a plain flip). ``seed``: the run's seed, for the alternate flip's bits."""
     op = getattr(spec, name)
     if op is None:
         return []
@@ -40,7 +87,19 @@ def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: b
         # p afterwards changes nothing): the crop gets p, the plain resize 1 - p.
         crop = A.RandomResizedCrop(size=(size, size), scale=tuple(op.scale), ratio=tuple(op.ratio), p=p)
         return [A.OneOf([crop, A.Sequential(rest, p=1.0 - p)], p=1.0)]
+    if name == "translate":
+        spec.check_size(size)
+        # RandomCrop's corner is int((size + 2 pad - size + 1) * U[0, 1)) on each axis: each of the
+        # 2 pad + 1 offsets equally likely. (Pad, not PadIfNeeded: the latter saves a "padding"
+        # that its own loader warns about.)
+        border = cv2.BORDER_REFLECT_101 if op.mode == "reflect" else cv2.BORDER_CONSTANT
+        fill = tuple(float(v) for v in op.fill) if isinstance(op.fill, (list, tuple)) else float(op.fill)
+        shift = [A.Pad(padding=op.pad, border_mode=border, fill=fill, p=1.0),
+                 A.RandomCrop(height=size, width=size, p=1.0)]
+        return shift if p >= 1.0 else [A.Sequential(shift, p=p)]
     if name == "hflip":
+        if op.alternate and not force:
+            return [AlternateHorizontalFlip(flip_seed=seed, p=op.p)]
         return [A.HorizontalFlip(p=p)]
     if name == "color_jitter":
         return [A.ColorJitter(brightness=op.brightness, contrast=op.contrast, saturation=op.saturation,
@@ -88,15 +147,18 @@ def seed_transform(transform: A.BaseCompose, seed: int) -> None:
 def build_train_transform(spec: AugmentSpec, size: int, *, native=None, seed: int | None = None,
                           normalize: bool = False, lookup=None) -> A.Compose:
     """The training pipeline. ``normalize=False`` (the loader's choice) leaves uint8 images, so
-    that the float conversion and normalisation happen once per batch on the training device."""
+    that the float conversion and normalisation happen once per batch on the training device.
+    ``seed`` seeds the random streams and the alternate flip's per-image bits."""
+    seed = 0 if seed is None else seed
     transforms = op_transforms(spec, "crop", size, native) if spec.crop else _resize_to(size, native)
-    transforms += op_transforms(spec, "hflip", size) + op_transforms(spec, "color_jitter", size)
+    transforms += op_transforms(spec, "translate", size)
+    transforms += op_transforms(spec, "hflip", size, seed=seed) + op_transforms(spec, "color_jitter", size)
     transforms += extra_transforms(spec, lookup)
     transforms += op_transforms(spec, "erase", size)
     if normalize:
         transforms.append(A.Normalize(mean=spec.normalize.mean, std=spec.normalize.std))
     compose = _compose(transforms)
-    seed_transform(compose, 0 if seed is None else seed)
+    seed_transform(compose, seed)
     return compose
 
 

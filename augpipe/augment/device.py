@@ -4,22 +4,25 @@ each image with its own random parameters, then normalised.
 
     aug = DeviceAugment(spec, 32, device="cuda", generator_seed=0)
     x = aug(images_uint8_nchw)          # float32 NCHW, normalised, 32 x 32
+    x = aug(images, items=loader.batch_items, epoch=loader.epoch)   # hflip: {alternate: true}
 
 The parameters mean exactly what they mean in the Albumentations backend (``augment/cpu.py``,
-Albumentations 2.0.8), op by op and in the same order (crop, flip, colour jitter, erase,
-normalise); see the notes on each ``_op`` method. ``spec.extra`` (arbitrary Albumentations
+Albumentations 2.0.8), op by op and in the same order (crop, translate, flip, colour jitter,
+erase, normalise); see the notes on each ``_op`` method. ``spec.extra`` (arbitrary Albumentations
 transforms) cannot run here: use the CPU backend for a spec that has any.
 
 Work is done in float32 on the 0..255 scale after the uint8 -> float conversion; the colour ops
 clamp to [0, 255] after each step as the uint8 path does, but nothing is re-quantised to
 integers between ops (the uint8 path rounds or truncates after each op).
 
-Random draws: the continuous per-image parameters (crop box, flip, jitter factors, erase
-rectangles, random fill) come from a ``torch.Generator`` on the device; the two discrete
+Random draws: the continuous per-image parameters (crop box, translation, flip, jitter factors,
+erase rectangles, random fill) come from a ``torch.Generator`` on the device; the two discrete
 choices that decide how the batch is grouped for the colour jitter (whether each image is
 jittered, and its order of the four jitter ops) come from a CPU generator seeded alongside,
 so the host knows the groups without waiting for the device. Same seed, same device: same
-output.
+output. The alternate flip (``hflip: {alternate: true}``) draws nothing: it is decided on the
+host from the batch's item indices, the epoch and ``flip_seed``
+(``augpipe.augment.spec.alternate_flips``), exactly as the CPU backend decides it.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from augpipe.augment.spec import AugmentSpec
+from augpipe.augment.spec import AugmentSpec, alternate_flips
 from augpipe.errors import ConfigError
 
 __all__ = ["DeviceAugment", "DeviceEval"]
@@ -198,11 +201,15 @@ class DeviceAugment(_Base):
     channels-last memory format. ``last_params``: the parameters of the last call, per image,
     as tensors (see ``forward``). ``reseed(seed)``: restart the random streams (e.g. per epoch).
     The device is fixed at construction (the generator lives there): build one per device.
+    ``flip_seed`` (default: ``generator_seed``): the seed of the alternate flip's per-image bits;
+    give every rank of a run the same one (the run's seed), as an item may meet another rank in
+    the next epoch. An alternate flip needs ``items`` and ``epoch`` with each batch.
     """
 
     def __init__(self, spec: AugmentSpec, size: int | None = None, *, device="cpu", generator_seed: int = 0,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, flip_seed: int | None = None):
         super().__init__(spec, size, device=device, channels_last=channels_last, dtype=dtype)
+        self.flip_seed = int(generator_seed if flip_seed is None else flip_seed)
         if self.spec.extra:
             names = ", ".join(str(e.get("name")) for e in self.spec.extra)
             raise ConfigError(f"the device augmentation backend cannot run the spec's extra transforms ({names}); "
@@ -236,17 +243,24 @@ class DeviceAugment(_Base):
 
     # -- the pipeline -----------------------------------------------------------------------
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Augment a batch. ``last_params`` then holds, per image (tensors on the device unless
+    def forward(self, images: torch.Tensor, items=None, epoch: int | None = None) -> torch.Tensor:
+        """Augment a batch; ``items`` (the images' indices in the data set: the loader's
+        ``batch_items``) and ``epoch`` are needed by an alternate flip, and ignored otherwise.
+        ``last_params`` then holds, per image (tensors on the device unless
         noted): ``crop_applied`` (bool), ``crop_box`` (x_min, y_min, x_max, y_max in input pixels,
-        the Albumentations ``crop_coords``), ``flip`` (bool), ``jitter_applied`` (bool, CPU),
+        the Albumentations ``crop_coords``), ``translate_applied`` (bool), ``translate`` ((dx, dy)
+        in [-pad, pad]: output pixel (y, x) is the padded image's (y + dy, x + dx) before the
+        flip; 0 where not applied), ``flip`` (bool), ``jitter_applied`` (bool, CPU),
         ``brightness``, ``contrast``, ``saturation``, ``hue`` (factors drawn for every image),
         ``jitter_order`` ((N, 4) op indices brightness=0 contrast=1 saturation=2 hue=3, CPU),
         ``erase_applied`` (bool: a hole was cut) and ``erase_box`` (x_min, y_min, x_max, y_max)."""
         x = self._to_float(images)
         params: dict[str, torch.Tensor] = {}
         ho, wo = _out_size(self.size, self.spec, x.shape[2], x.shape[3])
-        x = self._crop_flip(x, ho, wo, params)
+        flips = self._flips(x.shape[0], items, epoch, params)
+        x = self._crop_flip(x, ho, wo, flips, params)
+        if self.spec.translate is not None:
+            x = self._translate(x, flips, params)
         if self.spec.color_jitter is not None:
             x = self._jitter(x, params)
         if self.spec.erase is not None:
@@ -254,7 +268,26 @@ class DeviceAugment(_Base):
         self.last_params = params
         return self._finish(x)
 
-    def _crop_flip(self, x: torch.Tensor, ho: int, wo: int, params: dict) -> torch.Tensor:
+    def _flips(self, n: int, items, epoch, params: dict) -> torch.Tensor | None:
+        """HorizontalFlip: flip ~ U[0, 1) < p; alternate: ``alternate_flips`` of the items."""
+        flip = self.spec.hflip
+        if flip is None:
+            return None
+        if flip.alternate:
+            if items is None or epoch is None:
+                raise ConfigError("hflip alternate on the device needs each batch's item indices and the epoch "
+                                  "(DeviceAugment(images, items=..., epoch=...)); use --aug-device cpu")
+            items = items.cpu().numpy() if isinstance(items, torch.Tensor) else items
+            flips = torch.from_numpy(alternate_flips(items, epoch, self.flip_seed))
+            if flips.numel() != n:
+                raise ValueError(f"{flips.numel()} item indices for a batch of {n} images")
+            flips = self._to_device(flips)
+        else:
+            flips = self._rand(n) < flip.p
+        params["flip"] = flips
+        return flips
+
+    def _crop_flip(self, x: torch.Tensor, ho: int, wo: int, flips, params: dict) -> torch.Tensor:
         """RandomResizedCrop (cv2 INTER_LINEAR) and HorizontalFlip as one bilinear resample.
 
         Crop parameters as ``RandomResizedCrop.get_params_dependent_on_data``: up to 10 tries of
@@ -268,11 +301,7 @@ class DeviceAugment(_Base):
         as the CPU backend's OneOf does."""
         n, _, h, w = x.shape
         dev = x.device
-        crop, flip = self.spec.crop, self.spec.hflip
-        flips = None
-        if flip is not None:
-            flips = self._rand(n) < flip.p
-            params["flip"] = flips
+        crop = self.spec.crop
         if crop is None:
             if flips is not None and (h, w) == (ho, wo):  # no resample needed
                 # lerp is exact at weights 0 and 1 (and, unlike a broadcast where, fast on CPU)
@@ -320,6 +349,46 @@ class DeviceAugment(_Base):
         params["crop_applied"] = applied if applied is not None else torch.ones(n, dtype=torch.bool, device=dev)
         params["crop_box"] = torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1).long()
         return _sample(x, xs, ys)
+
+    def _translate(self, x: torch.Tensor, flips, params: dict) -> torch.Tensor:
+        """Pad by ``pad`` on every side (torch's "reflect" is cv2's BORDER_REFLECT_101, as the CPU
+        backend pads; or ``fill``) and cut the window at an offset (dx, dy) drawn uniformly from
+        the integers in [-pad, pad], per image, with one gather for the batch. It runs on the
+        already flipped image (the flip is part of the crop's resample), where the window of the
+        flipped pad at (-dx, dy) is the flip of the window at (dx, dy): the same output as
+        translating first."""
+        tr = self.spec.translate
+        n, c, h, w = x.shape
+        dev = x.device
+        self.spec.check_size(min(h, w))
+        pad = tr.pad
+        off = torch.randint(-pad, pad + 1, (n, 2), generator=self.generator, device=dev)
+        applied = torch.ones(n, dtype=torch.bool, device=dev)
+        if tr.p < 1:
+            applied = self._rand(n) < tr.p
+            off = off * applied[:, None]
+        params["translate_applied"] = applied
+        params["translate"] = off
+        if pad == 0:
+            return x
+        if tr.mode == "reflect":
+            padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        elif isinstance(tr.fill, (list, tuple)):  # one value per channel: around a zero pad
+            padded = F.pad(x, (pad, pad, pad, pad))
+            border = torch.ones(1, 1, h + 2 * pad, w + 2 * pad, dtype=x.dtype, device=dev)
+            border[:, :, pad:pad + h, pad:pad + w] = 0
+            fill = torch.tensor([float(v) for v in tr.fill], dtype=x.dtype, device=dev).view(1, -1, 1, 1)
+            padded.addcmul_(fill, border)
+        else:
+            padded = F.pad(x, (pad, pad, pad, pad), value=float(tr.fill))
+        dx, dy = off.unbind(1)
+        if flips is not None:
+            dx = torch.where(flips, -dx, dx)
+        wp = w + 2 * pad
+        rows = (dy + pad)[:, None] + torch.arange(h, device=dev)
+        cols = (dx + pad)[:, None] + torch.arange(w, device=dev)
+        index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.view(n, c, -1).gather(2, index).view(n, c, h, w)
 
     def _fallback_crop(self, h: int, w: int) -> tuple[int, int]:
         r0, r1 = self.spec.crop.ratio

@@ -224,7 +224,6 @@ def release_freed_memory() -> None:
     """Hand the heap freed by the decoding threads back to the OS (glibc keeps it per thread
     arena otherwise, and a run's resident memory stays that much higher to its end)."""
     import ctypes
-    import sys
 
     if sys.platform.startswith("linux"):
         try:

@@ -15,7 +15,9 @@ from augpipe.errors import ConfigError
 
 class AugmentedImages(Dataset):
     """Items ``indices`` of an ImageStore, each passed through ``transform`` (an Albumentations
-    pipeline on uint8 HWC, or None). Yields (HWC uint8 array, label)."""
+    pipeline on uint8 HWC, or None) with its index in the store and ``epoch`` (what an
+    alternate flip decides by). Yields (HWC uint8 array, label); a DataLoader's batch
+    (``__getitems__``) also has each item's index in the store."""
 
     def __init__(self, store, indices, labels, transform=None, stream: int = 0):
         self.store = store
@@ -25,15 +27,25 @@ class AugmentedImages(Dataset):
         # The rank of a distributed run: the ranks share the loader's seed (so that they agree
         # on the epoch's order) but must not augment with the same random numbers.
         self.stream = stream
+        self.epoch = 0  # set by EpochLoader.set_epoch, before the workers copy the dataset
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
-        img = self.store[int(self.indices[i])]
+    def _item(self, i: int):
+        item = int(self.indices[i])
+        img = self.store[item]
         if self.transform is not None:
-            img = self.transform(image=img)["image"]
-        return img, int(self.labels[self.indices[i]])
+            img = self.transform(image=img, item=item, epoch=self.epoch)["image"]
+        return img, int(self.labels[item]), item
+
+    def __getitem__(self, i: int):
+        return self._item(i)[:2]
+
+    def __getitems__(self, positions) -> list:
+        """A batch, for the DataLoader (torch's batched fetch): (image, label, index in the store)
+        each, so that the batch can say which items it holds (``EpochLoader.batch_items``)."""
+        return [self._item(i) for i in positions]
 
     def reseed(self, seed: int) -> None:
         if self.stream:
@@ -47,10 +59,13 @@ class AugmentedImages(Dataset):
 
 
 def collate_uint8(batch):
-    """Stack HWC uint8 images into one NCHW uint8 tensor (a channels-last view, no copy)."""
-    images = np.stack([b[0] for b in batch])
+    """Stack HWC uint8 images into one NCHW uint8 tensor (a channels-last view, no copy).
+    (image, label) items give (images, labels); (image, label, index) items also the indices."""
+    images = torch.from_numpy(np.stack([b[0] for b in batch])).permute(0, 3, 1, 2)
     labels = torch.tensor([b[1] for b in batch], dtype=torch.int64)
-    return torch.from_numpy(images).permute(0, 3, 1, 2), labels
+    if batch and len(batch[0]) > 2:
+        return images, labels, torch.tensor([b[2] for b in batch], dtype=torch.int64)
+    return images, labels
 
 
 def _worker_init(worker_id: int) -> None:
@@ -104,7 +119,10 @@ class EpochLoader:
     """A DataLoader that reshuffles every epoch and reseeds augmentation reproducibly, also
     when it runs in the main process (``num_workers=0``). With ``world_size`` above 1 it yields
     this rank's share of every epoch (``RankSampler``); ``batch_sampler`` replaces the sampling
-    altogether (tar shards, each rank and worker reading its own)."""
+    altogether (tar shards, each rank and worker reading its own).
+
+    Yields (images, labels); ``batch_items`` is then the store indices of the batch just yielded
+    (what the device augmentation's alternate flip needs, with ``epoch``)."""
 
     def __init__(self, dataset: AugmentedImages, *, batch_size: int, shuffle: bool, num_workers: int,
                  seed: int, drop_last: bool = False, pin_memory: bool = False, rank: int = 0,
@@ -129,20 +147,32 @@ class EpochLoader:
         else:
             self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, **common)
         self.epoch = 0
+        self.batch_items: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch about to be drawn: a shard sampler deals the shards anew for each."""
+        """The epoch about to be drawn: a shard sampler deals the shards anew for each; an
+        alternate flip flips by it."""
         self.epoch = epoch
+        self.dataset.epoch = epoch
         if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
 
     def __iter__(self):
         if self.num_workers == 0:
             self.dataset.reseed(int(torch.randint(2**62, (1,), generator=self.generator)))
-        return iter(self.loader)
+        self.batch_items = None
+        return self._batches(iter(self.loader))
+
+    def _batches(self, batches):
+        for batch in batches:
+            if len(batch) > 2:
+                images, labels, self.batch_items = batch
+                yield images, labels
+            else:
+                yield batch
 
 
 def iterations_per_epoch(n_items: int, batch_size: int) -> int:

@@ -271,17 +271,11 @@ def _is_int(v) -> bool:
 
 def _read_index(path: Path) -> dict:
     """shards.json, checked field by field: it is read from disk, so it may be anything."""
+    from augpipe.files import read_bounded_text
+
+    text = read_bounded_text(path, MAX_INDEX_BYTES, "shard index", error=DataError)
     try:
-        size = path.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise DataError(f"{path}: {size:,} bytes is too large for a shard index (at most {MAX_INDEX_BYTES:,})")
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"{path}: can not be read ({err.strerror or err})") from None
-    try:
-        index = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        index = json.loads(text)
     except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; so are 5000-digit numbers
         raise DataError(f"{path}: not valid JSON ({str(err).splitlines()[0][:200]})") from None
 

@@ -64,14 +64,17 @@ def restore_random_states(state: dict, pipeline, *, loaders: bool = True) -> Non
 
 
 def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, image_size, history, pipeline,
-                     tracker, callbacks, train_seconds: float, progress=None, loggers=()) -> dict:
+                     tracker, callbacks, train_seconds: float, progress=None, loggers=(), scored=None) -> dict:
     """``epoch``: the last finished epoch; ``progress``: the unfinished one, for an interrupted
     run (an ``EpochProgress``), else None."""
     plain_model = getattr(model, "_orig_mod", model)
     return {
         "format": FORMAT,
         "epoch": epoch,
-        "model": plain_model.state_dict(),
+        # "model" is what the run scores (the weight average with --ema), which evaluate, predict
+        # and export load; the weights being trained are "train_model" then, for --resume.
+        "model": (scored if scored is not None else plain_model).state_dict(),
+        "train_model": plain_model.state_dict() if scored is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,

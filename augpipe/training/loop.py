@@ -53,8 +53,12 @@ def autocast_for(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model, loader, prepare, loss_fn, num_classes: int, device, precision: str = "fp32") -> dict:
-    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+def evaluate(model, loader, prepare, loss_fn, num_classes: int, device, precision: str = "fp32",
+             tta: str = "none") -> dict:
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted), of the
+    logits averaged over the views ``tta`` names (augpipe.training.tta)."""
+    from augpipe.training.tta import tta_logits
+
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -63,7 +67,7 @@ def evaluate(model, loader, prepare, loss_fn, num_classes: int, device, precisio
         x = prepare(images)
         y = labels.to(device, non_blocking=True)
         with autocast_for(device, precision):
-            logits = model(x)
+            logits = tta_logits(model, x, tta)
         total_loss += loss_fn(logits.float(), y).double() * len(y)
         pred = logits.argmax(1)
         confusion.view(-1).index_add_(0, y * num_classes + pred, torch.ones_like(y))
@@ -246,13 +250,16 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
 def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimizer, schedule, loss_fn,
         epochs: int, device, num_classes: int, callbacks=(), tracker=None, precision: str = "fp32",
         max_seconds: float | None = None, progress: bool | None = False, start_epoch: int = 1,
-        history: History | None = None, control: TrainingControl | None = None, scaler=None) -> History:
+        history: History | None = None, control: TrainingControl | None = None, scaler=None,
+        tta: str = "none", scored_model=None) -> History:
     """Train for ``epochs`` epochs (from ``start_epoch``), validating after each. ``callbacks``
     see every epoch's metrics; one returning True stops the run (its ``reason`` is recorded).
     Between steps ``control`` may stop the run (an interrupt) or resume an unfinished epoch."""
     history = history or History()
     control = control or TrainingControl()
-    plain_model = unwrap(model)  # what callbacks see and checkpoints keep
+    # What is validated, what callbacks see (early stopping's best weights): the model, or the
+    # average of its weights (--ema).
+    plain_model = scored_model if scored_model is not None else unwrap(model)
     if scaler is None and precision == "fp16" and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
     check_every = 50 if device.type == "cuda" else 1
@@ -293,7 +300,8 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
                    "seconds": state.seconds,
                    "images_per_s": state.n / state.seconds if state.seconds > 0 else float("nan")}
         if val_loader is not None and len(val_loader.dataset):
-            val = evaluate(model, val_loader, prepare_eval, loss_fn, num_classes, device, precision)
+            val = evaluate(plain_model if scored_model is not None else model, val_loader, prepare_eval, loss_fn,
+                           num_classes, device, precision, tta)
             metrics.update(val_loss=val["loss"], val_acc=val["acc"])
         schedule.step_epoch(metrics.get(tracker.monitor) if tracker else metrics.get("val_loss"))
         history.epochs.append(metrics)

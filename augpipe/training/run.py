@@ -167,10 +167,11 @@ class DataPipeline:
                 raise ConfigError("augmentations under 'extra' run only in loader workers: use --aug-device cpu")
             self.train_transform = build_eval_transform(spec, image_size, native=native) if native != (image_size, image_size) else None
             rank = distributed.ranks().rank  # each rank its own random numbers
+            # flip_seed: the alternate flip of an image is the same whichever rank draws it
             self.device_augment = DeviceAugment(spec, image_size, device=device,
                                                 generator_seed=cfg.seed + 7919 * rank if rank else cfg.seed,
-                                                channels_last=cfg.channels_last)
-            self.prepare_train = self.device_augment
+                                                channels_last=cfg.channels_last, flip_seed=cfg.seed)
+            self.prepare_train = self._augment_on_device
         else:
             self.train_transform = build_train_transform(spec, image_size, native=native, seed=cfg.seed, lookup=lookup)
             self.prepare_train = BatchNormalizer(spec.normalize.mean, spec.normalize.std, device,
@@ -201,6 +202,10 @@ class DataPipeline:
         self.test = loader("test", eval_transform, False, 2, eval_workers)
         self.workers = workers
 
+
+    def _augment_on_device(self, images):
+        # The alternate flip decides by the batch's items and the epoch, which the train loader knows.
+        return self.device_augment(images, items=self.train.batch_items, epoch=self.train.epoch)
 
     def check_train_transform(self, data, image_size: int) -> None:
         """Run the training augmentation once on a real image, on a copy (the pipeline's own
@@ -467,6 +472,23 @@ class TrainingParts:
     threads: int
 
 
+def fit_to_training_images(model, data, spec, image_size: int, cfg: TrainConfig, count: int = 5000) -> None:
+    """A model whose first layer is fitted to the data (patch whitening: ``init_from_data``) gets
+    up to ``count`` training images, unaugmented, at its size, with the run's normalisation. A
+    resumed run, or one from --weights, keeps the fitted layer its checkpoint holds."""
+    from augpipe.augment.cpu import build_eval_transform
+
+    native = data.store.native_size() if data.store.shapes_equal else None
+    transform = build_eval_transform(spec, image_size, native=native)
+    picks = data.indices("train")[:count]
+    images = [data.store[int(i)] for i in picks]
+    if transform.transforms:
+        images = [transform(image=im)["image"] for im in images]
+    model.init_from_data(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), spec.normalize.mean,
+                         spec.normalize.std)
+    log.info("%s/%s: first layer fitted to %d training images", cfg.plugin, cfg.model, len(images))
+
+
 def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_size: int | None = None,
                 resuming: bool = False) -> TrainingParts:
     """Model, optimizer and data pipeline as a run trains them, each checked on the real data
@@ -491,6 +513,8 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
         normalization = load_weights(model, cfg.weights, num_classes)
     if normalization is not None:
         use_weights_normalization(spec, normalization)
+    if callable(getattr(model, "init_from_data", None)) and not resuming and not cfg.weights and not cfg.pretrained:
+        fit_to_training_images(model, data, spec, image_size, cfg)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -535,6 +559,10 @@ def _train(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data
     try:
         return _train_rank(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals,
                            data_cache=data_cache)
+    except RuntimeError as err:
+        if distributed.lost_contact(err):  # inside DDP's backward, say
+            raise distributed.lost_contact_error(err) from None
+        raise
     finally:
         if joined_here:
             distributed.stop()
@@ -606,6 +634,12 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     threads = parts.threads
     train_model = parts.train_model
+    average = None
+    if cfg.ema is not None:
+        from augpipe.training.averaging import WeightAverage
+
+        average = WeightAverage(model, cfg.ema, steps, cfg.ema_start)
+    scored = average.module if average is not None else model  # what is validated, kept as best, tested
     tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
                             cfg.restore_best)
     history = History()
@@ -629,7 +663,9 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
             remove_stale_temporaries(run_dir)
         try:
             extra_callbacks = make_callbacks()
-            model.load_state_dict(saved["model"])
+            model.load_state_dict(saved.get("train_model") or saved["model"])
+            if average is not None:
+                average.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["scheduler"])
             if scaler is not None and saved.get("scaler"):
@@ -688,7 +724,7 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
                 epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, cfg=cfg_to_save,
                 data=data, image_size=image_size, history=history, pipeline=pipeline, tracker=tracker,
                 callbacks=extra_callbacks, train_seconds=done_seconds + time.perf_counter() - session_start,
-                progress=progress_state, loggers=loggers)
+                progress=progress_state, loggers=loggers, scored=average.module if average is not None else None)
 
         def save_unfinished_epoch(progress_state):
             from augpipe.files import save_checkpoint
@@ -715,7 +751,8 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
         control = TrainingControl(signals.requested, resume_at=resume_at,
                                   on_interrupt=save_unfinished_epoch if me.is_main else None,
                                   after_fast_forward=after_fast_forward if resume_at else None,
-                                  batch_callbacks=list(extra_callbacks.values()), step_loggers=loggers)
+                                  batch_callbacks=([average] if average is not None else [])
+                                  + list(extra_callbacks.values()), step_loggers=loggers)
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         # None: a bar on a terminal, a line every 30 s elsewhere (augpipe.progress)
         show_progress = progress if me.is_main else False
@@ -725,12 +762,13 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
                 prepare_eval=pipeline.prepare_eval, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
                 epochs=cfg.epochs, device=device, num_classes=num_classes, callbacks=callbacks, tracker=tracker,
                 precision=cfg.precision, max_seconds=max(1e-9, max_seconds) if max_seconds is not None else None,
-                progress=show_progress, start_epoch=start_epoch, history=history, control=control, scaler=scaler)
+                progress=show_progress, start_epoch=start_epoch, history=history, control=control, scaler=scaler,
+                tta=cfg.tta, scored_model=average.module if average is not None else None)
         train_seconds = done_seconds + time.perf_counter() - session_start
         if history.stop_reason == "interrupted":
             log.warning("interrupted by %s: last.pt saved; resume with: augpipe train --resume %s",
                         signals.received, run_dir)
-        summary = _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, device, n_params,
+        summary = _finish(cfg, scored, pipeline, data, history, tracker, run_dir, image_size, device, n_params,
                           train_seconds, interrupted=signals.received if history.stop_reason == "interrupted" else None,
                           write=me.is_main)
         if me.active:
@@ -831,7 +869,7 @@ def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, d
         summary["resume_command"] = f"augpipe train --resume {run_dir}"
     if history.epochs and len(pipeline.test.dataset):
         test = evaluate(model, pipeline.test, pipeline.prepare_eval, torch.nn.CrossEntropyLoss(),
-                        len(data.class_names), device, cfg.precision)
+                        len(data.class_names), device, cfg.precision, cfg.tta)
         per_class = {name: (float(test["confusion"][i, i] / row) if (row := test["confusion"][i].sum()) else None)
                      for i, name in enumerate(data.class_names)}
         summary.update(test_acc=test["acc"], test_loss=test["loss"], test_images=test["n"],
@@ -884,11 +922,13 @@ def _json_default(v):
     return str(v)
 
 
-def evaluate(run_dir, *, data=None, checkpoint: str | None = None, device: str = "auto", plugins=None) -> dict:
+def evaluate(run_dir, *, data=None, checkpoint: str | None = None, device: str = "auto", plugins=None,
+             tta: str | None = None) -> dict:
     """Rescore a run's checkpoint on the test split of its manifest (or of ``data``), the way the
     run scored it: the same evaluation transform, batches, precision and memory layout, so the
     run's own test split gives exactly its ``summary.json`` ``test_acc``. ``checkpoint``
-    defaults to the one the run scored (best.pt, or last.pt under ``--no-restore-best``)."""
+    defaults to the one the run scored (best.pt, or last.pt under ``--no-restore-best``); ``tta``
+    to the run's own test-time augmentation."""
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.prepare import prepare_data
     from augpipe.inference import model_from_checkpoint, read_run_checkpoint
@@ -911,8 +951,10 @@ def evaluate(run_dir, *, data=None, checkpoint: str | None = None, device: str =
     model = model_from_checkpoint(plugins, cfg, state, path, dev)
     spec = AugmentSpec.load(cfg.aug)
     pipeline = DataPipeline(prepared, cfg, spec, image_size, dev, plugins)
+    from augpipe.training.tta import check_tta
+
     result = score(model, pipeline.test, pipeline.prepare_eval, torch.nn.CrossEntropyLoss(),
-                   len(prepared.class_names), dev, cfg.precision)
+                   len(prepared.class_names), dev, cfg.precision, check_tta(cfg.tta if tta is None else tta))
     result["per_class_acc"] = {name: float(result["confusion"][i, i] / max(1, result["confusion"][i].sum()))
                                for i, name in enumerate(prepared.class_names)}
     result["epoch"] = state["epoch"]
