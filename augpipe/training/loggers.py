@@ -15,6 +15,7 @@ one TensorBoard directory and one MLflow experiment.
 """
 from __future__ import annotations
 
+import abc
 import importlib.util
 import logging
 import math
@@ -177,7 +178,7 @@ def as_rgb_image(image) -> np.ndarray:
 
 
 # -- the loggers -----------------------------------------------------------------------------
-class ExperimentLogger(Callback):
+class ExperimentLogger(Callback, abc.ABC):
     """What the training run calls, in this order: ``load_state_dict`` (a resumed run only),
     ``start``, then ``log_step`` / ``on_epoch_end`` / ``log_image`` as the run goes, ``finish``
     once, ``close``. ``state_dict`` goes into ``last.pt`` so that a resumed run continues the
@@ -270,17 +271,18 @@ class ExperimentLogger(Callback):
             log.warning("%s logging failed in %s (%s: %s); no more is sent to it, metrics.csv has every epoch",
                         self.name, hook, type(err).__name__, first[:200])
 
-    def _open(self, config: dict) -> None:
-        raise NotImplementedError
+    # What each backend writes: TensorBoardLogger and MLflowLogger define all four.
+    @abc.abstractmethod
+    def _open(self, config: dict) -> None: ...
 
-    def _scalars(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _scalars(self, values: dict[str, float], step: int) -> None: ...
 
-    def _image(self, tag: str, image, step: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _image(self, tag: str, image, step: int) -> None: ...
 
-    def _finish(self, values: dict[str, float], status: str) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _finish(self, values: dict[str, float], status: str) -> None: ...
 
     def _epoch_flush(self) -> None:
         pass
