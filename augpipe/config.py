@@ -51,13 +51,14 @@ class TrainConfig:
     optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad
     lr: float | None = None          # None = the optimizer's default (DEFAULT_LR)
     weight_decay: float = 5e-4
+    norm_lr_scale: float = 1.0       # learning rate of normalisation layers' parameters, as a multiple of --lr (airbench94: 64); their decay per step is kept
     momentum: float | None = None    # None = 0.9 for momentum/nesterov, the optimizer's own otherwise
-    scheduler: str = "cosine"        # none, step, multistep, exponential, cosine, onecycle, plateau
+    scheduler: str = "cosine"        # none, step, multistep, exponential, cosine, onecycle, linear, plateau
     warmup_epochs: float = 0.0       # linear warm-up, in epochs (fractions allowed)
     step_size: float = 10            # step: epochs between decays
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: epochs, or fractions of the run if all < 1
     gamma: float = 0.1               # step / multistep / exponential / plateau decay factor
-    min_lr: float = 0.0              # cosine floor
+    min_lr: float = 0.0              # cosine floor; where linear ends
     label_smoothing: float = 0.0
     ema: float | None = None         # decay of a moving average of the weights, which is then what is scored and kept as best (e.g. 0.99); None = off
     ema_start: float = 0.0           # epochs before the average starts (until then it copies the weights)
@@ -221,6 +222,8 @@ class TrainConfig:
             raise ConfigError(f"--freeze-epochs must be a whole number of at least 0, got {self.freeze_epochs}")
         if self.backbone_lr_scale < 0:
             raise ConfigError(f"--backbone-lr-scale must not be negative, got {self.backbone_lr_scale}")
+        if not self.norm_lr_scale > 0 or not math.isfinite(self.norm_lr_scale):
+            raise ConfigError(f"--norm-lr-scale must be a number above 0, got {self.norm_lr_scale}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
             raise ConfigError(f"--image-size must be a whole number of at least 8, got {self.image_size}")
         if self.workers is not None and self.workers < 0:

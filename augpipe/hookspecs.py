@@ -36,6 +36,12 @@ class Trainer:
     it unless ``--image-size`` or the augmentation spec names a size. ``activations`` names the
     activations ``build_model`` supports, where it does not take all of augpipe's (None: all);
     another ``--activation`` is refused before any data is read.
+
+    Two optional methods of the model are called when it has them: ``init_from_data(images,
+    mean, std)`` once before a new run's first epoch, with up to 5,000 training images (uint8
+    NCHW, not augmented) and the normalisation of the batches (fastcifar's whitening layer is
+    fitted so); ``set_epoch(epoch)`` before each training epoch, from 1 (fastcifar freezes a
+    bias there: a parameter whose gradient it turns off is left alone by the optimizer).
     """
 
     name: str

@@ -46,25 +46,36 @@ def _pick_rows(source, n: int, seed: int) -> list[int]:
     return order
 
 
-def grid_figure(rows: list[tuple[str, list[np.ndarray]]], column_titles: list[str], cell_inches: float = 1.0):
-    """A figure with one row of images per entry, the row label at the left."""
+def grid_figure(rows: list[tuple], column_titles: list[str], cell_inches: float = 1.0):
+    """A figure with one row of images per entry, the row label at the left. An entry is
+    ``(label, images)`` or ``(label, images, captions)``: a caption per image (empty for none),
+    written above it in a band that only rows with captions get."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_rows, n_cols = len(rows), len(column_titles)
-    label_w, title_h, pad = 1.2, 0.3, 0.04
-    fig = plt.figure(figsize=(label_w + n_cols * cell_inches, title_h + n_rows * cell_inches), dpi=100)
+    n_cols = len(column_titles)
+    label_w, title_h, pad, caption_h = 1.2, 0.3, 0.04, 0.3
+    captions = [list(row[2]) if len(row) > 2 and any(row[2]) else None for row in rows]
+    heights = [cell_inches + (caption_h if c else 0.0) for c in captions]
+    fig = plt.figure(figsize=(label_w + n_cols * cell_inches, title_h + sum(heights)), dpi=100)
     W, H = fig.get_size_inches()
-    for r, (label, images) in enumerate(rows):
-        y = H - title_h - (r + 1) * cell_inches
+    y = H - title_h
+    for (label, images, *_), cells, height in zip(rows, captions, heights):
+        y -= height
         fig.text(0.1 / W, (y + cell_inches / 2) / H, label, va="center", ha="left", fontsize=9)
         for c, img in enumerate(images):
-            ax = fig.add_axes([(label_w + c * cell_inches + pad) / W, (y + pad) / H,
+            x = label_w + c * cell_inches
+            ax = fig.add_axes([(x + pad) / W, (y + pad) / H,
                                (cell_inches - 2 * pad) / W, (cell_inches - 2 * pad) / H])
             ax.imshow(img, interpolation="nearest")
             ax.set_axis_off()
+            if cells and c < len(cells) and cells[c]:
+                # "0.62 circle + 0.38 star" is wider than a cell: one class a line.
+                fig.text((x + cell_inches / 2) / W, (y + cell_inches + caption_h / 2) / H,
+                         cells[c].replace(" + ", "\n+ "), ha="center", va="center", fontsize=6,
+                         linespacing=1.1)
     for c, title in enumerate(column_titles):
         fig.text((label_w + (c + 0.5) * cell_inches) / W, (H - title_h / 2) / H, title,
                  ha="center", va="center", fontsize=8)
@@ -75,13 +86,18 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
             out="preview.png", per_transform: bool = False, lookup=None, max_pixels: int | None = None) -> Path:
     """Draw ``n`` images of ``source`` (default: the bundled sample data) with ``variants``
     augmented versions each, or with each transform of the spec alone (``per_transform``).
-    Images with more than ``max_pixels`` pixels (default: DEFAULT_MAX_PIXELS) are skipped."""
+    Images with more than ``max_pixels`` pixels (default: DEFAULT_MAX_PIXELS) are skipped.
+
+    A spec with ``mixup`` or ``cutmix`` adds "mixed batch" rows below (one per four images, as
+    many cells as the other rows): augmented images mixed as training mixes them, each titled
+    with its mixed label. With ``per_transform`` they get a column each instead: every image
+    mixed, by that op alone, with the next shown image of another class."""
+    import albumentations as A
+
     from augpipe.augment.cpu import build_train_transform, op_transforms, seed_transform
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.images import DEFAULT_MAX_PIXELS, TOO_LARGE, ImageStore
     from augpipe.data.sources import open_dataset
-
-    import albumentations as A
 
     out = check_output_path(out)
     if n < 1 or variants < 0:
@@ -95,9 +111,12 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
     src = open_dataset(source)
     store = ImageStore(src, max_pixels=max_pixels)
     size = spec.size or min(store.native_size())
+    batch_ops = spec.batch_ops()
+    # Mixing needs a partner even when a single image is shown.
+    wanted = max(n, 2) if batch_ops else n
 
-    rows, used = [], 0
-    for i in _pick_rows(src, n * 4, seed):
+    found = []  # (label index, image)
+    for i in _pick_rows(src, wanted * 4, seed):
         img, problem = store.read(i)
         if img is None:
             if problem == TOO_LARGE:
@@ -105,32 +124,65 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
             else:
                 log.warning("skipped unreadable image %s", src.describe(i))
             continue
-        rows.append((src.class_names[src.labels[i]], img))
-        used += 1
-        if used == n:
+        found.append((int(src.labels[i]), img))
+        if len(found) == wanted:
             break
-    if not rows:
+    if not found:
         raise DataError(f"{source}: no readable images")
+    rows = [(src.class_names[label], img) for label, img in found[:n]]
+    labels = [label for label, _ in found]
 
     if per_transform:
         ops = spec.active_ops()
         if not ops:
             raise DataError("the augmentation spec has no transforms to show")
+        image_ops = [name for name in ops if name not in batch_ops]
         pipelines = []
-        for k, name in enumerate(ops):
+        for k, name in enumerate(image_ops):
             t = A.Compose(op_transforms(spec, name, size, force=True) if name == "crop"
                           else [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
                           + op_transforms(spec, name, size, force=True))
             seed_transform(t, seed + k)
             pipelines.append(t)
-        titles = ["original"] + ops
+        titles = ["original"] + image_ops + batch_ops
         grid = [(label, [img] + [t(image=img)["image"] for t in pipelines]) for label, img in rows]
+        if batch_ops:
+            _add_mixed_columns(grid, found, labels, src.class_names, spec, size, seed, len(image_ops))
     else:
         t = build_train_transform(spec, size, seed=seed, lookup=lookup)
         titles = ["original"] + [f"augmented {k + 1}" for k in range(variants)]
         grid = [(label, [img] + [t(image=img)["image"] for _ in range(variants)]) for label, img in rows]
+        if batch_ops:
+            augmented = np.stack([t(image=img)["image"] for _, img in found])
+            grid += _mixed_rows(augmented, labels, src.class_names, spec, seed, -(-n // 4), len(titles))
     cell = float(np.clip(size / 64, 1.0, 2.0))
     return save_figure(grid_figure(grid, titles, cell), out)
+
+
+def _mixed_rows(images: np.ndarray, labels, class_names, spec, seed: int, n_rows: int, n_cols: int) -> list:
+    from augpipe.augment.mixing import preview_mixed
+
+    examples = preview_mixed(images, labels, class_names, spec, seed, n_rows * n_cols)
+    chunks = [examples[r * n_cols:(r + 1) * n_cols] for r in range(n_rows)]
+    return [("mixed batch", [img for img, _ in chunk], [text for _, text in chunk]) for chunk in chunks if chunk]
+
+
+def _add_mixed_columns(grid: list, found, labels, class_names, spec, size: int, seed: int, first_op: int) -> None:
+    """Each row's image mixed with a partner by each batch op alone, at the size the per-image
+    columns show (resized and centre-cropped, as they are)."""
+    import albumentations as A
+
+    from augpipe.augment.mixing import preview_mixed
+
+    fit = A.Compose([A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)])
+    images = np.stack([fit(image=img)["image"] for _, img in found])
+    captions = [[""] * len(images_) for _, images_ in grid]
+    for k, name in enumerate(spec.batch_ops()):
+        examples = preview_mixed(images, labels, class_names, spec, seed + first_op + k, len(grid), mode=name)
+        for r, (img, text) in enumerate(examples):
+            grid[r][1].append(img)
+            captions[r].append(text)
+    grid[:] = [(label, images_, cells) for (label, images_), cells in zip(grid, captions)]
 
 
 def plot_curves(epochs: list[dict], path, *, best_epoch: int | None = None, stop_epoch: int | None = None,

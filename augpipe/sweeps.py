@@ -4,9 +4,14 @@ directory, and the tables and picture that compare them.
 A sweep is identified by its resolved grid (``sweep.yaml``), so the same command finds the same
 directory again: finished runs are skipped, an unfinished one is resumed from its ``last.pt``,
 and one that left no checkpoint is started again. An interrupted sweep loses at most the run in
-progress."""
+progress.
+
+``ablate=True`` (``augpipe sweep --ablate``) makes the augmentation the axis: the spec as given
+(``all``), without any op (``none``), and without each of its ops in turn (``-hflip``), and adds
+``ablation.md`` and ``ablation.png``: what each op buys in test accuracy."""
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -44,11 +49,17 @@ class PlannedRun:
     seed: int
     settings: dict = field(repr=False, default_factory=dict)  # every resolved setting that identifies the run
     cfg: TrainConfig | None = field(repr=False, default=None)
+    labels: dict = field(default_factory=dict)  # varied setting -> its name, where a value has one ("-hflip")
 
     @property
     def setting(self) -> tuple:
-        """The group this run belongs to: its varied settings, over seeds."""
-        return tuple(self.values.items())
+        """The group this run belongs to: its varied settings, over seeds (a spec dict as its JSON,
+        so that the group can be a key)."""
+        return tuple((k, _json(v) if isinstance(v, (dict, list)) else v) for k, v in self.values.items())
+
+    def shown(self, key: str):
+        """A varied setting as the tables show it: its label, or the value."""
+        return self.labels.get(key, _cell(self.values[key]))
 
 
 @dataclass
@@ -61,6 +72,7 @@ class SweepResult:
     resumed: int = 0
     skipped: int = 0
     interrupted: str | None = None  # the signal that stopped the sweep
+    ablation: str | None = None     # ablation.md, for a sweep with ablate=True
 
 
 # -- the grid ---------------------------------------------------------------------------------------
@@ -104,8 +116,65 @@ def _name_value(value) -> str:
     return text[:40]
 
 
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
 def _short_hash(obj, n: int = 8) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return hashlib.sha256(_json(obj).encode()).hexdigest()[:n]
+
+
+# -- ablation ---------------------------------------------------------------------------------------
+def ablation_specs(aug) -> dict[str, dict]:
+    """The variants of an ablation of ``aug`` (a preset name, a spec file, a spec dict), as
+    label -> spec dict: ``all`` (the spec as given), ``none`` (every op removed, the size and the
+    normalisation kept) and ``-OP`` for each op that is on, in running order (an ``extra``
+    transform is the op of its name). Each variant differs from ``all`` in the removed op only."""
+    from augpipe.augment.describe import op_sequence
+    from augpipe.augment.spec import ALL_OPS, AugmentSpec
+
+    spec = AugmentSpec.load(aug)
+    ops = op_sequence(spec)
+    if not ops:
+        raise ConfigError(f"--ablate: the augmentation {_shown_aug(aug)} has no ops to remove")
+    none = copy.deepcopy(spec)
+    for name in ALL_OPS:
+        setattr(none, name, None)
+    none.extra = []
+    variants = {"all": spec.to_dict(), "none": none.to_dict()}
+    for label, op in ops:
+        without = copy.deepcopy(spec)
+        if isinstance(op, dict):  # an extra transform: that entry of the list
+            without.extra = [e for e in spec.extra if e is not op]
+        else:
+            setattr(without, label, None)
+        variant = without.to_dict()
+        # With one op, removing it is "none"; removing either of two equal extras is one variant.
+        if variant not in variants.values():
+            variants[f"-{label}"] = variant
+    return variants
+
+
+def _shown_aug(aug) -> str:
+    return "given as a mapping" if isinstance(aug, dict) else repr(str(aug))
+
+
+def _ablated_aug(config, config_file, plugins, settings: dict):
+    """The one augmentation an ablation takes apart: --aug, or the config's (a --config file, a
+    recipe, the plugin's defaults, else the default preset)."""
+    from augpipe.training.run import build_config
+
+    aug = settings.get("aug")
+    if isinstance(aug, (list, tuple)):
+        if len(aug) != 1:
+            shown = ",".join("<mapping>" if isinstance(a, dict) else str(a) for a in aug)
+            raise ConfigError(f"--ablate takes one --aug (a preset or a spec file) and makes its ops the axis, "
+                              f"got {len(aug)}: {shown}")
+        aug = aug[0]
+    if aug is None:
+        fixed = {k: v for k, v in settings.items() if not isinstance(v, (list, tuple)) or _list_field(k)}
+        aug = build_config(config, config_file=config_file, plugins=plugins, **fixed).aug
+    return aug
 
 
 def _identity(cfg: TrainConfig, varied: list[str]) -> dict:
@@ -125,14 +194,15 @@ def _identity(cfg: TrainConfig, varied: list[str]) -> dict:
 
 
 def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, plugins=None,
-               **settings) -> list[PlannedRun]:
+               ablate: bool = False, **settings) -> list[PlannedRun]:
     """The runs of the grid, in a stable order, each validated as ``augpipe train`` would
     validate it, so that a bad value stops the sweep before any run starts.
 
     A setting given as a list is an axis of the grid (a list for a list-valued setting such as
     ``milestones`` is its one value). The seed is the outermost loop (seed 0: every setting,
     seed 1: every setting, ...), so that an interrupted sweep has tried every setting before it
-    repeats one."""
+    repeats one. ``ablate``: the augmentation's variants of ``ablation_specs`` are the aug axis,
+    each run named by its variant (``aug=-hflip,seed=0``)."""
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.run import build_config
 
@@ -144,6 +214,11 @@ def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = Fal
         if settings.get(key) is not None:
             raise ConfigError(f"--{key} names the sweep's directory, not a setting of its runs")
     settings = {k: v for k, v in settings.items() if v is not None}
+    labels: dict[str, dict[str, str]] = {}  # setting -> {the JSON of a value: its label}
+    if ablate:
+        variants = ablation_specs(_ablated_aug(config, config_file, plugins, settings))
+        settings["aug"] = list(variants.values())
+        labels["aug"] = {_json(spec): label for label, spec in variants.items()}
     given_seeds = _axis("seed", settings.pop("seed")) if "seed" in settings else None
     axes = {k: _axis(k, settings[k]) for k in TrainConfig.field_names() if k in settings}
     varied = [k for k, values in axes.items() if len(values) > 1]
@@ -167,8 +242,10 @@ def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = Fal
             flags = {**point, "seed": seed_list[i]}
             cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
             values = {k: getattr(cfg, k) for k in varied}
-            name = ",".join([f"{k}={_name_value(v)}" for k, v in values.items()] + [f"seed={cfg.seed}"])
-            runs.append(PlannedRun(name, flags, values, cfg.seed, _identity(cfg, varied), cfg))
+            run_labels = {k: labels[k][_json(v)] for k, v in values.items() if _json(v) in labels.get(k, {})}
+            name = ",".join([f"{k}={_name_value(run_labels.get(k, v))}" for k, v in values.items()]
+                            + [f"seed={cfg.seed}"])
+            runs.append(PlannedRun(name, flags, values, cfg.seed, _identity(cfg, varied), cfg, run_labels))
     _check_distinct(runs)
     return runs
 
@@ -178,7 +255,7 @@ def _check_distinct(runs: list[PlannedRun]) -> None:
     slip; two names that the folder-name rules made equal get a hash of their settings."""
     seen = {}
     for run in runs:
-        key = json.dumps(run.settings, sort_keys=True, default=str)
+        key = _json(run.settings)
         if key in seen:
             raise ConfigError(f"runs {seen[key]} and {run.name} of the grid have the same settings")
         seen[key] = run.name
@@ -202,7 +279,7 @@ def check_runs_startable(runs: list[PlannedRun]) -> None:
                 ("device", cfg.device, resolve_device),
                 ("data", data_or_sample(cfg.data), _check_exists),
                 ("split_file", cfg.split_file, _check_exists)):
-            key = (what, json.dumps(value, sort_keys=True, default=str))
+            key = (what, _json(value))
             if value is not None and key not in seen:
                 seen.add(key)
                 check(value)
@@ -221,9 +298,11 @@ def grid_document(runs: list[PlannedRun]) -> dict:
             "runs": [{"name": r.name, **{k: v for k, v in r.settings.items() if k not in common}} for r in runs]}
 
 
-def default_name(runs: list[PlannedRun], grid: dict) -> str:
-    """``activation-1a2b3c4d``: what varies, and a hash of the whole grid."""
-    varied = "-".join(runs[0].values)[:40] or ("seeds" if len(runs) > 1 else "sweep")
+def default_name(runs: list[PlannedRun], grid: dict, ablate: bool = False) -> str:
+    """``activation-1a2b3c4d``: what varies (an ablated aug as ``ablate``), and a hash of the
+    whole grid."""
+    varied = "-".join("ablate" if ablate and k == "aug" else k for k in runs[0].values)[:40] or \
+        ("seeds" if len(runs) > 1 else "sweep")
     return f"{varied}-{_short_hash(grid)}"
 
 
@@ -283,7 +362,7 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
 
 # -- running ---------------------------------------------------------------------------------------
 def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, out="sweeps", name=None,
-          plugins=None, progress: bool | None = None, **settings) -> SweepResult:
+          plugins=None, progress: bool | None = None, ablate: bool = False, **settings) -> SweepResult:
     """Train every combination of the settings given as lists, ``seeds`` times each (seeds
     ``seed``, ``seed + 1``, ...), one run at a time, into ``OUT/NAME/<run>``:
 
@@ -292,16 +371,22 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
     Other keywords are ``train``'s, fixed for every run. The same call again skips the finished
     runs and resumes an unfinished one. Writes ``sweep.yaml``, ``sweep.csv``, ``sweep.md`` and
     ``sweep.png``. A SIGINT or SIGTERM ends the run in progress as ``train`` does, and the sweep
-    after it (``result.interrupted`` names the signal)."""
+    after it (``result.interrupted`` names the signal).
+
+    ``ablate=True``: the one ``aug`` (or the config's) is taken apart (``ablation_specs``), and
+    ``ablation.md`` (``result.ablation``) and ``ablation.png`` show what each op buys:
+
+        augpipe.sweep(plugin="mlp", aug="standard", ablate=True, seeds=3)"""
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.signals import StopSignals
 
     plugins = plugins or get_plugins()
-    runs = plan_sweep(config, config_file=config_file, seeds=seeds, yes=yes, plugins=plugins, **settings)
+    runs = plan_sweep(config, config_file=config_file, seeds=seeds, yes=yes, plugins=plugins, ablate=ablate,
+                      **settings)
     check_runs_startable(runs)
     grid = grid_document(runs)
     if name is None:
-        name = default_name(runs, grid)
+        name = default_name(runs, grid, ablate)
     _check_folder_name(name)
     if not isinstance(out, (str, Path)) or not str(out).strip() or "\0" in str(out):
         raise ConfigError(f"--out must be a folder path, got {out!r}")
@@ -319,6 +404,8 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
     finally:
         try:
             result.rows, result.table = write_results(sweep_dir, runs)
+            if ablate:
+                result.ablation = write_ablation(sweep_dir, runs)
         finally:
             lock.close()
     return result
@@ -326,9 +413,8 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
 
 def _run_all(result: SweepResult, config, config_file, plugins, progress) -> None:
     from augpipe.errors import AugpipeError
-    from augpipe.training.run import train
-
     from augpipe.progress import track
+    from augpipe.training.run import train
 
     data_cache: dict = {}  # one decode of each data set for the whole sweep; each seed splits it anew
     total = len(result.runs)
@@ -384,7 +470,7 @@ def _run_row(run: PlannedRun, run_dir: Path) -> dict | None:
     except (OSError, ValueError, csv.Error):
         epochs = []
     val_acc, val_loss = _finite(e.get("val_acc") for e in epochs), _finite(e.get("val_loss") for e in epochs)
-    return {**{k: _cell(v) for k, v in run.values.items()}, "seed": run.seed,
+    return {**{k: run.shown(k) for k in run.values}, "seed": run.seed,
             "best_val_acc": max(val_acc) if val_acc else None, "best_val_loss": min(val_loss) if val_loss else None,
             "test_acc": s.get("test_acc"), "test_loss": s.get("test_loss"), "epochs_run": s.get("epochs_run"),
             "stop_reason": s.get("stop_reason"), "failed": bool(s.get("failed")),
@@ -423,8 +509,10 @@ def write_results(sweep_dir: Path, runs: list[PlannedRun]) -> tuple[list[dict], 
 def _groups(runs: list[PlannedRun], rows) -> list[dict]:
     """The finished runs per setting (over seeds), settings in the grid's order."""
     planned: dict[tuple, int] = {}
+    first: dict[tuple, PlannedRun] = {}
     for run in runs:
         planned[run.setting] = planned.get(run.setting, 0) + 1
+        first.setdefault(run.setting, run)
     by_setting: dict[tuple, list] = {s: [] for s in planned}
     for run, row in rows:
         by_setting[run.setting].append(row)
@@ -432,9 +520,12 @@ def _groups(runs: list[PlannedRun], rows) -> list[dict]:
     for setting, members in by_setting.items():
         if not members:
             continue
-        label = ", ".join(f"{k}={_name_value(v)}" for k, v in setting) if len(setting) > 1 else \
-            (_name_value(setting[0][1]) if setting else "all runs")
-        groups.append({"setting": dict(setting), "label": label, "rows": members, "planned": planned[setting]})
+        run = first[setting]
+        shown = {k: _name_value(run.labels.get(k, v)) for k, v in run.values.items()}
+        label = ", ".join(f"{k}={v}" for k, v in shown.items()) if len(shown) > 1 else \
+            (next(iter(shown.values())) if shown else "all runs")
+        groups.append({"setting": dict(run.values), "labels": dict(run.labels), "label": label, "rows": members,
+                       "planned": planned[setting]})
     return groups
 
 
@@ -492,7 +583,7 @@ def markdown_table(name: str, varied: list[str], groups: list[dict], *, finished
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for g in groups:
         rows = g["rows"]
-        cells = [esc(_cell(g["setting"][k])) for k in varied]
+        cells = [esc(g.get("labels", {}).get(k, _cell(g["setting"][k]))) for k in varied]
         cells += [f"{len(rows)}" + ("" if len(rows) == g["planned"] else f" of {g['planned']}"),
                   _mean_std([r["best_val_acc"] for r in rows], 3), _mean_std([r["best_val_loss"] for r in rows], 3),
                   _mean_std([r["test_acc"] for r in rows], 3), _epochs(rows), esc(_reasons(rows)),
@@ -509,3 +600,121 @@ def markdown_table(name: str, varied: list[str], groups: list[dict], *, finished
     lines.append("Mean ± sample standard deviation over seeds; best val acc and loss are the best epoch's of "
                  "each run (metrics.csv); test acc is scored with the weights the run keeps (summary.json).")
     return "\n".join(lines) + "\n"
+
+
+# -- the ablation report ------------------------------------------------------------------------------
+def _spec_ops(spec_dict) -> list[str]:
+    from augpipe.augment.describe import op_sequence
+    from augpipe.augment.spec import AugmentSpec
+
+    return [label for label, _ in op_sequence(AugmentSpec.load(spec_dict))]
+
+
+def ablation_groups(runs: list[PlannedRun], rows) -> list[dict]:
+    """One entry per variant and setting of the other axes, in the grid's order: the variant's
+    label, its ops, the finished runs' test accuracies, and how many runs were planned."""
+    groups: dict[tuple, dict] = {}
+    finished = {id(run): row for run, row in rows}
+    for run in runs:
+        others = tuple((k, run.shown(k)) for k in run.values if k != "aug")
+        group = groups.setdefault(run.setting, {"others": others, "variant": run.labels["aug"],
+                                                "ops": _spec_ops(run.values["aug"]), "acc": [], "planned": 0})
+        group["planned"] += 1
+        if id(run) in finished:
+            group["acc"].append(finished[id(run)]["test_acc"])
+    return list(groups.values())
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def _mean(values) -> float | None:
+    values = _finite(values)
+    return sum(values) / len(values) if values else None
+
+
+def ablation_table(name: str, groups: list[dict]) -> str:
+    """ablation.md: per variant its ops, test accuracy (mean ± std over seeds) and the
+    difference of the mean from the ``all`` variant's of the same other settings."""
+    def esc(value) -> str:
+        return str(value).replace("|", "\\|")
+
+    others = [k for k, _ in groups[0]["others"]] if groups else []
+    reference = {g["others"]: _mean(g["acc"]) for g in groups if g["variant"] == "all"}
+    head = others + ["variant", "ops used", "test acc", "difference from all", "n"]
+    lines = [f"# Ablation {name}", "",
+             ("What each augmentation op buys: `all` trains with the whole spec, `none` with no op (size and "
+              "normalisation kept), `-OP` with every op but OP."), "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for g in groups:
+        mean, ref = _mean(g["acc"]), reference.get(g["others"])
+        diff = "reference" if g["variant"] == "all" else _signed(None if mean is None or ref is None else mean - ref)
+        n = len(_finite(g["acc"]))
+        cells = [esc(v) for _, v in g["others"]] + [
+            esc(g["variant"]), esc(", ".join(g["ops"]) or "–"), _mean_std(g["acc"], 3), diff,
+            f"{n}" + ("" if n == g["planned"] else f" of {g['planned']}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", ("Test accuracy: mean ± sample standard deviation over seeds (n runs finished). A negative "
+                   "difference for `-OP`: the runs without OP scored lower, so OP helped.")]
+    return "\n".join(lines) + "\n"
+
+
+def plot_ablation(groups: list[dict], path, *, title: str = "") -> Path:
+    """Mean test accuracy per variant, the error bar one standard deviation over seeds, each
+    seed a dot; ``all`` and ``none`` in their own colours with their means as lines across. One
+    panel per setting of the other axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from augpipe.report import save_figure
+
+    panels: dict[tuple, list[dict]] = {}
+    for g in groups:
+        panels.setdefault(g["others"], []).append(g)
+    width = max(4.5, 0.7 * max(len(p) for p in panels.values()) + 1.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.5), dpi=100, squeeze=False)
+    colours = {"all": "tab:green", "none": "tab:gray"}
+    for ax, (others, members) in zip(axes[0], panels.items()):
+        xs = np.arange(len(members))
+        for x, g in zip(xs, members):
+            values = _finite(g["acc"])
+            if not values:
+                continue
+            mean = float(np.mean(values))
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            colour = colours.get(g["variant"], "tab:blue")
+            ax.bar(x, mean, color=colour, alpha=0.8, yerr=std if len(values) > 1 else None, capsize=4)
+            ax.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+            ax.text(x, min(0.98, mean + std + 0.02), f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+            if g["variant"] in colours:
+                ax.axhline(mean, color=colour, ls="--", lw=1, label=f"{g['variant']}: {mean:.3f}")
+        ax.set_xticks(xs, [g["variant"] for g in members], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_title(", ".join(f"{k}={v}" for k, v in others) or "test accuracy: mean ± std over seeds",
+                     fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
+
+
+def write_ablation(sweep_dir: Path, runs: list[PlannedRun]) -> str:
+    """ablation.md and (once a run has finished) ablation.png; returns the table."""
+    from augpipe.files import write_atomic
+
+    rows = [(run, row) for run in runs if (row := _run_row(run, sweep_dir / run.name)) is not None]
+    groups = ablation_groups(runs, rows)
+    table = ablation_table(sweep_dir.name, groups)
+    write_atomic(sweep_dir / "ablation.md", table)
+    if rows:
+        plot_ablation(groups, sweep_dir / "ablation.png",
+                      title=f"ablation {sweep_dir.name}: {len(rows)} of {len(runs)} run(s)")
+    return table

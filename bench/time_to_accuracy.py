@@ -26,12 +26,13 @@ CIFAR = Path(os.environ.get("CIFAR10", ROOT.parent / "shared" / "data" / "cifar1
 class TestScore:
     """An augpipe callback: the test accuracy of the model after each epoch."""
 
-    def __init__(self, images, labels, spec, precision: str, target: float | None = None, batch: int = 500):
+    def __init__(self, images, labels, spec, precision: str, target: float | None = None, batch: int = 500,
+                 tta: str = "none"):
         import torch
 
         self.x = torch.from_numpy(images).permute(0, 3, 1, 2)
         self.y = torch.from_numpy(labels)
-        self.spec, self.precision, self.batch, self.target = spec, precision, batch, target
+        self.spec, self.precision, self.batch, self.target, self.tta = spec, precision, batch, target, tta
         self.rows, self.train_seconds, self.reason = [], 0.0, None
 
     def on_epoch_end(self, epoch, metrics, model):
@@ -39,6 +40,7 @@ class TestScore:
 
         from augpipe.data.loader import BatchNormalizer
         from augpipe.training.loop import autocast_for
+        from augpipe.training.tta import tta_logits
 
         self.train_seconds += metrics["seconds"]
         device = next(model.parameters()).device
@@ -47,7 +49,7 @@ class TestScore:
         correct = 0
         with torch.no_grad(), autocast_for(device, self.precision):
             for i in range(0, len(self.y), self.batch):
-                logits = model(normalize(self.x[i:i + self.batch]))
+                logits = tta_logits(model, normalize(self.x[i:i + self.batch]), self.tta)
                 correct += int((logits.argmax(1).cpu() == self.y[i:i + self.batch]).sum())
         model.train()
         acc = correct / len(self.y)
@@ -77,19 +79,23 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--precision")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--tta", help="test-time augmentation of the scores (default: the recipe's)")
     ap.add_argument("--target", type=float, help="stop once the test accuracy reaches this")
+    ap.add_argument("--keep", type=Path, help="keep the run directory here (default: a temporary one, deleted)")
     args = ap.parse_args()
     target = args.target
     if not CIFAR.is_dir():
         sys.exit(f"{CIFAR} is absent: this benchmark needs CIFAR-10")
-    flags = {k: v for k, v in vars(args).items() if v is not None and k != "target"}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("target", "keep")}
     if args.plugin:
         flags.pop("recipe", None)
     cfg = build_config(data=str(CIFAR), **flags)
     spec = AugmentSpec.load(cfg.aug)
     test_source = open_dataset(CIFAR / "test")
     store, _ = ImageStore.build(test_source)
-    scorer = TestScore(np.asarray(store._images), test_source.labels.copy(), spec, cfg.precision, target)
+    scorer = TestScore(np.stack([store[i] for i in range(len(store))]), test_source.labels.copy(), spec, cfg.precision, target,
+                       tta=cfg.tta)
     plugins = get_plugins()
 
     class Register:
@@ -99,10 +105,15 @@ def main() -> None:
 
     plugins.register(Register(), name="bench-time-to-accuracy")
     with tempfile.TemporaryDirectory() as out:
-        result = augpipe.train(cfg, out=out, name="tta", callbacks=["bench-test-score"], progress=False)
+        if args.keep is not None:
+            out, name = str(args.keep.parent), args.keep.name
+        else:
+            name = "tta"
+        result = augpipe.train(cfg, out=out, name=name, callbacks=["bench-test-score"], progress=False)
     s = result.summary
     print(f"\nrecipe {args.recipe if not args.plugin else '-'}: {cfg.plugin}/{cfg.model}, {cfg.epochs} epochs, "
-          f"batch {cfg.batch_size}, {cfg.precision}; final test accuracy (best weights) {s.get('test_acc', 0):.4f}")
+          f"batch {cfg.batch_size}, {cfg.precision}, seed {cfg.seed}, tta {cfg.tta}; final test accuracy (best "
+          f"weights) {s.get('test_acc', 0):.4f}; training {scorer.train_seconds / 60:.2f} min")
     for budget in (5, 10, 15):
         reached = [acc for _, minutes, acc in scorer.rows if minutes <= budget]
         print(f"within {budget:2d} min: {max(reached) if reached else float('nan'):.4f}")

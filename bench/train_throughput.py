@@ -35,7 +35,7 @@ def load_images(limit: int | None, seed: int):
             rng = np.random.default_rng(seed)
             source = source.subset(np.sort(rng.choice(len(source), size=min(limit, len(source)), replace=False)))
         store, _ = ImageStore.build(source)
-        return np.asarray(store._images), source.labels.copy(), "CIFAR-10 train"
+        return np.stack([store[i] for i in range(len(store))]), source.labels.copy(), "CIFAR-10 train"
     n = limit or 10000
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), "synthetic"

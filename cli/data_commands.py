@@ -37,7 +37,12 @@ def split(source, val, test, seed, out, split_file, strict, max_pixels):
     import time
 
     from augpipe.data.prepare import describe_skipped, prepare_data
-    from augpipe.data.split import check_ratios, describe_duplicates, split_table, write_manifest
+    from augpipe.data.split import (
+        check_ratios,
+        describe_duplicates,
+        split_table,
+        write_manifest,
+    )
     from augpipe.errors import DataError
     from augpipe.report import check_output_path
 
@@ -61,13 +66,23 @@ def split(source, val, test, seed, out, split_file, strict, max_pixels):
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=1), help="Source images, one row each.")
 @click.option("--variants", default=6, show_default=True, type=click.IntRange(min=0), help="Augmented versions per image.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--aug", default="standard", show_default=True, help="Preset (none, light, standard, strong) or a spec .yaml.")
+@click.option("--aug", default="standard", show_default=True,
+              help="Preset (none, light, standard, strong, cifar-translate, timm-a1, cifar-modern) or a spec .yaml.")
 @click.option("--out", default="preview.png", show_default=True, type=click.Path(path_type=Path))
 @click.option("--per-transform", is_flag=True, help="One column per transform, each applied alone.")
+@click.option("--describe", is_flag=True, help="Print what --aug does, op by op with every parameter, and its YAML; "
+              "draw nothing.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
               help=MAX_PIXELS_HELP)
-def preview(source, n, variants, seed, aug, out, per_transform, max_pixels):
-    """Draw augmented versions of images from SOURCE (default: the bundled sample data)."""
+def preview(source, n, variants, seed, aug, out, per_transform, describe, max_pixels):
+    """Draw augmented versions of images from SOURCE (default: the bundled sample data), or with
+    --describe print what the augmentation does."""
+    if describe:
+        from augpipe.augment.describe import describe_spec
+        from augpipe.augment.spec import AugmentSpec
+
+        click.echo(describe_spec(AugmentSpec.load(aug), name=aug), nl=False)
+        return
     from augpipe.report import preview as draw
 
     path = draw(source, n=n, variants=variants, seed=seed, aug=aug, out=out, per_transform=per_transform,

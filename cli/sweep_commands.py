@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 from augpipe.cli.train_commands import config_options, quiet_option
 
 # Named once for the whole sweep, not per run.
@@ -20,15 +19,22 @@ SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings for every run; flags override it.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Runs of each setting, with seeds --seed, --seed + 1, ...")
 @click.option("--yes", is_flag=True, help="Run a grid of more than 50 runs.")
+@click.option("--ablate", is_flag=True, help="What each augmentation op buys: the one --aug (default: the config's) "
+              "trained whole (all), without any op (none) and without each op in turn (-OP); writes "
+              "ablation.md and ablation.png.")
 @quiet_option
 @config_options(comma_lists=True, help_overrides=SWEEP_LEVEL)
-def sweep(config_file, seeds, yes, **flags):
+def sweep(config_file, seeds, yes, ablate, **flags):
     """Train a grid of runs and compare them: augpipe sweep --plugin cnn --activation relu,elu,tanh --seeds 3
 
     A comma list makes a setting an axis of the grid; every combination is trained, one run at a
     time, into OUT/NAME/<setting>,seed=<seed>/. The same command again skips the finished runs
-    and resumes an unfinished one. Writes sweep.csv, sweep.md and sweep.png."""
-    from augpipe.sweeps import parse_values, sweep as run_sweep
+    and resumes an unfinished one. Writes sweep.csv, sweep.md and sweep.png.
+
+    augpipe sweep --ablate --aug standard --seeds 3 trains the augmentation whole, without any op
+    and without each op in turn, and compares them in ablation.md and ablation.png."""
+    from augpipe.sweeps import parse_values
+    from augpipe.sweeps import sweep as run_sweep
 
     out, name = flags.pop("out") or "sweeps", flags.pop("name")
     settings = {}
@@ -37,9 +43,13 @@ def sweep(config_file, seeds, yes, **flags):
             continue
         settings[key] = list(value) if isinstance(value, tuple) else parse_values(key, value) \
             if isinstance(value, str) else value
-    result = run_sweep(config_file=config_file, seeds=seeds, yes=yes, out=out, name=name, **settings)
+    result = run_sweep(config_file=config_file, seeds=seeds, yes=yes, out=out, name=name, ablate=ablate,
+                       **settings)
     click.echo(f"sweep: {result.sweep_dir}")
     click.echo(result.table, nl=False)
+    if result.ablation:
+        click.echo("")
+        click.echo(result.ablation, nl=False)
     if result.interrupted:
         from augpipe.training.signals import EXIT_CODES
 

@@ -14,6 +14,7 @@ WHITEN_PATCH = 2
 BN_MOMENTUM = 0.4   # torch's meaning: airbench's 0.6 is the weight of the old statistics
 BN_EPS = 1e-12
 OUTPUT_SCALE = 1 / 9
+WHITEN_BIAS_EPOCHS = 3  # airbench94 trains the whitening layer's bias for the first 3 epochs only
 
 
 def patch_whitening_weights(x, patch: int = 2, eps: float = 5e-4):
@@ -119,6 +120,12 @@ def _airbench_class():
 
         def get_classifier(self):
             return self.classifier
+
+        def set_epoch(self, epoch: int) -> None:
+            """Called by augpipe's loop before each training epoch (from 1): the whitening bias
+            trains for the first WHITEN_BIAS_EPOCHS epochs, then stays as it is (no gradient,
+            so the optimizer leaves it alone, momentum and decay included)."""
+            self.whiten.bias.requires_grad_(epoch <= WHITEN_BIAS_EPOCHS)
 
         def forward(self, x):
             x = self.groups(self.whiten_act(self.whiten(x)))

@@ -247,7 +247,7 @@ def test_a_scheduler_plugin_may_return_a_plain_torch_scheduler(tmp_path, tiny_da
             def factory(optimizer, *, config, steps_per_epoch, epochs, total_steps):
                 seen["total_steps"] = total_steps
                 return torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=total_steps)
-            register("linear", factory)
+            register("straight-line", factory)
 
             def plateau(optimizer, **kw):
                 return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
@@ -255,7 +255,7 @@ def test_a_scheduler_plugin_may_return_a_plain_torch_scheduler(tmp_path, tiny_da
 
     plugins = Plugins()
     plugins.register(Plugin(), name="sched")
-    result = train(data=str(tiny_data), plugin="mlp", model="mlp_small", scheduler="linear", epochs=2, batch_size=8,
+    result = train(data=str(tiny_data), plugin="mlp", model="mlp_small", scheduler="straight-line", epochs=2, batch_size=8,
                    workers=0, threads=1, out=str(tmp_path / "runs"), name="l", plugins=plugins)
     assert not result.failed and seen["total_steps"] == 2 * 4
     lrs = [e["lr"] for e in result.history.epochs]

@@ -204,3 +204,49 @@ def test_a_training_run_fits_the_first_layer_to_its_training_images(tmp_path):
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
     torch.testing.assert_close(state["model"]["whiten.weight"].float(), patch_whitening_weights(x),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_whitening_bias_trains_for_three_epochs_then_stays():
+    model = build()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    biases = []
+    for epoch in range(1, 6):
+        model.set_epoch(epoch)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        biases.append(model.whiten.bias.detach().clone())
+    assert model.whiten.bias.grad is None
+    assert not torch.equal(biases[1], biases[2])      # epoch 3 still moves it
+    assert torch.equal(biases[2], biases[3]) and torch.equal(biases[3], biases[4])  # 4 and 5 do not, momentum neither
+    assert not torch.equal(model.groups[0].conv1.weight, build().groups[0].conv1.weight)  # the rest trains on
+
+
+@pytest.mark.parametrize("name", ["cifar10-94", "cifar10-94-gpu", "cifar10-fast", "cifar10-gpu"])
+def test_the_cifar_recipes_resolve(name):
+    from augpipe.augment.spec import AugmentSpec
+    from augpipe.training.run import build_config
+
+    cfg = build_config(recipe=name)
+    AugmentSpec.load(cfg.aug)
+    if name.startswith("cifar10-94"):
+        # airbench94's arithmetic: lr 11.5 per 1024 images on a summed loss over 1 + 1 / (1 - 0.85)
+        assert cfg.lr == pytest.approx(11.5 * cfg.batch_size / 1024 / (1 + 1 / (1 - cfg.momentum)), rel=1e-3)
+        assert cfg.min_lr == pytest.approx(0.07 * cfg.lr, rel=1e-3)
+        assert (cfg.plugin, cfg.norm_lr_scale, cfg.scheduler, cfg.tta) == ("fastcifar", 64, "linear", "flip-translate")
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_cifar10_94_recipe_trains_with_fast_norm_shifts(tmp_path):
+    from conftest import colour_classes
+    from augpipe.training.run import train
+
+    data = colour_classes(tmp_path / "data", per_class=10, size=32)
+    result = train(recipe="cifar10-94", data=str(data), epochs=1, batch_size=8, workers=0, threads=1,
+                   precision="fp32", progress=False, out=str(tmp_path / "runs"), name="r", val=0.2, test=0.2)
+    state = torch.load(result.run_dir / "last.pt", map_location="cpu", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    peaks = sorted({g["initial_lr"] for g in groups})
+    assert peaks == pytest.approx([0.375, 0.375 * 64])
+    assert result.summary["test_images"] > 0

@@ -6,9 +6,11 @@ import logging
 import multiprocessing
 import os
 import sqlite3
+import sys
 
 import numpy as np
 import pytest
+from conftest import random_image, write_image
 
 from augpipe.data import images as images_module
 from augpipe.data.images import ImageStore, decode_file, pixel_digest
@@ -16,7 +18,6 @@ from augpipe.data.index import INDEX_NAME, clear_index, index_info
 from augpipe.data.loader import AugmentedImages, EpochLoader
 from augpipe.data.prepare import decode_data
 from augpipe.data.sources import open_dataset
-from conftest import random_image, write_image
 
 
 @pytest.fixture
@@ -189,6 +190,31 @@ def test_a_scan_in_processes_finds_what_a_scan_in_one_process_finds(tmp_path, ma
     assert all(np.array_equal(store[i], serial_store[i]) for i in range(len(source)) if i != 7)
 
 
+_SCAN_AFTER_OPENCV_THREADS = """
+import sys, cv2, numpy as np
+from augpipe.data import images
+from augpipe.data.sources import open_dataset
+threads = cv2.getNumThreads()  # OpenCV's default: not set by hand (setting it first hides the hang)
+big = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+for _ in range(3):
+    cv2.GaussianBlur(big, (31, 31), 5)  # OpenCV's thread pool is running when the scan forks
+images.PROCESS_SCAN_MIN = 1
+store, report = images.ImageStore.build(open_dataset(sys.argv[1]), use_index=False, workers=2)
+assert cv2.getNumThreads() == threads, cv2.getNumThreads()  # the parent's setting is given back
+print(len(report.digests))
+"""
+
+
+def test_a_forked_scan_after_opencv_used_its_threads_does_not_hang(tmp_path, make_folder):
+    import subprocess
+
+    root = make_folder(tmp_path / "ds", {"a": 20, "b": 20}, size=6)
+    done = subprocess.run([sys.executable, "-c", _SCAN_AFTER_OPENCV_THREADS, str(root)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["40"]
+
+
 def test_the_lazily_filled_cache_is_shared_with_loader_workers(tmp_path, make_folder, decodes):
     root = make_folder(tmp_path / "ds", {"a": 10, "b": 10}, size=12)
     build(root)
@@ -243,9 +269,8 @@ def test_the_index_is_not_used_for_array_sources(tmp_path, make_cifar10):
 
 
 def test_cache_info_and_clear(tmp_path, make_folder, private_image_index):
-    from click.testing import CliRunner
-
     from augpipe.cli.cache_commands import cache
+    from click.testing import CliRunner
 
     root = make_folder(tmp_path / "ds", {"a": 3, "b": 4}, size=8)
     runner = CliRunner()

@@ -25,7 +25,7 @@ OPTIMIZERS = {
     "adamw": (torch.optim.AdamW, {}),
     "adagrad": (torch.optim.Adagrad, {}),
 }
-SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle", "plateau"]
+SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle", "linear", "plateau"]
 
 
 def tiny_model():
@@ -137,7 +137,10 @@ def test_every_schedule_builds_and_steps_cleanly(name, warmup):
         lrs, _, _, _, _ = trace(name, warmup_epochs=warmup, epochs=4, steps=5)
     assert len(lrs) == 20
     assert all(math.isfinite(lr) and 0 < lr <= BASE * (1 + 1e-9) for lr in lrs)
-    if warmup and name != "onecycle":
+    if warmup and name == "linear":
+        # airbench's warm-up: from BASE/5, at the peak one step after the warm-up epoch
+        assert lrs[:6] == pytest.approx([BASE * (0.2 + 0.8 * k / 5) for k in range(6)])
+    if warmup and name not in ("onecycle", "linear"):
         # linear warm-up over the first epoch's 5 iterations, from BASE/5 to BASE
         assert lrs[:5] == pytest.approx([BASE * k / 5 for k in range(1, 6)])
     if warmup and name == "onecycle":
@@ -186,6 +189,64 @@ def test_onecycle_starts_low_peaks_at_30_percent_and_ends_near_zero():
     assert lrs[0] == pytest.approx(BASE / 25)
     assert lrs.index(max(lrs)) == round(0.3 * 20) - 1 and max(lrs) == pytest.approx(BASE)
     assert lrs[-1] < BASE / 1000
+
+
+def test_linear_rises_from_a_fifth_over_23_percent_then_falls_to_min_lr():
+    lrs, _, final, _, _ = trace("linear", epochs=4, steps=25, min_lr=0.07 * BASE)  # 100 steps, 23 of warm-up
+    assert lrs[0] == pytest.approx(0.2 * BASE)
+    assert lrs[23] == pytest.approx(BASE) and max(lrs) == pytest.approx(BASE)
+    rise, fall = lrs[:24], lrs[23:]
+    assert all(b > a for a, b in zip(rise, rise[1:])) and all(b < a for a, b in zip(fall, fall[1:]))
+    # straight lines: equal steps on each side
+    assert lrs[12] - lrs[11] == pytest.approx(lrs[2] - lrs[1])
+    assert lrs[60] - lrs[61] == pytest.approx(lrs[30] - lrs[31])
+    assert final == pytest.approx(0.07 * BASE)
+
+
+def test_linear_keeps_the_ratio_of_scaled_groups():
+    from augpipe.training.optim import linear
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 64 * BASE}],
+                          lr=BASE)
+    schedule = linear(opt, config=TrainConfig(scheduler="linear", min_lr=0.0), steps_per_epoch=10, epochs=2)
+    for _ in range(7):
+        opt.step()
+        schedule.step_iteration()
+    assert opt.param_groups[1]["lr"] == pytest.approx(64 * opt.param_groups[0]["lr"])
+
+
+def test_norm_lr_scale_speeds_up_norm_layers_and_keeps_their_decay_per_step():
+    from augpipe.training.optim import OPTIMIZERS, scale_norm_lr
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1), nn.GroupNorm(1, 2))
+    opt = OPTIMIZERS["nesterov"](model, lr=0.1, weight_decay=0.01, momentum=0.9)
+    scale_norm_lr(opt, model, 64)
+    norm_ids = {id(p) for m in (model[1], model[3]) for p in m.parameters()}
+    seen = set()
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        seen |= ids
+        if ids & norm_ids:
+            assert ids <= norm_ids and group["lr"] == pytest.approx(6.4)
+            assert group["lr"] * group["weight_decay"] == pytest.approx(0.0)  # 1-D: no decay, as before
+        else:
+            assert group["lr"] == pytest.approx(0.1)
+    assert seen == {id(p) for p in model.parameters()}
+    assert current_lr(opt) == pytest.approx(0.1)  # the first group is --lr's
+    # a 2-D norm parameter (none in torch's layers) would keep lr x decay: check the arithmetic
+    extra = nn.Parameter(torch.ones(2, 2))
+    opt2 = torch.optim.SGD([{"params": [extra], "weight_decay": 0.01}], lr=0.1)
+    holder = nn.Module()
+    holder.norm = nn.LayerNorm(2)
+    holder.norm.weight = extra
+    scale_norm_lr(opt2, holder, 8)
+    assert opt2.param_groups[0]["lr"] * opt2.param_groups[0]["weight_decay"] == pytest.approx(0.1 * 0.01)
+
+
+def test_norm_lr_scale_must_be_positive():
+    with pytest.raises(ConfigError, match="--norm-lr-scale"):
+        TrainConfig(norm_lr_scale=0).validate()
 
 
 def test_plateau_reduces_after_epochs_without_improvement():

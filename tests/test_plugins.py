@@ -85,7 +85,7 @@ def test_plugins_lists_the_builtins_with_package_version_and_models(cli, fresh_p
     assert "(default resnet20)" in text
     assert "trainer timm: any timm model by name" in text and "(default resnet18)" in text
     assert "    optimizers: adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd" in out
-    assert "    schedulers: cosine, exponential, multistep, none, onecycle, plateau, step" in out
+    assert "    schedulers: cosine, exponential, linear, multistep, none, onecycle, plateau, step" in out
     assert "failed to load" not in text
 
 

@@ -88,7 +88,7 @@ def test_the_kit_passes_on_timm_models(fresh_plugins):
 def test_the_kit_passes_on_the_builtin_optimizers_and_schedulers(fresh_plugins):
     checked = check_plugin("builtins")
     assert checked["optimizers"] == ["adagrad", "adam", "adamw", "momentum", "nesterov", "rmsprop", "sgd"]
-    assert checked["schedulers"] == ["cosine", "exponential", "multistep", "none", "onecycle", "plateau", "step"]
+    assert checked["schedulers"] == ["cosine", "exponential", "linear", "multistep", "none", "onecycle", "plateau", "step"]
 
 
 def test_the_kit_leaves_the_callers_random_state_and_threads_alone(fresh_plugins):

@@ -79,7 +79,7 @@ BAD = {
                           ["unknown optimizer 'adamx'", "adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd"]),
     "unknown scheduler": (BASE + ["--scheduler", "cosin"],
                           ["unknown scheduler 'cosin'", "Did you mean 'cosine'",
-                           "cosine, exponential, multistep, none, onecycle, plateau, step"]),
+                           "cosine, exponential, linear, multistep, none, onecycle, plateau, step"]),
     "unknown monitor": (BASE + ["--monitor", "val_accuracy"], ["unknown monitor 'val_accuracy'", "val_acc"]),
     "lr zero": (BASE + ["--lr", "0"], ["--lr must be above 0"]),
     "lr negative": (BASE + ["--lr", "-0.1"], ["--lr must be above 0"]),

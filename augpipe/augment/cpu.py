@@ -6,6 +6,7 @@ in the data set) and ``epoch`` are what ``hflip: {alternate: true}`` decides by
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import warnings
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from augpipe.augment.spec import AugmentSpec, alternate_flip
+from augpipe.augment.policies import policy_transform  # also registers the policies' transforms for A.load
+from augpipe.augment.spec import POLICIES, AugmentSpec, alternate_flip
 from augpipe.errors import ConfigError
 
 import augpipe  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before the import below)
@@ -104,6 +106,8 @@ def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: b
     if name == "color_jitter":
         return [A.ColorJitter(brightness=op.brightness, contrast=op.contrast, saturation=op.saturation,
                               hue=op.hue, p=p)]
+    if name in POLICIES:
+        return [policy_transform(name, dataclasses.replace(op, p=p))]
     if name == "erase":
         return [A.Erasing(scale=tuple(op.scale), ratio=tuple(op.ratio), fill=op.fill, p=p)]
     raise ConfigError(f"unknown augmentation op {name!r}")
@@ -153,6 +157,8 @@ def build_train_transform(spec: AugmentSpec, size: int, *, native=None, seed: in
     transforms = op_transforms(spec, "crop", size, native) if spec.crop else _resize_to(size, native)
     transforms += op_transforms(spec, "translate", size)
     transforms += op_transforms(spec, "hflip", size, seed=seed) + op_transforms(spec, "color_jitter", size)
+    for name in spec.policy_ops():
+        transforms += op_transforms(spec, name, size)
     transforms += extra_transforms(spec, lookup)
     transforms += op_transforms(spec, "erase", size)
     if normalize:

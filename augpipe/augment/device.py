@@ -214,6 +214,9 @@ class DeviceAugment(_Base):
             names = ", ".join(str(e.get("name")) for e in self.spec.extra)
             raise ConfigError(f"the device augmentation backend cannot run the spec's extra transforms ({names}); "
                               "use the CPU (Albumentations) backend for this spec")
+        if self.spec.policy_ops():
+            raise ConfigError(f"the device augmentation backend cannot run {', '.join(self.spec.policy_ops())} "
+                              f"(built from Albumentations operations): use the CPU backend (--aug-device cpu)")
         self.generator = torch.Generator(device=self.device)
         self.host_generator = torch.Generator()
         self.last_params: dict[str, torch.Tensor] = {}

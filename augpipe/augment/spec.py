@@ -10,9 +10,23 @@ Parameters mean what they mean in Albumentations, so a spec reads the same on bo
     color_jitter: {brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05, p: 0.8}
     erase: {scale: [0.02, 0.2], ratio: [0.3, 3.3], fill: 0, p: 0.25}  # Erasing (random erasing)
     normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+    trivial_augment: {num_magnitude_bins: 31, p: 1.0}               # TrivialAugmentWide
+    rand_augment: {n: 2, m: 9, num_magnitude_bins: 31, p: 1.0}       # RandAugment
+    auto_augment: {policy: cifar10, p: 1.0}                         # AutoAugment: cifar10 | imagenet | svhn
     extra: [{name: GaussianBlur, p: 0.1, blur_limit: [3, 5]}]      # any registered transform
+    mixup: {alpha: 0.2, p: 1.0}                                     # MixUp, on the batch
+    cutmix: {alpha: 1.0, p: 1.0}                                    # CutMix, on the batch
 
-The ops run in that order: crop, translate, flip, jitter, extra, erase, normalise.
+The per-image ops run in that order: crop, translate, flip, jitter, the policies, extra, erase,
+then normalisation; MixUp or CutMix then mixes the normalised batch on the training device.
+``true`` stands for an op's defaults (``trivial_augment: true``), and ``auto_augment: cifar10``
+for ``{policy: cifar10}``. The policies (``augment/policies.py``) are built from Albumentations
+operations and run in loader workers only.
+
+``mixup`` and ``cutmix`` draw lambda from Beta(alpha, alpha) once per batch; ``p`` is the chance
+that a batch is mixed. Given both, a batch gets MixUp with probability ``mixup.p``, CutMix with
+``cutmix.p``, and neither with what is left: the two p must then sum to at most 1 (timm's
+switch between them is ``mixup.p = cutmix.p = 0.5``).
 
 ``translate`` pads the image (after the crop, at the output size) by ``pad`` pixels on every
 side, mirrored without repeating the edge (``reflect``: cv2's BORDER_REFLECT_101, torch's
@@ -87,8 +101,47 @@ class Normalize:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-# In the order the ops run.
-OPS = {"crop": Crop, "translate": Translate, "hflip": Flip, "color_jitter": ColorJitter, "erase": Erase}
+@dataclass
+class TrivialAugment:
+    num_magnitude_bins: int = 31
+    p: float = 1.0
+
+
+@dataclass
+class RandAugment:
+    n: int = 2   # operations per image
+    m: int = 9   # magnitude bin, 0 .. num_magnitude_bins - 1
+    num_magnitude_bins: int = 31
+    p: float = 1.0
+
+
+@dataclass
+class AutoAugment:
+    policy: str = "imagenet"
+    p: float = 1.0
+
+
+AUTO_AUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
+
+
+@dataclass
+class MixUp:
+    alpha: float = 0.2
+    p: float = 1.0
+
+
+@dataclass
+class CutMix:
+    alpha: float = 1.0
+    p: float = 1.0
+
+
+POLICIES = {"trivial_augment": TrivialAugment, "rand_augment": RandAugment, "auto_augment": AutoAugment}
+BATCH_OPS = {"mixup": MixUp, "cutmix": CutMix}
+# The per-image ops, in the order they run; then the batch ops.
+OPS = {"crop": Crop, "translate": Translate, "hflip": Flip, "color_jitter": ColorJitter, **POLICIES,
+       "erase": Erase}
+ALL_OPS = {**OPS, **BATCH_OPS}
 
 
 @dataclass
@@ -101,24 +154,32 @@ class AugmentSpec:
     erase: Erase | None = None
     normalize: Normalize = field(default_factory=Normalize)
     extra: list[dict[str, Any]] = field(default_factory=list)
+    trivial_augment: TrivialAugment | None = None
+    rand_augment: RandAugment | None = None
+    auto_augment: AutoAugment | None = None
+    mixup: MixUp | None = None
+    cutmix: CutMix | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def preset(cls, name: str) -> "AugmentSpec":
+    def preset(cls, name: str) -> AugmentSpec:
         if name not in PRESETS:
-            raise ConfigError(f"unknown augmentation preset {name!r} (choose from {', '.join(PRESETS)})")
+            raise ConfigError(f"unknown augmentation preset {name!r}{closest(name, PRESETS)} "
+                              f"(choose from {', '.join(PRESETS)})")
         return cls.from_dict(PRESETS[name])
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "AugmentSpec":
+    def from_dict(cls, d: dict | None) -> AugmentSpec:
         d = dict(d or {})
         reject_unknown(d, [f.name for f in fields(cls)], "augmentation spec", list_valid=True)
         extra = d.get("extra") or []
         if not isinstance(extra, list):
             raise ConfigError(f"extra must be a list of transforms, e.g. [{{name: GaussianBlur, p: 0.1}}], got {extra!r}")
         spec = cls(size=d.get("size"), extra=list(extra))
-        for name, op_cls in OPS.items():
-            if d.get(name) is not None:
+        if isinstance(d.get("auto_augment"), str):
+            d["auto_augment"] = {"policy": d["auto_augment"]}
+        for name, op_cls in ALL_OPS.items():
+            if d.get(name) is not None and d[name] is not False:
                 setattr(spec, name, _build_op(op_cls, d[name], name))
         if d.get("normalize") is not None:
             spec.normalize = _build_op(Normalize, d["normalize"], "normalize")
@@ -126,7 +187,7 @@ class AugmentSpec:
         return spec
 
     @classmethod
-    def load(cls, value: "str | Path | dict | AugmentSpec | None") -> "AugmentSpec":
+    def load(cls, value: str | Path | dict | AugmentSpec | None) -> AugmentSpec:
         """A preset name, a YAML file, a dict or a spec."""
         if isinstance(value, AugmentSpec):
             return copy.deepcopy(value)
@@ -145,11 +206,12 @@ class AugmentSpec:
             if data is not None and not isinstance(data, dict):
                 raise ConfigError(f"{path}: an augmentation spec must be a mapping")
             return cls.from_dict(data)
-        raise ConfigError(f"unknown augmentation {text!r}: give a preset ({', '.join(PRESETS)}) or a .yaml spec")
+        raise ConfigError(f"unknown augmentation {text!r}{closest(text, PRESETS)}: give a preset "
+                          f"({', '.join(PRESETS)}) or a .yaml spec")
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"size": self.size}
-        for name in OPS:
+        for name in ("crop", "translate", "hflip", "color_jitter", "erase"):
             op = getattr(self, name)
             out[name] = None if op is None else _plain(asdict(op))
         if self.hflip is not None and not self.hflip.alternate:
@@ -157,6 +219,11 @@ class AugmentSpec:
             del out["hflip"]["alternate"]
         out["normalize"] = _plain(asdict(self.normalize))
         out["extra"] = copy.deepcopy(self.extra)
+        # The newer entries only where used: a spec saved without them reads as before.
+        for name in (*POLICIES, *BATCH_OPS):
+            op = getattr(self, name)
+            if op is not None:
+                out[name] = _plain(asdict(op))
         return out
 
     def save(self, path) -> None:
@@ -167,10 +234,12 @@ class AugmentSpec:
     def validate(self) -> None:
         if self.size is not None and (not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1):
             raise ConfigError(f"augmentation size must be a positive integer, got {self.size!r}")
-        for name in OPS:
+        for name in ALL_OPS:
             op = getattr(self, name)
             if op is not None and not (_is_number(op.p) and 0 <= op.p <= 1):
-                raise ConfigError(f"{name}.p must be in [0, 1], got {op.p}")
+                raise ConfigError(f"{name}.p must be in [0, 1], got {_shown(op.p)}")
+        self._validate_policies()
+        self._validate_mixing()
         if self.crop:
             _check_range("crop.scale", self.crop.scale, 0, 1, low_open=True)
             _check_range("crop.ratio", self.crop.ratio, 0, math.inf, low_open=True)
@@ -212,8 +281,48 @@ class AugmentSpec:
             if not all(isinstance(k, str) for k in e):
                 raise ConfigError(f"extra {e['name']}: parameter names must be text")
 
+    def _validate_policies(self) -> None:
+        for name in POLICIES:
+            op = getattr(self, name)
+            if op is None:
+                continue
+            if hasattr(op, "num_magnitude_bins") and not (_is_int(op.num_magnitude_bins) and op.num_magnitude_bins >= 2):
+                raise ConfigError(f"{name}.num_magnitude_bins must be a whole number >= 2, got {_shown(op.num_magnitude_bins)}")
+        ra = self.rand_augment
+        if ra is not None:
+            if not (_is_int(ra.n) and ra.n >= 1):
+                raise ConfigError(f"rand_augment.n (operations per image) must be a whole number >= 1, got {_shown(ra.n)}")
+            if not (_is_int(ra.m) and 0 <= ra.m < ra.num_magnitude_bins):
+                raise ConfigError(f"rand_augment.m must be a whole number in 0..{ra.num_magnitude_bins - 1} "
+                                  f"(the magnitude bin), got {_shown(ra.m)}")
+        aa = self.auto_augment
+        if aa is not None and aa.policy not in AUTO_AUGMENT_POLICIES:
+            choices = ", ".join(AUTO_AUGMENT_POLICIES)
+            if not isinstance(aa.policy, str):
+                raise ConfigError(f"auto_augment.policy must be one of {choices}, got {_shown(aa.policy)}")
+            hint = closest(aa.policy, AUTO_AUGMENT_POLICIES).strip()[1:-1]
+            raise ConfigError(f"unknown auto_augment policy {aa.policy!r} ({hint + ' ' if hint else ''}choose from "
+                              f"{choices})")
+
+    def _validate_mixing(self) -> None:
+        for name in BATCH_OPS:
+            op = getattr(self, name)
+            if op is not None and not (_is_number(op.alpha) and op.alpha > 0):
+                raise ConfigError(f"{name}.alpha must be a number > 0 (lambda is drawn from Beta(alpha, alpha)), "
+                                  f"got {_shown(op.alpha)}")
+        if self.mixup is not None and self.cutmix is not None and self.mixup.p + self.cutmix.p > 1 + 1e-9:
+            raise ConfigError(f"mixup.p + cutmix.p must be at most 1, got {self.mixup.p} + {self.cutmix.p}: a batch "
+                              f"gets one of them (e.g. p: 0.5 each, timm's switch)")
+
     def active_ops(self) -> list[str]:
-        return [n for n in OPS if getattr(self, n) is not None]
+        """The spec's ops that are on, per-image ones first, in the order they run."""
+        return [n for n in ALL_OPS if getattr(self, n) is not None]
+
+    def policy_ops(self) -> list[str]:
+        return [n for n in POLICIES if getattr(self, n) is not None]
+
+    def batch_ops(self) -> list[str]:
+        return [n for n in BATCH_OPS if getattr(self, n) is not None]
 
     def check_size(self, size: int) -> None:
         """What only the image side can decide: a reflection needs more pixels than it mirrors."""
@@ -281,6 +390,18 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def closest(name: str, choices) -> str:
+    """' (did you mean X?)' for the choice nearest to a misspelt ``name``, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 def _numbers(seq, n: int) -> bool:
     return isinstance(seq, (list, tuple)) and len(seq) == n and all(_is_number(v) for v in seq)
 
@@ -307,4 +428,17 @@ PRESETS: dict[str, dict] = {
     },
     # airbench94's CIFAR-10 augmentation: a 2-pixel reflected shift and alternating flips.
     "cifar-translate": {"translate": {"pad": 2, "mode": "reflect"}, "hflip": {"p": 0.5, "alternate": True}},
+    # After timm's ResNet-strikes-back A1 recipe, for ImageNet-style photos: RandAugment at
+    # magnitude 7, MixUp 0.2 and CutMix 1.0 switched per batch, random erasing.
+    "timm-a1": {
+        "crop": {"scale": [0.08, 1.0]}, "hflip": {"p": 0.5}, "rand_augment": {"n": 2, "m": 7},
+        "erase": {"scale": [0.02, 0.33], "p": 0.25}, "mixup": {"alpha": 0.2, "p": 0.5},
+        "cutmix": {"alpha": 1.0, "p": 0.5},
+    },
+    # The common modern CIFAR recipe: the 4-pixel reflected shift, flips, TrivialAugment, and
+    # cutout-sized erasing (add mixup: {alpha: 0.2} for long schedules).
+    "cifar-modern": {
+        "translate": {"pad": 4, "mode": "reflect"}, "hflip": {"p": 0.5}, "trivial_augment": {},
+        "erase": {"scale": [0.02, 0.25], "ratio": [0.5, 2.0], "p": 0.5},
+    },
 }

@@ -1,6 +1,7 @@
 """Decoding image files to RGB uint8 HWC arrays, and the in-memory cache of decoded images."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -249,7 +250,7 @@ class Digests:
         self.valid = valid
 
     @classmethod
-    def of(cls, digests) -> "Digests":
+    def of(cls, digests) -> Digests:
         table = np.zeros((len(digests), 16), np.uint8)
         valid = np.zeros(len(digests), bool)
         for i, d in enumerate(digests):
@@ -267,7 +268,7 @@ class Digests:
         for i in range(len(self)):
             yield self[i]
 
-    def take(self, indices) -> "Digests":
+    def take(self, indices) -> Digests:
         idx = np.asarray(indices, dtype=np.int64)
         return Digests(self.table[idx], self.valid[idx])
 
@@ -398,7 +399,9 @@ _SCAN_JOB = None
 def _scan_one(store, i: int, budget):
     """(status, height, width, pixels, digest, image or None, lasting) of item ``i``; the image
     comes back only while it could still fit in the cache (``budget`` bytes left, or None)."""
-    from augpipe.data.index import OK, TOO_LARGE as BIG, UNREADABLE as BAD
+    from augpipe.data.index import OK
+    from augpipe.data.index import TOO_LARGE as BIG
+    from augpipe.data.index import UNREADABLE as BAD
 
     img, problem, pixels, lasting = store.inspect(i)
     if img is None:
@@ -407,10 +410,20 @@ def _scan_one(store, i: int, budget):
     return OK, img.shape[0], img.shape[1], pixels, pixel_digest(img), keep, lasting
 
 
-def _scan_init() -> None:
+@contextlib.contextmanager
+def _one_cv2_thread():
+    """OpenCV at one thread while the scan's processes are forked, as they should decode (one
+    process per core already). Set in the parent, not in each child: a child that calls
+    cv2.setNumThreads when the parent's OpenCV thread pool was running waits for pool threads
+    that were not forked with it, for ever."""
     import cv2
 
-    cv2.setNumThreads(1)  # one process per core already
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _scan_block(bounds):
@@ -452,7 +465,7 @@ def _scan(store, todo: np.ndarray, workers: int | None, budget, progress: bool |
         if paths and workers > 1 and n >= PROCESS_SCAN_MIN and not multiprocessing.current_process().daemon:
             ctx = multiprocessing.get_context("fork")
             _SCAN_JOB = (store, todo, budget)
-            with ctx.Pool(min(workers, len(blocks)), initializer=_scan_init) as pool:
+            with _one_cv2_thread(), ctx.Pool(min(workers, len(blocks))) as pool:
                 for bounds, results in zip(blocks, pool.imap(_scan_block, blocks)):
                     if bar is not None:
                         bar.update(len(results))
@@ -581,7 +594,8 @@ class ImageStore:
         read, and the images after it still have a place when they fit. Images decoded here go
         straight into their place; the others are put there when first read.
         """
-        from augpipe.data.index import OK, TOO_LARGE as BIG, UNKNOWN, BATCH, Facts, ImageIndex, file_keys
+        from augpipe.data.index import BATCH, OK, UNKNOWN, Facts, ImageIndex, file_keys
+        from augpipe.data.index import TOO_LARGE as BIG
 
         report = DecodeReport()
         if source.arrays is not None:
@@ -694,7 +708,7 @@ class ImageStore:
             raise DataError("no readable images")
         return shapes.most_common(1)[0][0]
 
-    def subset(self, keep_indices) -> "ImageStore":
+    def subset(self, keep_indices) -> ImageStore:
         """The store of ``source.subset(keep_indices)``, sharing this one's memory."""
         idx = np.asarray(keep_indices, dtype=np.int64)
         source = self.source.subset(idx)

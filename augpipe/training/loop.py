@@ -89,7 +89,7 @@ class EpochProgress:
     epoch: int
     step: int = 0  # training steps done in this epoch
     losses: list[float] = field(default_factory=list)
-    correct: int = 0
+    correct: float = 0  # a float: a mixed batch (MixUp, CutMix) counts each image by its label's weight
     n: int = 0
     seconds: float = 0.0
     loader_state: object = None  # the training loader's generator at the start of the epoch
@@ -165,15 +165,18 @@ class StepTimer:
 def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *, precision="fp32",
                 scaler=None, progress: bool | None = False, desc="", deadline=None, check_every: int = 1,
                 state: EpochProgress | None = None, control: TrainingControl | None = None,
-                estimate: bool = False) -> EpochProgress:
+                estimate: bool = False, mixer=None) -> EpochProgress:
     """One pass over ``loader``, from ``state.step`` on when an interrupted epoch is resumed.
     Returns the epoch's progress; ``step < len(loader)`` means a stop was requested.
-    ``estimate``: log the epoch's expected time once a few steps have been timed."""
+    ``estimate``: log the epoch's expected time once a few steps have been timed.
+    ``mixer``: MixUp / CutMix of each prepared batch (augpipe.augment.mixing.BatchMixer)."""
+    from augpipe.augment.mixing import mixed_correct
+
     model.train()
     control = control or TrainingControl()
     state = state or EpochProgress(epoch=0)
     start = time.perf_counter() - state.seconds
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
     pending = []
     batches = iter(loader)
     if state.step:
@@ -212,12 +215,19 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
     for images, labels in shown:
         x = prepare(images)
         y = labels.to(device, non_blocking=True)
+        targets = y
+        if mixer is not None:
+            # Keyed by the step's index in the epoch: a resumed epoch mixes its batches alike.
+            x, targets, _ = mixer(x, y, epoch=state.epoch, step=state.step)
         with autocast_for(device, precision):
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(logits.float(), targets)
         optimizer_step(loss, optimizer, scaler)
         schedule.step_iteration()
-        correct += (logits.detach().argmax(1) == y).sum()
+        if mixer is not None:
+            correct += mixed_correct(logits.detach(), targets)
+        else:
+            correct += (logits.detach().argmax(1) == y).sum()
         state.n += len(y)
         state.step += 1
         pending.append(loss.detach())
@@ -241,7 +251,7 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
         flush()
     seen = torch.tensor([state.n - n_before], dtype=torch.int64, device=device)
     distributed.sum_(correct), distributed.sum_(seen)
-    state.correct = counted + int(correct)
+    state.correct = counted + (float(correct) if mixer is not None else int(correct))
     state.n = n_before + int(seen.item())
     state.seconds = time.perf_counter() - start
     return state
@@ -251,7 +261,7 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
         epochs: int, device, num_classes: int, callbacks=(), tracker=None, precision: str = "fp32",
         max_seconds: float | None = None, progress: bool | None = False, start_epoch: int = 1,
         history: History | None = None, control: TrainingControl | None = None, scaler=None,
-        tta: str = "none", scored_model=None) -> History:
+        tta: str = "none", scored_model=None, mixer=None) -> History:
     """Train for ``epochs`` epochs (from ``start_epoch``), validating after each. ``callbacks``
     see every epoch's metrics; one returning True stops the run (its ``reason`` is recorded).
     Between steps ``control`` may stop the run (an interrupt) or resume an unfinished epoch."""
@@ -269,6 +279,9 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
     for epoch in range(start_epoch, epochs + 1):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
+        # A model may change with the epoch (fastcifar freezes its whitening bias after 3).
+        if callable(getattr(unwrap(model), "set_epoch", None)):
+            unwrap(model).set_epoch(epoch)
         generator = getattr(train_loader, "generator", None)
         if resume_at is not None and resume_at.epoch == epoch:
             state = resume_at
@@ -282,7 +295,7 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
             state = train_epoch(
                 model, train_loader, prepare_train, optimizer, schedule, loss_fn, device, precision=precision,
                 scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs}", deadline=deadline,
-                check_every=check_every, state=state, control=control, estimate=estimate)
+                check_every=check_every, state=state, control=control, estimate=estimate, mixer=mixer)
             estimate = False
         except NonFiniteLoss as err:
             history.stop_reason = f"stopped at epoch {epoch}: {err}"

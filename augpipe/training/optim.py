@@ -20,6 +20,31 @@ def weight_decay_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def scale_norm_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> None:
+    """Split each parameter group in two: the normalisation layers' parameters at ``scale``
+    times the group's rate, the rest as they were (first, so the logged rate is --lr).
+    airbench94 trains its batch norms' shifts 64 times faster than the convolutions; their
+    weight decay is divided by ``scale`` so that what it takes off per step (lr x decay for
+    SGD and AdamW alike) stays the same."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    plain, norms = [], []
+    for group in optimizer.param_groups:
+        options = {k: v for k, v in group.items() if k != "params"}
+        rest = [p for p in group["params"] if id(p) not in norm_ids]
+        scaled = [p for p in group["params"] if id(p) in norm_ids]
+        if rest:
+            plain.append({**options, "params": rest})
+        if scaled:
+            norms.append({**options, "params": scaled, "lr": options["lr"] * scale,
+                          "weight_decay": options.get("weight_decay", 0.0) / scale})
+    optimizer.param_groups.clear()
+    for group in plain + norms:
+        optimizer.add_param_group(group)
+
+
 def torch_optimizer(model, *, cls, lr: float, weight_decay: float, momentum: float, **extra):
     # timm's create_optimizer_v2 builds these same torch classes, but importing timm costs
     # seconds and ~200 MB that the small trainers do not otherwise need.
@@ -152,6 +177,29 @@ def onecycle(optimizer, *, config, steps_per_epoch, epochs, **kw):
                                  cycle_momentum=cycle_momentum))
 
 
+LINEAR_START = 0.2  # airbench94's first rate, as a fraction of the peak
+
+
+def linear(optimizer, *, config, steps_per_epoch, epochs, **kw):
+    """airbench94's schedule: up in a straight line from 0.2 lr to lr over --warmup-epochs
+    (default: the first 23 % of the run), then down in a straight line to --min-lr, where it
+    would be one step after the last. ``min_lr`` is the rate of the first parameter group; the others keep their
+    ratio to it (--norm-lr-scale, --backbone-lr-scale)."""
+    total = max(2, steps_per_epoch * epochs)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch)) if config.warmup_epochs > 0 else int(0.23 * total)
+    warmup = min(warmup, total - 1)
+    base = optimizer.param_groups[0]["lr"]
+    end = config.min_lr / base if base > 0 else 0.0
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return LINEAR_START + (1 - LINEAR_START) * it / warmup
+        t = min(1.0, (it - warmup) / max(1, total - warmup))
+        return 1.0 + (end - 1.0) * t
+
+    return LRSchedule(LambdaLR(optimizer, factor))
+
+
 def plateau(optimizer, *, config, steps_per_epoch, **kw):
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     per_iteration = LambdaLR(optimizer, lambda it: _warmup(it, warmup)) if warmup else None
@@ -160,7 +208,7 @@ def plateau(optimizer, *, config, steps_per_epoch, **kw):
 
 
 SCHEDULERS = {"none": constant, "step": step, "multistep": multistep, "exponential": exponential,
-              "cosine": cosine, "onecycle": onecycle, "plateau": plateau}
+              "cosine": cosine, "onecycle": onecycle, "linear": linear, "plateau": plateau}
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

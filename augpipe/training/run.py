@@ -160,11 +160,17 @@ class DataPipeline:
         self.native = native
         workers = cfg.workers if cfg.workers is not None else default_workers(device.type)
         lookup = plugins.augmentation_lookup()
+        if spec.batch_ops() and cfg.batch_size < 2:
+            raise ConfigError(f"{' and '.join(spec.batch_ops())} mix the images of a batch: --batch-size must be at "
+                              f"least 2, got {cfg.batch_size}")
         if self.aug_on_device:
             from augpipe.augment.device import DeviceAugment
 
             if spec.extra:
                 raise ConfigError("augmentations under 'extra' run only in loader workers: use --aug-device cpu")
+            if spec.policy_ops():
+                raise ConfigError(f"{', '.join(spec.policy_ops())} runs only in loader workers (its operations are "
+                                  f"Albumentations'): use --aug-device cpu")
             self.train_transform = build_eval_transform(spec, image_size, native=native) if native != (image_size, image_size) else None
             rank = distributed.ranks().rank  # each rank its own random numbers
             # flip_seed: the alternate flip of an image is the same whichever rank draws it
@@ -523,6 +529,10 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
                             weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
     if cfg.backbone_lr_scale != 1.0:
         scale_backbone_lr(optimizer, model, classifier_parameter_names(model, num_classes), cfg.backbone_lr_scale)
+    if cfg.norm_lr_scale != 1.0:
+        from augpipe.training.optim import scale_norm_lr
+
+        scale_norm_lr(optimizer, model, cfg.norm_lr_scale)
     pipeline = DataPipeline(data, cfg, spec, image_size, device, plugins)
     pipeline.check_train_transform(data, image_size)
     me = distributed.ranks()
@@ -532,9 +542,11 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
     if me.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        # A frozen backbone's weights get no gradient: DDP must be told to expect that.
+        # A frozen backbone's weights get no gradient, nor does what a model's set_epoch freezes:
+        # DDP must be told to expect that.
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=cfg.freeze_epochs > 0)
+                                              find_unused_parameters=cfg.freeze_epochs > 0
+                                              or callable(getattr(model, "set_epoch", None)))
     return TrainingParts(model, torch.compile(train_model) if cfg.compile else train_model, optimizer, pipeline,
                          image_size, threads)
 
@@ -596,6 +608,7 @@ def _rank_device(device: torch.device, me) -> torch.device:
 
 def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:
     from augpipe.augment.cpu import build_train_transform, save_pipeline
+    from augpipe.augment.mixing import BatchMixer
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.split import describe_duplicates, split_table, write_manifest
     from augpipe.files import exclusive_lock, remove_stale_temporaries, write_atomic
@@ -754,6 +767,7 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
                                   batch_callbacks=([average] if average is not None else [])
                                   + list(extra_callbacks.values()), step_loggers=loggers)
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        mixer = BatchMixer.from_spec(spec, num_classes, seed=cfg.seed, rank=me.rank)
         # None: a bar on a terminal, a line every 30 s elsewhere (augpipe.progress)
         show_progress = progress if me.is_main else False
         max_seconds = cfg.max_minutes * 60 - done_seconds if cfg.max_minutes else None
@@ -763,7 +777,7 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
                 epochs=cfg.epochs, device=device, num_classes=num_classes, callbacks=callbacks, tracker=tracker,
                 precision=cfg.precision, max_seconds=max(1e-9, max_seconds) if max_seconds is not None else None,
                 progress=show_progress, start_epoch=start_epoch, history=history, control=control, scaler=scaler,
-                tta=cfg.tta, scored_model=average.module if average is not None else None)
+                tta=cfg.tta, scored_model=average.module if average is not None else None, mixer=mixer)
         train_seconds = done_seconds + time.perf_counter() - session_start
         if history.stop_reason == "interrupted":
             log.warning("interrupted by %s: last.pt saved; resume with: augpipe train --resume %s",
