@@ -19,6 +19,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 # Learning rates that train each optimizer stably on the bundled data and CIFAR-10 when the
 # user gives none: adaptive methods want a far smaller step than SGD.
+EMA_MODES = ("average", "lookahead")  # --ema-mode (augpipe.training.averaging)
 DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, "adam": 1e-3,
               "adamw": 1e-3, "adagrad": 1e-2}
 
@@ -51,6 +52,7 @@ class TrainConfig:
     optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad
     lr: float | None = None          # None = the optimizer's default (DEFAULT_LR)
     weight_decay: float = 5e-4
+    decay_bias_and_norm: bool = False  # weight decay on biases and normalisation parameters too (airbench94 decays them; timm does not)
     norm_lr_scale: float = 1.0       # learning rate of normalisation layers' parameters, as a multiple of --lr (airbench94: 64); their decay per step is kept
     momentum: float | None = None    # None = 0.9 for momentum/nesterov, the optimizer's own otherwise
     scheduler: str = "cosine"        # none, step, multistep, exponential, cosine, onecycle, linear, plateau
@@ -62,6 +64,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float | None = None         # decay of a moving average of the weights, which is then what is scored and kept as best (e.g. 0.99); None = off
     ema_start: float = 0.0           # epochs before the average starts (until then it copies the weights)
+    ema_every: int = 1               # optimizer steps between updates of the average
+    ema_power: float = 0.0           # the decay grows over the run as --ema * (step / total) ** power (airbench94: 3)
+    ema_mode: str = "average"        # average, or lookahead: the average is copied back into the trained weights
     epochs: int = 10
     batch_size: int = 64
     max_minutes: float | None = None  # stop after this much training time (time-to-accuracy runs)
@@ -202,6 +207,12 @@ class TrainConfig:
             raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.99, got {self.ema}")
         if self.ema_start < 0:
             raise ConfigError(f"--ema-start must not be negative, got {self.ema_start}")
+        if not isinstance(self.ema_every, int) or isinstance(self.ema_every, bool) or self.ema_every < 1:
+            raise ConfigError(f"--ema-every must be a whole number of at least 1, got {self.ema_every}")
+        if not (self.ema_power >= 0 and math.isfinite(self.ema_power)):
+            raise ConfigError(f"--ema-power must be a number >= 0, got {self.ema_power}")
+        if self.ema_mode not in EMA_MODES:
+            raise ConfigError(f"--ema-mode must be {' or '.join(EMA_MODES)}, got {self.ema_mode!r}")
         from augpipe.training.tta import check_tta
 
         check_tta(self.tta)

@@ -89,6 +89,50 @@ def test_the_weight_average_copies_until_it_starts_then_decays():
     assert float(copy.module.weight.detach()) == 12.0
 
 
+def test_lookahead_with_a_growing_decay_copies_the_average_back_every_n_steps():
+    model = torch.nn.Linear(1, 1, bias=False)
+    # 4 steps an epoch, 8 in all; starts after step 2; updates at steps 4, 6, 8; decay 0.8 * (s / 8) ** 2
+    average = WeightAverage(model, decay=0.8, steps_per_epoch=4, start_epochs=0.5, every=2, power=2.0,
+                            total_steps=8, lookahead=True)
+    ema, trained = None, []
+    for s in range(1, 9):
+        with torch.no_grad():
+            model.weight.add_(10.0)  # a step of training: +10
+        w = float(model.weight.detach())
+        average.on_train_batch_end((s - 1) // 4 + 1, (s - 1) % 4 + 1, None)
+        if s <= 3:
+            ema = w  # copies
+        elif s % 2 == 0:
+            d = 0.8 * (s / 8) ** 2
+            ema = d * ema + (1 - d) * w
+        assert float(average.module.weight.detach()) == pytest.approx(ema)
+        trained.append(float(model.weight.detach()))
+        if s >= 4 and s % 2 == 0:
+            assert trained[-1] == pytest.approx(ema)  # lookahead: the weights are the average again
+    assert trained[4] == pytest.approx(trained[3] + 10)  # step 5 updates nothing: the weights keep their step
+    assert average.decay_at(8) == pytest.approx(0.8) and average.decay_at(2) == 0.0
+
+
+def test_lookahead_puts_the_average_back_at_the_end_of_each_epoch():
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = WeightAverage(model, decay=0.5, steps_per_epoch=3, every=2, total_steps=6, lookahead=True)
+    for s in range(1, 4):
+        with torch.no_grad():
+            model.weight.fill_(float(s))
+        average.on_train_batch_end(1, s, None)
+    assert float(model.weight.detach()) == float(average.module.weight.detach())  # step 3: no update, a copy back
+
+
+@pytest.mark.parametrize("flags, message", [({"ema_every": 0}, "--ema-every"), ({"ema_power": -1.0}, "--ema-power"),
+                                            ({"ema_mode": "swa"}, "--ema-mode must be average or lookahead")])
+def test_bad_averaging_settings(flags, message):
+    from augpipe.config import TrainConfig
+    from augpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**flags).validate()
+
+
 def test_a_run_with_ema_scores_and_keeps_the_average(tmp_path, tiny_data):
     result = run_train(data=str(tiny_data), plugin="cnn", model="cnn_small", epochs=2, batch_size=8, workers=0,
                        threads=1, progress=False, out=str(tmp_path / "runs"), name="e", ema=0.9, tta="flip")

@@ -23,6 +23,14 @@ def weight_decay_groups(model, weight_decay: float) -> list[dict]:
 NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
+def decay_every_parameter(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """``--decay-bias-and-norm``: the groups that ``weight_decay_groups`` (or a plugin's
+    optimizer) left without decay get ``weight_decay`` too, as airbench94 decays its batch-norm
+    shifts and first-layer bias."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = weight_decay
+
+
 def scale_norm_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> None:
     """Split each parameter group in two: the normalisation layers' parameters at ``scale``
     times the group's rate, the rest as they were (first, so the logged rate is --lr).

@@ -529,6 +529,10 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
                             weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
     if cfg.backbone_lr_scale != 1.0:
         scale_backbone_lr(optimizer, model, classifier_parameter_names(model, num_classes), cfg.backbone_lr_scale)
+    if cfg.decay_bias_and_norm:
+        from augpipe.training.optim import decay_every_parameter
+
+        decay_every_parameter(optimizer, cfg.weight_decay)
     if cfg.norm_lr_scale != 1.0:
         from augpipe.training.optim import scale_norm_lr
 
@@ -651,7 +655,8 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
     if cfg.ema is not None:
         from augpipe.training.averaging import WeightAverage
 
-        average = WeightAverage(model, cfg.ema, steps, cfg.ema_start)
+        average = WeightAverage(model, cfg.ema, steps, cfg.ema_start, every=cfg.ema_every, power=cfg.ema_power,
+                                total_steps=steps * cfg.epochs, lookahead=cfg.ema_mode == "lookahead")
     scored = average.module if average is not None else model  # what is validated, kept as best, tested
     tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
                             cfg.restore_best)
