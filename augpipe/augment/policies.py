@@ -19,7 +19,7 @@ Images are uint8 (the per-pixel ops are lookup tables).
 """
 from __future__ import annotations
 
-import difflib
+import abc
 import math
 import random
 from collections.abc import Callable
@@ -42,6 +42,7 @@ from augpipe.augment.spec import (  # noqa: F401
     AutoAugment,
     RandAugment,
     TrivialAugment,
+    closest,
 )
 from augpipe.errors import ConfigError
 
@@ -357,8 +358,9 @@ class _PolicyTransform(A.ImageOnlyTransform):
         self.fill = fill
         self._ops = _Ops(fill)
 
+    @abc.abstractmethod
     def sample(self, rng: random.Random, shape: tuple[int, ...] = (32, 32)) -> Plan:
-        raise NotImplementedError
+        """The ops, magnitudes and signs for one image of ``shape`` (H, W, ...), drawn from ``rng``."""
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         return {"plan": self.sample(self.py_random, params["shape"])}
@@ -443,23 +445,11 @@ class AutoAugmentTransform(_PolicyTransform):
 
 
 # -- the entry points ----------------------------------------------------------------------------
-def _shown(value) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_name(name: str) -> None:
     if name not in POLICIES:
-        match = difflib.get_close_matches(str(name), list(POLICIES), n=1, cutoff=0.5)
-        hint = f"did you mean {match[0]}? " if match else ""
-        raise ConfigError(f"unknown augmentation policy {_shown(name)} ({hint}choose from {', '.join(POLICIES)})")
+        hint = closest(name, POLICIES).strip()[1:-1]
+        raise ConfigError(f"unknown augmentation policy {name!r} ({hint + ' ' if hint else ''}choose from "
+                          f"{', '.join(POLICIES)})")
 
 
 def validate_policy(name: str, op) -> None:

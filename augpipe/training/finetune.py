@@ -126,19 +126,9 @@ def scale_backbone_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, 
                       scale: float) -> None:
     """Split each parameter group in two: the classifier's parameters at the group's rate, the
     rest at ``scale`` times it (the classifier's groups first, so the logged rate is --lr)."""
-    head_ids = {id(p) for name, p in model.named_parameters() if name in head}
-    heads, backbones = [], []
-    for group in optimizer.param_groups:
-        options = {k: v for k, v in group.items() if k != "params"}
-        h = [p for p in group["params"] if id(p) in head_ids]
-        b = [p for p in group["params"] if id(p) not in head_ids]
-        if h:
-            heads.append({**options, "params": h})
-        if b:
-            backbones.append({**options, "params": b, "lr": options["lr"] * scale})
-    optimizer.param_groups.clear()
-    for group in heads + backbones:
-        optimizer.add_param_group(group)
+    from augpipe.training.optim import split_param_groups
+
+    split_param_groups(optimizer, {id(p) for name, p in model.named_parameters() if name not in head}, scale)
 
 
 class FreezeBackbone(Callback):

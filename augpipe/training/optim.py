@@ -31,26 +31,33 @@ def decay_every_parameter(optimizer: torch.optim.Optimizer, weight_decay: float)
         group["weight_decay"] = weight_decay
 
 
-def scale_norm_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> None:
-    """Split each parameter group in two: the normalisation layers' parameters at ``scale``
-    times the group's rate, the rest as they were (first, so the logged rate is --lr).
-    airbench94 trains its batch norms' shifts 64 times faster than the convolutions; their
-    weight decay is divided by ``scale`` so that what it takes off per step (lr x decay for
-    SGD and AdamW alike) stays the same."""
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
-    plain, norms = [], []
+def split_param_groups(optimizer: torch.optim.Optimizer, scaled_ids: set[int], lr_scale: float,
+                       decay_scale: float = 1.0) -> None:
+    """Split each parameter group in two: the parameters whose ``id`` is in ``scaled_ids`` at
+    ``lr_scale`` times the group's rate and ``decay_scale`` times its decay, the rest as they
+    were and first (so that the logged rate is --lr)."""
+    plain, scaled = [], []
     for group in optimizer.param_groups:
         options = {k: v for k, v in group.items() if k != "params"}
-        rest = [p for p in group["params"] if id(p) not in norm_ids]
-        scaled = [p for p in group["params"] if id(p) in norm_ids]
+        rest = [p for p in group["params"] if id(p) not in scaled_ids]
+        chosen = [p for p in group["params"] if id(p) in scaled_ids]
         if rest:
             plain.append({**options, "params": rest})
-        if scaled:
-            norms.append({**options, "params": scaled, "lr": options["lr"] * scale,
-                          "weight_decay": options.get("weight_decay", 0.0) / scale})
+        if chosen:
+            scaled.append({**options, "params": chosen, "lr": options["lr"] * lr_scale,
+                           "weight_decay": options.get("weight_decay", 0.0) * decay_scale})
     optimizer.param_groups.clear()
-    for group in plain + norms:
+    for group in plain + scaled:
         optimizer.add_param_group(group)
+
+
+def scale_norm_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, scale: float) -> None:
+    """The normalisation layers' parameters at ``scale`` times the rate. airbench94 trains its
+    batch norms' shifts 64 times faster than the convolutions; their weight decay is divided by
+    ``scale`` so that what it takes off per step (lr x decay for SGD and AdamW alike) stays the
+    same."""
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+    split_param_groups(optimizer, norm_ids, scale, 1.0 / scale)
 
 
 def torch_optimizer(model, *, cls, lr: float, weight_decay: float, momentum: float, **extra):

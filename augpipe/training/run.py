@@ -161,8 +161,9 @@ class DataPipeline:
         workers = cfg.workers if cfg.workers is not None else default_workers(device.type)
         lookup = plugins.augmentation_lookup()
         if spec.batch_ops() and cfg.batch_size < 2:
-            raise ConfigError(f"{' and '.join(spec.batch_ops())} mix the images of a batch: --batch-size must be at "
-                              f"least 2, got {cfg.batch_size}")
+            ops = spec.batch_ops()
+            raise ConfigError(f"{' and '.join(ops)} {'mix' if len(ops) > 1 else 'mixes'} the images of a batch: "
+                              f"--batch-size must be at least 2, got {cfg.batch_size}")
         if self.aug_on_device:
             from augpipe.augment.device import DeviceAugment
 
