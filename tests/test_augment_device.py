@@ -256,11 +256,13 @@ def test_hue_shift_from_pixels():
     h0 = hue_deg(img[0, :1])[0]
     shift = lambda o: (hue_deg(o[:, 0, 0]) - h0 + 180) % 360 - 180  # noqa: E731
     a, d = shift(alb_out[:, :, :, :]), shift(out)
-    # device: exact shifts of U[-36, 36] degrees; Albumentations' uint8 path truncates them to
-    # 2-degree steps, so its shifts sit up to 2 degrees lower
+    # device: exact shifts of U[-36, 36] degrees. Albumentations' uint8 path works on OpenCV's
+    # 8-bit hue (2-degree steps), so its shifts lie on a 2-degree lattice whose offset depends on
+    # how OpenCV rounds the source pixel's hue: OpenCV 4 truncates (shifts up to 2 degrees low),
+    # OpenCV 5 rounds (-34.875 is its smallest here). Either way within 2 degrees, plus rounding.
     np.testing.assert_allclose(d, prm["hue"].numpy() * 360, atol=0.05)
     assert abs(d.min() + 36) < 0.5 and abs(d.max() - 36) < 0.5
-    assert -3 < a.min() + 36 < 1 and -3 < a.max() - 36 < 1
+    assert -3 < a.min() + 36 < 3 and -3 < a.max() - 36 < 3
     assert abs(np.mean(d) - np.mean(a)) < 2.5
     assert ks(prm["hue"].numpy(), [p["ColorJitter"]["hue"] for p in alb]) < KS_MAX
 
