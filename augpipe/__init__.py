@@ -8,12 +8,9 @@ import os
 # Albumentations checks PyPI for a newer release at import; augpipe must never touch the network.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
-
 _API = {
     "open_dataset": "augpipe.data.sources",
     "split_dataset": "augpipe.data.split",
-    "make_split": "augpipe.data.split",
     "AugmentSpec": "augpipe.augment.spec",
     "preview": "augpipe.report",
     "train": "augpipe.training.run",
@@ -28,7 +25,11 @@ _API = {
     "AugpipeError": "augpipe.errors",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+# A literal list, so that linters and type checkers can read it.
+__all__ = [
+    "AugmentSpec", "AugpipeError", "Classifier", "TrainConfig", "Trainer", "__version__", "evaluate",
+    "hookimpl", "load", "lr_find", "open_dataset", "preview", "split_dataset", "sweep", "train",
+]
 
 
 def __getattr__(name):
@@ -36,4 +37,12 @@ def __getattr__(name):
         import importlib
 
         return getattr(importlib.import_module(_API[name]), name)
+    if name == "__version__":
+        # The installed distribution's, so that it can not drift from pyproject.toml.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("augpipe")
+        except PackageNotFoundError:  # a source tree on sys.path, not installed
+            return "0+unknown"
     raise AttributeError(f"module 'augpipe' has no attribute {name!r}")

@@ -6,6 +6,7 @@ default learning rate, a named ``--recipe``, a ``--config`` file, then command-l
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -16,12 +17,53 @@ from augpipe.errors import ConfigError, reject_unknown
 ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "selu", "gelu", "silu", "sigmoid", "tanh")
 MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Learning rates that train each optimizer stably on the bundled data and CIFAR-10 when the
 # user gives none: adaptive methods want a far smaller step than SGD.
 EMA_MODES = ("average", "lookahead")  # --ema-mode (augpipe.training.averaging)
 DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, "adam": 1e-3,
               "adamw": 1e-3, "adagrad": 1e-2}
+
+
+# The largest values a setting may take: every number from a config file or a flag has a range,
+# checked here, so that a typo or a 400-digit number is one line, not a run that never ends or a
+# traceback deep in torch (docs/reliability.md lists them all).
+MAX_EPOCHS = 10**6          # more epochs than any computer finishes
+MAX_STEPS = 10**9           # optimizer steps (--ema-every)
+MAX_BATCH = 2**20           # images in one batch
+MAX_IMAGE_SIZE = 8192       # pixels a side
+MAX_DEVICES = 1024
+WORKERS_PER_CORE = 4        # loader workers (and threads) per CPU core; at least MIN_WORKER_LIMIT
+MIN_WORKER_LIMIT = 8        # so that a config written on an ordinary machine runs on a small one
+MAX_SECONDS = 10**8         # --dist-timeout; about three years
+MAX_MINUTES = 10**7         # --max-minutes; about nineteen years
+MAX_RATE = 1e4              # --lr, --min-lr, --norm-lr-scale, --backbone-lr-scale, --weight-decay, --gamma
+UPPER_BOUNDS = {
+    "epochs": MAX_EPOCHS, "freeze_epochs": MAX_EPOCHS, "patience": MAX_EPOCHS, "start_from_epoch": MAX_EPOCHS,
+    "warmup_epochs": MAX_EPOCHS, "step_size": MAX_EPOCHS, "ema_start": MAX_EPOCHS, "ema_every": MAX_STEPS,
+    "ema_power": 100, "batch_size": MAX_BATCH, "image_size": MAX_IMAGE_SIZE, "devices": MAX_DEVICES,
+    "dist_timeout": MAX_SECONDS, "max_minutes": MAX_MINUTES, "cache_mb": 2**30, "max_pixels": 2**40,
+    "min_delta": 1e9, "lr": MAX_RATE, "min_lr": MAX_RATE, "weight_decay": MAX_RATE, "gamma": MAX_RATE,
+    "norm_lr_scale": MAX_RATE, "backbone_lr_scale": MAX_RATE, "milestones": MAX_EPOCHS,
+}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def worker_limit() -> int:
+    """The most loader workers (or threads) a run may ask for on this machine: a million of them
+    would fork until the kernel's out-of-memory killer stops the machine."""
+    return max(MIN_WORKER_LIMIT, WORKERS_PER_CORE * cores())
+
+
+def shown_number(value) -> str:
+    """A number as a message shows it: a 400-digit one by its length, not its digits."""
+    text = str(value)
+    digits = text.lstrip("-").split(".")[0]
+    return f"a {len(digits)}-digit number" if len(digits) > 20 else text
 
 
 @dataclass
@@ -45,6 +87,7 @@ class TrainConfig:
     image_size: int | None = None    # side in pixels; None = the augmentation's size or the data's
     aug: Any = "standard"            # preset name, spec .yaml path, or a spec dict
     aug_device: str = "auto"         # where augmentation runs: auto, cpu (workers), gpu (device)
+    data_on_device: str = "auto"     # the splits' uint8 images held on the device, a batch an index gather: auto (CUDA, when they fit), on, off
     cache_mb: float = DEFAULT_CACHE_MB  # keep decoded images in memory up to this size (MB)
     max_pixels: int = DEFAULT_MAX_PIXELS  # skip images of more pixels (width x height): Pillow's bomb limit
     workers: int | None = None       # loader workers; None = chosen from the cores
@@ -82,6 +125,7 @@ class TrainConfig:
     precision: str = "fp32"          # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
     channels_last: bool = True       # NHWC memory layout: faster convolutions on CPUs and on CUDA
     compile: bool = False            # torch.compile the model
+    compile_mode: str = "default"    # torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
     threads: int | None = None       # torch intra-op threads; None = every core (workers mostly wait), shared by the processes of --devices
     devices: int = 1                 # processes to train in with torch.distributed (one per GPU, or CPU processes on gloo); --batch-size is per process
     dist_timeout: float = 600        # seconds a process waits for the others before it gives up (a rank died or hangs)
@@ -101,11 +145,11 @@ class TrainConfig:
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if "_chosen" in self.__dict__ and name in self.__dataclass_fields__:
-            self._chosen.add(name)
+            self.__dict__["_chosen"].add(name)
 
     def chosen(self) -> dict:
         """The fields set by whoever built this config, as a dict."""
-        return {name: getattr(self, name) for name in self.field_names() if name in self._chosen}
+        return {name: getattr(self, name) for name in self.field_names() if name in self.__dict__["_chosen"]}
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -156,6 +200,19 @@ class TrainConfig:
 
         write_atomic(path, dump_yaml(self.to_dict()))
 
+    def _check_upper_bounds(self) -> None:
+        for name, high in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            for v in (value if isinstance(value, list) else [value]):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v > high:
+                    raise ConfigError(f"--{name.replace('_', '-')} must be at most {high:,}, got {shown_number(v)}")
+        limit = worker_limit()
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"--{name} must be at most {limit} on this machine ({WORKERS_PER_CORE} per CPU "
+                                  f"core, {cores()} cores), got {shown_number(value)}")
+
     # -- derived values -----------------------------------------------------------------
     @property
     def resolved_lr(self) -> float:
@@ -174,6 +231,7 @@ class TrainConfig:
     def validate(self) -> None:
         for name in self.field_names():
             _check_type(name, getattr(self, name))
+        self._check_upper_bounds()
 
         def positive(name, value, allow_none=False):
             if value is None and allow_none:
@@ -193,6 +251,8 @@ class TrainConfig:
             raise ConfigError("--optimizer nesterov needs a --momentum above 0 (use --optimizer sgd for none)")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must not be negative, got {self.weight_decay}")
+        if self.min_lr < 0:
+            raise ConfigError(f"--min-lr must not be negative, got {self.min_lr}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -225,6 +285,12 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}. Choose from: {', '.join(PRECISIONS)}")
         if self.aug_device not in ("auto", "cpu", "gpu"):
             raise ConfigError(f"--aug-device must be auto, cpu or gpu, got {self.aug_device!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.data_on_device not in ("auto", "on", "off"):
+            raise ConfigError(f"--data-on-device must be auto, on or off, got {self.data_on_device!r}")
+        if self.data_on_device == "on" and self.aug_device == "cpu":
+            raise ConfigError("--data-on-device on augments on the device: it needs --aug-device auto or gpu")
         if self.pretrained and self.weights is not None:
             raise ConfigError("--pretrained and --weights both choose the starting weights: give one")
         if self.weights is not None and (not self.weights.strip() or "\0" in self.weights):
@@ -320,6 +386,8 @@ def _allowed_types(name: str) -> tuple[tuple[type, ...], type | None]:
 
 def _matches(value, t: type) -> bool:
     if t is float:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e308:
+            return False  # math.isfinite would raise OverflowError on a 400-digit integer
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if t is int:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -331,11 +399,11 @@ def _check_type(name: str, value) -> None:
     allowed, item = _allowed_types(name)
     flag = "--" + name.replace("_", "-")
     if not any(_matches(value, t) for t in allowed):
-        if isinstance(value, float) and not math.isfinite(value) and float in allowed:
-            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float in allowed:
+            raise ConfigError(f"{flag} must be a finite number, got {shown_number(value)}")
         want = " or ".join(_TYPE_WORDS[t] for t in allowed)
         raise ConfigError(f"{flag} must be {want}, got {_show(value)}")
-    if isinstance(value, list):
+    if isinstance(value, list) and item is not None:
         for v in value:
             if not _matches(v, item):
                 raise ConfigError(f"{flag} must be a list of {_TYPE_WORDS[item]}s, got {_show(value)}")
@@ -347,7 +415,7 @@ def _show(value) -> str:
     return f"{shown} ({_TYPE_WORDS.get(type(value), type(value).__name__)})"
 
 
-def _coerce(name: str, value, where: str = "settings"):
+def _coerce(name: str, value, where: str = "settings") -> Any:
     """YAML reads ``5e-4`` (no dot) as a string: turn numbers written as text into numbers of the
     field's type, and name the field when that is impossible. Nothing else is converted: the
     type check in ``validate`` refuses what is left."""
@@ -366,6 +434,10 @@ def _coerce(name: str, value, where: str = "settings"):
 
 
 def _number(name: str, value: str, target: type):
+    digits = value.strip().lstrip("+-")
+    if digits.isdigit() and len(digits) > 20:  # float() would round it, int() may refuse it
+        raise ConfigError(f"--{name.replace('_', '-')} must be at most {UPPER_BOUNDS.get(name, 2**63):,}, "
+                          f"got a {len(digits)}-digit number")
     try:
         number = float(value)
         if target is int:
@@ -375,4 +447,5 @@ def _number(name: str, value: str, target: type):
         return number
     except (TypeError, ValueError, OverflowError):
         word = "a whole number" if target is int else "a number"
-        raise ConfigError(f"--{name.replace('_', '-')} must be {word}, got {value!r}") from None
+        shown = repr(value) if len(value) <= 40 else f"{value[:20]!r}... ({len(value)} characters)"
+        raise ConfigError(f"--{name.replace('_', '-')} must be {word}, got {shown}") from None

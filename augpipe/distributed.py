@@ -76,6 +76,13 @@ def start(device_type: str, timeout_s: float) -> Ranks:
         return _state["ranks"]
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
+        # torchrun starts as many processes as it is told, whatever the GPUs: one without a GPU
+        # of its own is one line, not CUDA's "invalid device ordinal" traceback.
+        have = torch.cuda.device_count()
+        if env.local_rank >= have:
+            raise DistributedError(f"rank {env.rank}: local rank {env.local_rank} has no CUDA device of its own "
+                                   f"(this machine has {have}): start at most {have} process(es) per machine, "
+                                   f"or train on the CPU with --device cpu")
         torch.cuda.set_device(env.local_rank)
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
@@ -211,8 +218,11 @@ def launch(devices: int, target, *args, **kwargs):
     environment torchrun gives (RANK, WORLD_SIZE, MASTER_ADDR ...), and return rank 0's result.
     ``target`` must be importable by name (the processes are spawned). A rank that fails ends
     every rank at once, and the error names it."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from augpipe.training.signals import Interrupted
 
     _quiet_launcher_logs()
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=f"augpipe-{uuid.uuid4().hex[:8]}",
@@ -223,7 +233,20 @@ def launch(devices: int, target, *args, **kwargs):
         results = elastic_launch(config, _run_rank)(target, args, kwargs, verbose)
     except ChildFailedError as err:
         raise DistributedError(describe_failure(err)) from None
+    except SignalException as err:
+        # The launcher passed the signal on to the ranks and waited for them: rank 0 has saved
+        # last.pt and written the summary. The exit code is the signal's (130/143), as alone.
+        raise Interrupted(signal_name(err.sigval)) from None
     return results[0]
+
+
+def signal_name(sigval) -> str:
+    import signal
+
+    try:
+        return signal.Signals(sigval).name
+    except ValueError:
+        return "SIGTERM"
 
 
 def describe_failure(err) -> str:

@@ -10,6 +10,11 @@ class DataError(AugpipeError):
     """A data set, image, manifest or output path that cannot be used."""
 
 
+class WriteError(DataError):
+    """A file that can not be written: a full disk, a quota, a read-only or forbidden folder.
+    What was written before stays as it was; the message names the file and the reason."""
+
+
 class ConfigError(AugpipeError):
     """A setting, ratio, spec or config file that is not valid."""
 

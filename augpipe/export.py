@@ -115,6 +115,10 @@ def export(run_dir, *, format: str = "onnx", out=None, input: str = "uint8", che
         raise DataError(f"--out {out}: is a directory, not a file name")
     if not out.parent.is_dir():
         raise DataError(f"--out {out}: the directory {out.parent} does not exist")
+    from augpipe.files import check_writable
+
+    # Before the export: the exporters report a file they can not write as an unsupported model.
+    check_writable(out.parent, f"--out {out}")
     size = classifier.image_size
     example = _as_input(np.zeros((2, size, size, 3), dtype=np.uint8), input)
     name = f"{classifier.run_dir}"

@@ -4,6 +4,7 @@ checkpoints. Every failure here is an augpipe error naming the file."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import pickle
@@ -11,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from augpipe.errors import ConfigError, DataError
+from augpipe.errors import ConfigError, DataError, WriteError
 
 # Settings and augmentation specs are a few hundred bytes; anything near these limits is not one.
 MAX_YAML_BYTES = 1 << 20
@@ -26,11 +27,66 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+# The reasons a write fails that the user can do something about, in the words of the message.
+WRITE_REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "the folder is not writable: permission denied",
+                 errno.EPERM: "the folder is not writable: operation not permitted", errno.EFBIG: "file too large"}
+# What a probe writes: a file system with less room than this is full for any checkpoint.
+PROBE_BYTES = 1 << 16
+
+
+def write_reason(err: OSError) -> str:
+    return WRITE_REASONS.get(err.errno) or (err.strerror or str(err)).lower()
+
+
+def why_not_writable(folder) -> str | None:
+    """Why nothing can be written in ``folder`` (full, over quota, read-only, forbidden), found by
+    asking the file system and by writing a small file there; None when a write works. For the
+    writers that hide the errno: torch.save on a full disk says "[enforce fail at
+    inline_container.cc] unexpected pos", the ONNX exporter that the model "is not supported"."""
+    folder = Path(folder)
+    try:
+        st = os.statvfs(folder)
+        if st.f_flag & getattr(os, "ST_RDONLY", 1):
+            return WRITE_REASONS[errno.EROFS]
+        if st.f_bavail * st.f_frsize < PROBE_BYTES:
+            return WRITE_REASONS[errno.ENOSPC]
+    except OSError:
+        pass
+    probe = folder / f".augpipe-probe.tmp{os.getpid()}"  # a temporary name: a kill leaves no litter
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            left = memoryview(bytes(PROBE_BYTES))
+            while left:
+                left = left[os.write(fd, left):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        return write_reason(err)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def check_writable(folder, what: str = "") -> None:
+    """Refuse, before any work, a folder that can not take a file (``what``: how the user named it)."""
+    problem = why_not_writable(folder)
+    if problem is not None:
+        raise WriteError(f"{what or folder}: can not write in {folder} ({problem})")
+
+
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds the file is synced and
     renamed over ``path`` in one step, so a reader (or a crash) sees the old file or the new one,
-    never half of one. On failure the temporary file is removed and ``path`` is untouched."""
+    never half of one. On failure the temporary file is removed and ``path`` is untouched.
+
+    Every file augpipe writes goes through here, and so does every way a write fails: an OSError
+    (full disk, quota, read-only or forbidden folder) and a writer's own error that hides one
+    (torch.save, the ONNX exporter) become one ``WriteError`` naming ``path`` and the reason."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
@@ -38,8 +94,17 @@ def atomic_path(path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:  # read-only folder, full disk: one line, not a traceback
-        raise DataError(f"{path}: can not be written ({err.strerror or err})") from None
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # first: on a full disk, the room it took may be what the summary needs
+        raise WriteError(f"{path}: can not be written ({write_reason(err)})") from None
+    except Exception:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        problem = why_not_writable(path.parent)
+        if problem is None:
+            raise  # not the disk: the writer's own error
+        raise WriteError(f"{path}: can not be written ({problem})") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -91,7 +156,10 @@ def exclusive_lock(folder, what: str):
     processes writing one run (or sweep) would overwrite each other's checkpoints and tables."""
     import fcntl
 
-    fh = open(Path(folder) / ".lock", "a")
+    try:
+        fh = open(Path(folder) / ".lock", "a")
+    except OSError as err:
+        raise WriteError(f"{Path(folder) / '.lock'}: can not be written ({write_reason(err)})") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -127,6 +195,35 @@ def read_bounded_text(path, limit: int, what: str, error=ConfigError) -> str:
         raise error(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
+def _unique_key_loader():
+    """yaml.SafeLoader (the same tags and types) that refuses a mapping with a key twice: plain
+    safe_load keeps the last value silently, so ``epochs: 5`` ten lines above ``epochs: 50``
+    would train for 50 without a word. Keys merged in with ``<<`` may still be overridden."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: SafeLoader's own error says so
+                        continue
+                    if first is not None:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key!r} is given twice, on lines {first} and {line}",
+                            key_node.start_mark)
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def parse_yaml(text: str, where: str = "YAML") -> Any:
     import yaml
 
@@ -134,7 +231,7 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
         raise ConfigError(f"{where}: too large (at most {MAX_YAML_BYTES:,} characters)")
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _unique_key_loader()(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -144,6 +241,8 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
         raise ConfigError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
+    except ValueError as err:  # an integer of more than 4,300 digits (Python's own limit)
+        raise ConfigError(f"{where}: a value YAML can not read ({str(err).split(':')[0]})") from None
     finally:
         if loader is not None:
             loader.dispose()

@@ -57,7 +57,11 @@ class Trainer:
         return list(self.models() if callable(self.models) else self.models)
 
     def model_input_size(self, model: str | None) -> int | None:
-        size = self.input_size(model) if callable(self.input_size) else self.input_size
+        if callable(self.input_size):
+            # A function of the model's name has nothing to answer without one.
+            size = self.input_size(model) if model is not None else None
+        else:
+            size = self.input_size
         if size is None:
             return None
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ class Classifier:
     run_dir: Path | None = None
     epoch: int | None = None
     tta: str = "none"  # test-time augmentation: none, flip, flip-translate (augpipe.training.tta)
-    _transform: object = field(default=None, repr=False)
+    _transform: Any = field(default=None, repr=False)
 
     def resize(self, image: np.ndarray) -> np.ndarray:
         """Resize (shorter side) and centre-crop to the run's image size, as its evaluation did."""
@@ -124,6 +125,10 @@ class Classifier:
 
             img, why = read_image(Path(item), max_pixels=max_pixels)
             if img is None:
+                from augpipe.data.images import MISSING
+
+                if why == MISSING:
+                    raise DataError(f"{item}: no such file")
                 raise DataError(f"{item}: {why} (not a readable image)" if why else f"{item}: not a readable image")
             return img
         return as_rgb_uint8(item)
@@ -140,7 +145,7 @@ class Classifier:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         images = list(images)
-        prepare = BatchNormalizer(self.mean, self.std, self.device, channels_last=self.channels_last)
+        prepare = BatchNormalizer(self.mean, self.std, str(self.device), channels_last=self.channels_last)
         out = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.resize(self._read(item, max_pixels or DEFAULT_MAX_PIXELS))
@@ -209,9 +214,15 @@ def load(run_dir, *, checkpoint: str | None = None, device: str = "auto", plugin
     model = model_from_checkpoint(plugins or get_plugins(), cfg, state, path, dev)
     spec = AugmentSpec.load(cfg.aug)
     return Classifier(model=model, class_names=list(state["class_names"]), image_size=int(state["image_size"]),
-                      mean=tuple(spec.normalize.mean), std=tuple(spec.normalize.std), device=dev,
+                      mean=_rgb(spec.normalize.mean), std=_rgb(spec.normalize.std), device=dev,
                       precision=cfg.precision, channels_last=cfg.channels_last, run_dir=Path(run_dir),
                       epoch=int(state["epoch"]), tta=check_tta(cfg.tta if tta is None else tta))
+
+
+def _rgb(values) -> tuple[float, float, float]:
+    # The spec has checked that there are three.
+    r, g, b = values
+    return float(r), float(g), float(b)
 
 
 def image_files(inputs) -> list[Path]:

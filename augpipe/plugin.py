@@ -109,11 +109,17 @@ an augmentation, its tests and its ``pyproject.toml``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from augpipe.errors import AugpipeError, ConfigError, DataError, PluginError
 from augpipe.hookspecs import Trainer, hookimpl
 from augpipe.plugin_manager import unknown_name_message
 from augpipe.plugins.layers import activation_layer, check_activation, create_timm_model, timm_input_size
 from augpipe.training.callbacks import Callback
+
+if TYPE_CHECKING:  # served by __getattr__ at run time; named here for checkers and editors
+    from augpipe.config import ACTIVATIONS
+    from augpipe.training.optim import LRSchedule
 
 __all__ = ["ACTIVATIONS", "AugpipeError", "Callback", "ConfigError", "DataError", "LRSchedule", "PluginError",
            "Trainer", "activation_layer", "check_activation", "create_timm_model", "hookimpl",

@@ -338,6 +338,21 @@ def _grid_difference(saved, grid: dict) -> str:
     return "the settings of a run differ"
 
 
+def _with_new_defaults(saved, current: dict):
+    """The saved grid with the settings that augpipe has gained since it was written filled in
+    at their defaults: a sweep begun before an upgrade is the same sweep after it, as long as the
+    new settings keep the behaviour of before (their default)."""
+    import dataclasses
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("common"), dict):
+        return saved
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    known = set(saved["common"]) | {k for r in saved.get("runs") or [] if isinstance(r, dict) for k in r}
+    added = {k: v for k, v in current["common"].items()
+             if k not in known and k in fields and v == _roundtrip({"v": fields[k]})["v"]}
+    return {**saved, "common": {**saved["common"], **added}} if added else saved
+
+
 def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
     """Make the sweep directory or check that it holds this very grid; then save the grid."""
     from augpipe.files import dump_yaml, read_yaml, write_atomic
@@ -346,10 +361,13 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: not a directory")
     if path.is_file():
-        saved = read_yaml(path, "sweep file")
-        if saved != _roundtrip(grid):
+        saved, current = read_yaml(path, "sweep file"), _roundtrip(grid)
+        if saved == current:
+            return
+        if _with_new_defaults(saved, current) != current:
             raise ConfigError(f"{sweep_dir} holds another sweep ({_grid_difference(saved, grid)}): "
                               f"choose another --name, or remove it")
+        write_atomic(path, dump_yaml(grid))  # the same sweep, its grid now naming the new settings too
         return
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
         raise DataError(f"{sweep_dir} exists and is not a sweep directory (no sweep.yaml): choose another --name")
@@ -362,7 +380,8 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
 
 # -- running ---------------------------------------------------------------------------------------
 def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, out="sweeps", name=None,
-          plugins=None, progress: bool | None = None, ablate: bool = False, **settings) -> SweepResult:
+          plugins=None, progress: bool | None = None, ablate: bool = False, parallel: int = 1,
+          **settings) -> SweepResult:
     """Train every combination of the settings given as lists, ``seeds`` times each (seeds
     ``seed``, ``seed + 1``, ...), one run at a time, into ``OUT/NAME/<run>``:
 
@@ -376,10 +395,14 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
     ``ablate=True``: the one ``aug`` (or the config's) is taken apart (``ablation_specs``), and
     ``ablation.md`` (``result.ablation``) and ``ablation.png`` show what each op buys:
 
-        augpipe.sweep(plugin="mlp", aug="standard", ablate=True, seeds=3)"""
+        augpipe.sweep(plugin="mlp", aug="standard", ablate=True, seeds=3)
+
+    ``parallel=K``: K runs at once, each in a process of its own (``_run_parallel``); the tables
+    are the same as a serial sweep's."""
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.signals import StopSignals
 
+    check_parallel(parallel, plugins)
     plugins = plugins or get_plugins()
     runs = plan_sweep(config, config_file=config_file, seeds=seeds, yes=yes, plugins=plugins, ablate=ablate,
                       **settings)
@@ -400,7 +423,10 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
     try:
         # Between runs too, a signal must end the sweep with its tables written.
         with StopSignals():
-            _run_all(result, config, config_file, plugins, progress)
+            if parallel > 1:
+                _run_parallel(result, config, config_file, parallel)
+            else:
+                _run_all(result, config, config_file, plugins, progress)
     finally:
         try:
             result.rows, result.table = write_results(sweep_dir, runs)
@@ -451,6 +477,164 @@ def _run_all(result: SweepResult, config, config_file, plugins, progress) -> Non
             return
         log.info("run %d/%d %s: %s, test accuracy %s", i, total, run.name, s.get("stop_reason"),
                  _fmt(s.get("test_acc"), 4))
+
+
+# -- running K at once -----------------------------------------------------------------------------
+def check_parallel(parallel, plugins=None) -> None:
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"--parallel must be a whole number of at least 1, got {parallel!r}")
+    if parallel > 1 and plugins is not None:
+        # A plugin manager can not be sent to another process; each one loads the installed plugins.
+        raise ConfigError("parallel runs use the installed plugins: pass plugins=None with parallel > 1")
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parallel_threads(parallel: int, given) -> int:
+    """Torch threads per run: as given, else the cores shared out, so that K runs at once do
+    not each start one thread per core and fight over them."""
+    return given if given else max(1, _cores() // parallel)
+
+
+def _job(index: int, run: PlannedRun, state: str, sweep_dir: Path, parallel: int) -> dict:
+    """What a worker process needs to train one run as the serial sweep would."""
+    experiment = run.flags.get("experiment") or sweep_dir.name
+    runtime = {k: run.flags.get(k) for k in RUNTIME_FIELDS}
+    threads = parallel_threads(parallel, run.flags.get("threads"))
+    if state == "resume":
+        kwargs = {"resume": str(sweep_dir / run.name), **runtime, "experiment": experiment, "threads": threads}
+    else:
+        kwargs = {**run.flags, "experiment": experiment, "threads": threads, "out": str(sweep_dir),
+                  "name": run.name}
+    return {"index": index, "state": state, "kwargs": kwargs}
+
+
+def _worker(config, config_file, jobs, results, stop) -> None:
+    """A worker process: trains the jobs it takes until there are none or the sweep stops. In a
+    process group of its own, so that a Ctrl-C reaches only the sweep's process, which passes
+    one stop signal on (two would stop a run without its last step saved)."""
+    import os
+
+    from augpipe.errors import AugpipeError
+    from augpipe.plugin_manager import get_plugins
+    from augpipe.training.run import train
+
+    os.setpgrp()
+    plugins, data_cache = get_plugins(), {}  # one decode of each data set per worker
+    while not stop.is_set():
+        job = jobs.get()
+        if job is None:
+            return
+        try:
+            conf = {} if job["state"] == "resume" else {"config": config, "config_file": config_file}
+            train(**conf, plugins=plugins, progress=False, data_cache=data_cache, **job["kwargs"])
+            results.put((job["index"], "done", ""))
+        except AugpipeError as err:
+            results.put((job["index"], type(err).__name__, str(err)))
+            return
+        except BaseException as err:  # noqa: BLE001 - the sweep must hear of it, not wait for ever
+            results.put((job["index"], "crashed", f"{type(err).__name__}: {err}"))
+            return
+
+
+def _run_parallel(result: SweepResult, config, config_file, parallel: int) -> None:
+    """The unfinished runs, ``parallel`` at once in worker processes (spawned: a forked copy of
+    a process that has used torch's thread pools can hang). A finished run is read back from its
+    run directory, as the tables are, so the order in which runs end changes nothing. A signal
+    to the sweep is passed on once to the workers, which end their runs as ``train`` does."""
+    import multiprocessing
+
+    from augpipe.training.signals import Interrupted
+
+    todo = []
+    for i, run in enumerate(result.runs):
+        state = run_state(result.sweep_dir / run.name)
+        if state == "finished":
+            result.skipped += 1
+            continue
+        if state == "redo":  # stopped before its first checkpoint: nothing in it to keep
+            shutil.rmtree(result.sweep_dir / run.name)
+        todo.append(_job(i, run, state, result.sweep_dir, parallel))
+    if not todo:
+        return
+    ctx = multiprocessing.get_context("spawn")
+    jobs, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    for job in todo:
+        jobs.put(job)
+    # Not daemonic: a run may start loader workers of its own, which a daemon may not.
+    workers = [ctx.Process(target=_worker, args=(config, config_file, jobs, results, stop))
+               for _ in range(min(parallel, len(todo)))]
+    for _ in workers:
+        jobs.put(None)
+    for w in workers:
+        w.start()
+    log.info("%d run(s) to train, %d at once, %d torch thread(s) each", len(todo), len(workers),
+             todo[0]["kwargs"]["threads"])
+    try:
+        failure = _collect(result, todo, results, workers)
+    except Interrupted as sig:
+        result.interrupted = sig.signal_name
+        failure = None
+        log.warning("%s received: the runs in progress finish their step and save last.pt; the same command "
+                    "continues the sweep", sig.signal_name)
+    stop.set()
+    if result.interrupted or failure:
+        _stop_workers(workers)
+    for w in workers:
+        w.join()
+    jobs.cancel_join_thread()  # jobs left in the queue of a stopped sweep must not hold up its exit
+    if failure:
+        raise failure
+
+
+def _collect(result: SweepResult, todo: list[dict], results, workers):
+    """Wait for the workers' reports; returns the error of a failed run (None if none failed)."""
+    import queue
+
+    from augpipe.errors import AugpipeError, PluginError
+
+    errors = {"ConfigError": ConfigError, "DataError": DataError, "PluginError": PluginError}
+    states = {job["index"]: job["state"] for job in todo}
+    left = len(todo)
+    while left:
+        try:
+            index, status, message = results.get(timeout=0.5)
+        except queue.Empty:
+            if not any(w.is_alive() for w in workers):
+                return AugpipeError(f"the sweep's worker processes ended with {left} run(s) not reported")
+            continue
+        left -= 1
+        run = result.runs[index]
+        if status != "done":
+            return errors.get(status, AugpipeError)(f"run {run.name}: {message}")
+        s = read_summary(result.sweep_dir / run.name) or {}
+        if s.get("interrupted"):
+            result.interrupted = s["interrupted"]
+            return None
+        if states[index] == "resume":
+            result.resumed += 1
+        else:
+            result.ran += 1
+        log.info("run %d/%d %s: %s, test accuracy %s", index + 1, len(result.runs), run.name,
+                 s.get("stop_reason"), _fmt(s.get("test_acc"), 4))
+    return None
+
+
+def _stop_workers(workers) -> None:
+    """One SIGTERM to each worker still training: it finishes the step, saves and ends."""
+    import os
+    import signal
+
+    for w in workers:
+        if w.is_alive() and w.pid is not None:
+            try:
+                os.kill(w.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 # -- tables ----------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import io
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NoReturn
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ class _Subject:
     def __init__(self, kind: str, name: str, plugin: str):
         self.kind, self.name, self.plugin = kind, name, plugin
 
-    def fail(self, check: str, detail: str, err: BaseException | None = None, **where) -> None:
+    def fail(self, check: str, detail: str, err: BaseException | None = None, **where) -> NoReturn:
         if err is not None:
             detail = f"{detail}: {type(err).__name__}: {err}"
         raise PluginCheckError(check, kind=self.kind, name=self.name, plugin=self.plugin, detail=detail,
@@ -182,8 +182,8 @@ def check_trainer(trainer, *, models: Iterable[str] | None = None, activations: 
     if record.default_model is not None and names and record.default_model not in names:
         subject.fail("record", f"the default model {record.default_model!r} is not among its models")
     if models is None:
-        models = [record.default_model] if callable(record.models) else names
-        models = [m for m in models if m is not None]
+        candidates = [record.default_model] if callable(record.models) else names
+        models = [m for m in candidates if m is not None]
     models = list(models)
     if not models:
         subject.fail("record", "it names no models (give models=[...] to check_trainer)")
@@ -240,7 +240,7 @@ def _check_model(subject: _Subject, record, model: str, acts: list[str], size: i
 
     seen: dict[str, torch.Tensor] = {}
     for i, act in enumerate(acts):
-        where = dict(model=model, activation=act)
+        where: dict[str, Any] = dict(model=model, activation=act)
         net = build(act)
         try:
             check_activation(net, act, "the model")
@@ -553,7 +553,7 @@ def check_plugin(plugin, *, models: dict[str, Iterable[str]] | Iterable[str] | N
     from augpipe.plugin_manager import Plugins, get_plugins
 
     subject = _Subject("plugin", str(getattr(plugin, "__name__", plugin)), str(getattr(plugin, "__name__", plugin)))
-    manager = None
+    manager, owner = None, ""
     if isinstance(plugin, str):
         installed = get_plugins()
         if plugin in installed.info:
@@ -570,12 +570,14 @@ def check_plugin(plugin, *, models: dict[str, Iterable[str]] | Iterable[str] | N
             manager.register(plugin, name=owner)
         except AugpipeError as err:
             subject.fail("hooks", str(err))
-    if manager.info[owner].error:
-        subject.fail("load", manager.info[owner].error)
+    error = manager.info[owner].error
+    if error:
+        subject.fail("load", error)
     registries = {"trainers": manager.trainers, "optimizers": manager.optimizers, "schedulers": manager.schedulers,
                   "augmentations": manager.augmentations, "callbacks": manager.callbacks}
-    if manager.info[owner].error:  # a registration hook that raised
-        subject.fail("register", manager.info[owner].error)
+    error = manager.info[owner].error
+    if error:  # a registration hook that raised
+        subject.fail("register", error)
     owned = {kind: [n for n in reg.names() if reg.owner[n] == owner] for kind, reg in registries.items()}
     observes = any(impl.plugin_name == owner for hook in (manager.pm.hook.augpipe_epoch_end,
                                                           manager.pm.hook.augpipe_register_commands)

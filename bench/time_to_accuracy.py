@@ -43,6 +43,7 @@ class TestScore:
         from augpipe.training.tta import tta_logits
 
         self.train_seconds += metrics["seconds"]
+        self.epoch_seconds = getattr(self, "epoch_seconds", []) + [metrics["seconds"]]
         device = next(model.parameters()).device
         normalize = BatchNormalizer(self.spec.normalize.mean, self.spec.normalize.std, device, channels_last=True)
         model.eval()
@@ -81,6 +82,10 @@ def main() -> None:
     ap.add_argument("--precision")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--tta", help="test-time augmentation of the scores (default: the recipe's)")
+    ap.add_argument("--data-on-device", help="auto, on or off (default: augpipe's)")
+    ap.add_argument("--compile-mode", help="torch.compile's mode (default: the recipe's)")
+    ap.add_argument("--compile", type=lambda v: v not in ("off", "0", "false"), help="on or off (default: the recipe's)")
+    ap.add_argument("--device")
     ap.add_argument("--target", type=float, help="stop once the test accuracy reaches this")
     ap.add_argument("--keep", type=Path, help="keep the run directory here (default: a temporary one, deleted)")
     args = ap.parse_args()
@@ -117,6 +122,15 @@ def main() -> None:
     for budget in (5, 10, 15):
         reached = [acc for _, minutes, acc in scorer.rows if minutes <= budget]
         print(f"within {budget:2d} min: {max(reached) if reached else float('nan'):.4f}")
+    sec = getattr(scorer, "epoch_seconds", [])
+    if len(sec) > 1:
+        # epoch 1 pays for warm-up (compilation, cuDNN's kernel choice): counted as a later epoch's
+        steady = sum(sec[1:]) + float(np.median(sec[1:]))
+        print(f"training {sum(sec):.2f} s: epoch 1 {sec[0]:.2f} s, epochs 2-{len(sec)} {sum(sec[1:]):.2f} s; "
+              f"without warm-up {steady:.2f} s (epoch 1 at the median later epoch's time), warm-up "
+              f"{sec[0] - float(np.median(sec[1:])):.2f} s")
+    if s.get("peak_device_memory_mb") is not None:
+        print(f"peak device memory: {s['peak_device_memory_mb']:.0f} MB; data on the device: {s.get('data_on_device')}")
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak RSS: {peak_self:.0f} MB (this process, which also holds the test set), "

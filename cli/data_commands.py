@@ -1,6 +1,7 @@
 """``augpipe split`` and ``augpipe preview``."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -22,8 +23,31 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def data_source(required: bool):
+    """SOURCE as the command's argument or as ``--data``, the flag train, sweep and lr-find take,
+    so that either spelling works everywhere a data set is read. The command gets ``source``."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def command(*args, source, data, **kwargs):
+            return fn(*args, source=_one_source(source, data, required), **kwargs)
+
+        command = click.option("--data", type=click.Path(path_type=Path),
+                               help="The data set, as SOURCE (give one of the two).")(command)
+        return click.argument("source", required=False, type=click.Path(path_type=Path))(command)
+    return decorate
+
+
+def _one_source(source: Path | None, data: Path | None, required: bool) -> Path | None:
+    if source is not None and data is not None and not _same_file(source, data):
+        raise click.UsageError(f"two data sets given, SOURCE {source} and --data {data}: give one")
+    chosen = source if source is not None else data
+    if chosen is None and required:
+        raise click.UsageError("no data set: give it as SOURCE or --data PATH")
+    return chosen
+
+
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@data_source(required=True)
 @click.option("--val", default=0.1, show_default=True, type=float, help="Validation fraction of the training pool.")
 @click.option("--test", default=0.1, show_default=True, type=float, help="Test fraction (unused where the source has a test split).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the hash order.")
@@ -62,7 +86,7 @@ def split(source, val, test, seed, out, split_file, strict, max_pixels):
 
 
 @click.command()
-@click.argument("source", required=False, type=click.Path(path_type=Path))
+@data_source(required=False)
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=1), help="Source images, one row each.")
 @click.option("--variants", default=6, show_default=True, type=click.IntRange(min=0), help="Augmented versions per image.")
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -10,7 +10,6 @@ import sys
 
 import click
 
-from augpipe import __version__
 from augpipe.errors import AugpipeError
 
 
@@ -62,7 +61,7 @@ class AugpipeGroup(click.Group):
 
 
 @click.group(cls=AugpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="augpipe")
+@click.version_option(package_name="augpipe", prog_name="augpipe")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, and no progress lines where stderr is not a terminal.")
 def main(verbose: bool, quiet: bool) -> None:

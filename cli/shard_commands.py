@@ -5,12 +5,12 @@ from pathlib import Path
 
 import click
 
-from augpipe.cli.data_commands import MAX_PIXELS_HELP
+from augpipe.cli.data_commands import MAX_PIXELS_HELP, data_source
 from augpipe.data.images import DEFAULT_MAX_PIXELS
 
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
+@data_source(required=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the shards: new, empty, or an earlier shard set (replaced).")
 @click.option("--val", default=0.1, show_default=True, type=float, help="Validation fraction of the training pool.")

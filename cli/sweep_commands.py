@@ -19,16 +19,19 @@ SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings for every run; flags override it.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Runs of each setting, with seeds --seed, --seed + 1, ...")
 @click.option("--yes", is_flag=True, help="Run a grid of more than 50 runs.")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained at once, each in a process of its own, with --threads (default: the cores "
+                   "/ PARALLEL) torch threads; the tables are the same as a serial sweep's.")
 @click.option("--ablate", is_flag=True, help="What each augmentation op buys: the one --aug (default: the config's) "
               "trained whole (all), without any op (none) and without each op in turn (-OP); writes "
               "ablation.md and ablation.png.")
 @quiet_option
 @config_options(comma_lists=True, help_overrides=SWEEP_LEVEL)
-def sweep(config_file, seeds, yes, ablate, **flags):
+def sweep(config_file, seeds, yes, parallel, ablate, **flags):
     """Train a grid of runs and compare them: augpipe sweep --plugin cnn --activation relu,elu,tanh --seeds 3
 
     A comma list makes a setting an axis of the grid; every combination is trained, one run at a
-    time, into OUT/NAME/<setting>,seed=<seed>/. The same command again skips the finished runs
+    time (--parallel K: K at once), into OUT/NAME/<setting>,seed=<seed>/. The same command again skips the finished runs
     and resumes an unfinished one. Writes sweep.csv, sweep.md and sweep.png.
 
     augpipe sweep --ablate --aug standard --seeds 3 trains the augmentation whole, without any op
@@ -44,7 +47,7 @@ def sweep(config_file, seeds, yes, ablate, **flags):
         settings[key] = list(value) if isinstance(value, tuple) else parse_values(key, value) \
             if isinstance(value, str) else value
     result = run_sweep(config_file=config_file, seeds=seeds, yes=yes, out=out, name=name, ablate=ablate,
-                       **settings)
+                       parallel=parallel, **settings)
     click.echo(f"sweep: {result.sweep_dir}")
     click.echo(result.table, nl=False)
     if result.ablation:

@@ -157,12 +157,19 @@ def cli(tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    if CIFAR_DIR.is_dir():
-        return
-    skip = pytest.mark.skip(reason=f"{CIFAR_DIR} is absent")
+    """``cifar`` tests skip where ../shared's CIFAR-10 is absent, ``cuda`` tests where torch sees
+    no CUDA device; each with its reason."""
+    import torch
+
+    skips = {}
+    if not CIFAR_DIR.is_dir():
+        skips["cifar"] = pytest.mark.skip(reason=f"{CIFAR_DIR} is absent")
+    if not torch.cuda.is_available():
+        skips["cuda"] = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "cifar" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 # -- trainer plugins and training (test_plugins, test_models, test_optim, test_callbacks,
@@ -299,3 +306,4 @@ def private_image_index(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("augpipe-cache")
     monkeypatch.setenv("AUGPIPE_CACHE_DIR", str(folder))
     yield folder
+

@@ -465,7 +465,7 @@ def test_standard_preset_statistics_are_close_to_albumentations():
     assert math.isfinite(float(out.sum()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_backend_runs_the_same_contract():
     spec = AugmentSpec.preset("strong")
     batch = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (64, 36, 36, 3), dtype=np.uint8)).permute(0, 3, 1, 2)

@@ -107,7 +107,9 @@ def test_split_reports_duplicates(tmp_path, cli, make_split_folder):
     shutil.copy(root / "train/a/0003.png", root / "test/a/leak.png")
     res = cli("split", "ds", "--val", "0", "--out", "m.csv")
     assert res.exit_code == 0, res.output
-    assert "duplicates: 2 images in groups that span splits (train-test: 1 groups)" in res.output
+    assert "duplicates: 1 exact copies skipped (the first image of each of 1 group(s) kept)" in res.output
+    manifest = (tmp_path / "m.csv").read_text()  # the first in the data set's order is kept: test/ < train/
+    assert "test/a/leak.png" in manifest and "train/a/0003.png" not in manifest
 
 
 # -- preview -------------------------------------------------------------------------------

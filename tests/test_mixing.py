@@ -150,7 +150,7 @@ def test_from_spec_is_none_without_batch_ops():
     assert m.cutmix.p == 1.0 and m.mixup is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_the_mixer_mixes_a_cuda_batch_as_a_cpu_one():
     x, y = batch(6)
     for step in range(8):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from augpipe.data.prepare import prepare_data
 from augpipe.data.sources import open_dataset
-from augpipe.data.split import (check_ratios, describe_duplicates, find_duplicates, read_manifest,
+from augpipe.data.split import (check_ratios, describe_duplicates, read_manifest,
                                 split_dataset, write_manifest)
 from augpipe.errors import ConfigError, DataError
 
@@ -216,28 +216,22 @@ def test_given_train_val_test_split_is_kept_whole(tmp_path, make_split_folder):
 
 
 # -- duplicates ----------------------------------------------------------------------------
-def test_duplicates_across_splits_are_counted(tmp_path, make_split_folder):
+def test_duplicates_are_skipped_also_across_splits(tmp_path, make_split_folder):
     root = make_split_folder(tmp_path, {"train": {"a": 6, "b": 6}, "test": {"a": 2, "b": 2}}, size=8)
     shutil.copy(root / "train/a/0001.png", root / "test/b/copy.png")  # even under another label
     shutil.copy(root / "train/b/0002.png", root / "train/b/again.png")
     data = prepare_data(root, val=0, test=0.1, seed=0)
-    assert data.duplicates == {"within_split": 1, "across_groups": {"train-test": 1}, "across_images": 2}
+    assert data.duplicates["skipped"] == 2 and data.duplicates["groups"] == 2
+    assert data.duplicates["label_conflict_groups"] == 1
+    assert len(data.source) == 16  # the copies are left out: no test image was trained on
     text = describe_duplicates(data.duplicates)
-    assert "2 images in groups that span splits (train-test: 1 groups)" in text
-    assert "1 extra copies within a split" in text
+    assert "2 exact copies skipped" in text and "1 label conflict(s)" in text
 
 
-def test_no_duplicates_reported_as_none():
-    digests = [bytes([i]) * 16 for i in range(5)]
-    dups = find_duplicates(digests, np.array(["train"] * 3 + ["val", "test"], dtype=object))
-    assert describe_duplicates(dups).endswith("none (no two images have the same pixels)")
-
-
-def test_duplicate_counts_with_three_splits():
-    d = [b"x", b"x", b"x", b"y", b"y", None, None]
-    out = np.array(["train", "val", "test", "val", "val", "train", "test"], dtype=object)
-    assert find_duplicates(d, out) == {"within_split": 1, "across_images": 3,
-                                       "across_groups": {"train-val": 1, "train-test": 1, "val-test": 1}}
+def test_no_duplicates_reported_as_none(tmp_path, make_folder):
+    data = prepare_data(make_folder(tmp_path / "d", {"a": 4, "b": 4}, size=8), val=0, test=0.25, seed=0)
+    assert data.duplicates["skipped"] == 0
+    assert describe_duplicates(data.duplicates).endswith("none (no two images have the same pixels)")
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_a_run_repeats_exactly_from_its_config_yaml(tmp_path, cli, tiny_data):
     """CPU training is deterministic for a seed: config.yaml, re-run under a new name, gives the
     same metrics (the timing columns aside)."""
     first = cli("train", "--data", tiny_data, "--plugin", "cnn", "--model", "cnn_small", "--epochs", "2",
-                "--seed", "3", "--name", "a", *FAST)
+                "--seed", "3", "--name", "a", "--device", "cpu", *FAST)
     assert first.exit_code == 0, first.output
     again = cli("train", "--config", tmp_path / "runs/a/config.yaml", "--name", "b")
     assert again.exit_code == 0, again.output

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from augpipe.augment.spec import BATCH_OPS, POLICIES, AugmentSpec
+from augpipe.augment.spec import BATCH_OPS, POLICIES, SWITCH_PROB, AugmentSpec
 
 # (the Albumentations class or what stands for it, what the op does) per op of the spec.
 OP_TEXT = {
@@ -140,10 +140,13 @@ def _batch_lines(spec: AugmentSpec) -> list[str]:
         op = getattr(spec, name)
         cls_name, what = OP_TEXT[name]
         lines += [f"{name} ({cls_name}), {_chance(op.p)} per batch: {what}", f"    {_params(asdict(op))}"]
-    if len(ops) == 2:
+    if spec.mixup is not None and spec.cutmix is not None:
         rest = max(0.0, 1 - spec.mixup.p - spec.cutmix.p)
         lines.append(f"a batch gets MixUp with probability {_value(spec.mixup.p)}, CutMix with "
                      f"{_value(spec.cutmix.p)}, neither with {_value(rest)}")
+        if spec.mixup.p == spec.cutmix.p == SWITCH_PROB:
+            lines.append("every batch is mixed, switching between MixUp and CutMix 0.5 / 0.5 as timm does "
+                         "(switch_prob 0.5; the default where the spec gives both without p)")
     lines.append("the loss is taken against the mixed targets, so training accuracy is the expected "
                  "accuracy under them")
     return lines

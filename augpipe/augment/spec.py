@@ -25,8 +25,9 @@ operations and run in loader workers only.
 
 ``mixup`` and ``cutmix`` draw lambda from Beta(alpha, alpha) once per batch; ``p`` is the chance
 that a batch is mixed. Given both, a batch gets MixUp with probability ``mixup.p``, CutMix with
-``cutmix.p``, and neither with what is left: the two p must then sum to at most 1 (timm's
-switch between them is ``mixup.p = cutmix.p = 0.5``).
+``cutmix.p``, and neither with what is left: the two p must then sum to at most 1. Given both
+with ``p`` left out of each, every batch is mixed and the two switch 0.5 / 0.5, as timm's
+``Mixup`` does with its defaults (``prob=1.0, switch_prob=0.5``).
 
 ``translate`` pads the image (after the crop, at the output size) by ``pad`` pixels on every
 side, mirrored without repeating the edge (``reflect``: cv2's BORDER_REFLECT_101, torch's
@@ -138,6 +139,8 @@ class CutMix:
 
 POLICIES = {"trivial_augment": TrivialAugment, "rand_augment": RandAugment, "auto_augment": AutoAugment}
 BATCH_OPS = {"mixup": MixUp, "cutmix": CutMix}
+# timm's Mixup(switch_prob=0.5): the p of each where a spec gives both without a p.
+SWITCH_PROB = 0.5
 # The per-image ops, in the order they run; then the batch ops.
 OPS = {"crop": Crop, "translate": Translate, "hflip": Flip, "color_jitter": ColorJitter, **POLICIES,
        "erase": Erase}
@@ -181,6 +184,10 @@ class AugmentSpec:
         for name, op_cls in ALL_OPS.items():
             if d.get(name) is not None and d[name] is not False:
                 setattr(spec, name, _build_op(op_cls, d[name], name))
+        if spec.mixup is not None and spec.cutmix is not None and not any(
+                isinstance(d[name], dict) and "p" in d[name] for name in BATCH_OPS):
+            # Each p defaults to 1, alone; together that would ask for both on every batch.
+            spec.mixup.p = spec.cutmix.p = SWITCH_PROB
         if d.get("normalize") is not None:
             spec.normalize = _build_op(Normalize, d["normalize"], "normalize")
         spec.validate()
@@ -312,7 +319,7 @@ class AugmentSpec:
                                   f"got {_shown(op.alpha)}")
         if self.mixup is not None and self.cutmix is not None and self.mixup.p + self.cutmix.p > 1 + 1e-9:
             raise ConfigError(f"mixup.p + cutmix.p must be at most 1, got {self.mixup.p} + {self.cutmix.p}: a batch "
-                              f"gets one of them (e.g. p: 0.5 each, timm's switch)")
+                              f"gets one of them (leave p out of both to switch 0.5 / 0.5, as timm does)")
 
     def active_ops(self) -> list[str]:
         """The spec's ops that are on, per-image ones first, in the order they run."""

@@ -36,6 +36,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # Why read_image gave no picture.
 UNREADABLE = "unreadable"
 TOO_LARGE = "too large"
+MISSING = "no such file"  # gone since the data set was listed: not a file that fails to decode
 
 
 def is_image_file(path: Path) -> bool:
@@ -85,6 +86,8 @@ def inspect_file(path, max_pixels: int = DEFAULT_MAX_PIXELS):
     try:
         with open(path, "rb") as fh:
             data = fh.read()
+    except FileNotFoundError:
+        return None, MISSING, 0, False
     except (OSError, ValueError, MemoryError):
         return None, UNREADABLE, 0, False
     return inspect_bytes(data, max_pixels)
@@ -113,6 +116,10 @@ def inspect_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     # The size is known before decoding, so a decompression bomb never allocates anything.
     if pixels is not None and pixels > max_pixels:
         return None, TOO_LARGE, pixels, True
+    if data[:4] in _TIFF_MAGIC:
+        img = _tiff_with_alpha(data)
+        if img is not None:
+            return img, None, img.shape[0] * img.shape[1], True
     try:
         # ANYCOLOR|ANYDEPTH keeps 16-bit and palette data and still applies EXIF orientation.
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
@@ -219,6 +226,38 @@ def _pillow_pixels(data: bytes) -> int | None:
             return 2 * limit + 1 if limit else None
         except (OSError, ValueError, EOFError, SyntaxError, struct.error, MemoryError, TypeError, IndexError):
             return None
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+
+
+def _tiff_with_alpha(data: bytes) -> np.ndarray | None:
+    """A TIFF with an alpha channel as RGB uint8, decoded by Pillow: OpenCV reads such TIFFs
+    through libtiff's RGBA interface, which multiplies the colours by alpha, so RGBA(200, a=128)
+    came out 100 where the same pixel from a PNG or WebP is 200. Like PNG's, the colours are kept
+    and the alpha dropped. None (OpenCV decodes it) for a TIFF without alpha, or one Pillow can
+    not decode (16-bit colour), or without Pillow."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        return None
+    with _PILLOW_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode not in ("RGBA", "RGBa", "LA", "La"):
+                    return None
+                im = ImageOps.exif_transpose(im)  # OpenCV applies the orientation tag too
+                # RGBa / La: associated (premultiplied) alpha; convert divides it out.
+                arr = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "RGBa") else "LA"))
+        except (OSError, ValueError, EOFError, SyntaxError, struct.error, MemoryError, TypeError, IndexError,
+                Image.DecompressionBombError):
+            return None
+    if arr.ndim != 3 or arr.size == 0:
+        return None
+    if arr.shape[2] == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, :1], 3, axis=2))
+    return np.ascontiguousarray(arr[:, :, :3])
 
 
 def release_freed_memory() -> None:
@@ -465,11 +504,16 @@ def _scan(store, todo: np.ndarray, workers: int | None, budget, progress: bool |
         if paths and workers > 1 and n >= PROCESS_SCAN_MIN and not multiprocessing.current_process().daemon:
             ctx = multiprocessing.get_context("fork")
             _SCAN_JOB = (store, todo, budget)
-            with _one_cv2_thread(), ctx.Pool(min(workers, len(blocks))) as pool:
-                for bounds, results in zip(blocks, pool.imap(_scan_block, blocks)):
-                    if bar is not None:
-                        bar.update(len(results))
-                    yield bounds, results
+            from augpipe.training.signals import children_start_deaf, scan_worker_signals
+
+            with _one_cv2_thread():
+                with children_start_deaf():
+                    pool = ctx.Pool(min(workers, len(blocks)), initializer=scan_worker_signals)
+                with pool:
+                    for bounds, results in zip(blocks, pool.imap(_scan_block, blocks)):
+                        if bar is not None:
+                            bar.update(len(results))
+                        yield bounds, results
         elif getattr(store.source, "blobs", None) is not None and workers > 1:
             _SCAN_JOB = (store, todo, budget)
             with ThreadPoolExecutor(max_workers=min(8, workers * 2)) as pool:
@@ -556,6 +600,8 @@ class ImageStore:
                 return img
         img, problem = self.read(i)
         if img is None:
+            if problem == MISSING:
+                raise DataError(f"{self.source.describe(i)}: no such file (removed since the data set was opened)")
             why = f" (larger than --max-pixels, {self.max_pixels:,} pixels)" if problem == TOO_LARGE else ""
             raise DataError(f"can not decode image {self.source.describe(i)}{why}")
         if self._cache is not None:

@@ -69,6 +69,9 @@ def collate_uint8(batch):
 
 
 def _worker_init(worker_id: int) -> None:
+    from augpipe.training.signals import loader_worker_signals
+
+    loader_worker_signals()  # a signal to the process group is the main process's to handle
     # torch gives each worker a distinct seed derived from the loader's generator, drawn anew
     # every epoch, so augmentations differ across workers and epochs yet repeat with the seed.
     info = torch.utils.data.get_worker_info()
@@ -126,14 +129,14 @@ class EpochLoader:
 
     def __init__(self, dataset: AugmentedImages, *, batch_size: int, shuffle: bool, num_workers: int,
                  seed: int, drop_last: bool = False, pin_memory: bool = False, rank: int = 0,
-                 world_size: int = 1, batch_sampler=None):
+                 world_size: int = 1, batch_sampler=None, collate_fn=collate_uint8):
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.generator = torch.Generator().manual_seed(seed)
-        common = dict(num_workers=num_workers, collate_fn=collate_uint8, generator=self.generator,
+        common = dict(num_workers=num_workers, collate_fn=collate_fn, generator=self.generator,
                       worker_init_fn=_worker_init if num_workers > 0 else None, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
         self.batch_sampler = batch_sampler
@@ -164,7 +167,11 @@ class EpochLoader:
         if self.num_workers == 0:
             self.dataset.reseed(int(torch.randint(2**62, (1,), generator=self.generator)))
         self.batch_items = None
-        return self._batches(iter(self.loader))
+        from augpipe.training.signals import children_start_deaf
+
+        with children_start_deaf():  # the workers are forked here
+            batches = iter(self.loader)
+        return self._batches(batches)
 
     def _batches(self, batches):
         for batch in batches:

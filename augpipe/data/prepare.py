@@ -8,7 +8,7 @@ import numpy as np
 
 from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS, Digests, ImageStore
 from augpipe.data.sources import ImageSource, open_dataset
-from augpipe.data.split import find_duplicates, read_manifest, split_dataset
+from augpipe.data.split import read_manifest, split_dataset
 from augpipe.errors import DataError
 
 log = logging.getLogger("augpipe")
@@ -23,9 +23,10 @@ class PreparedData:
     val: float
     test: float
     skipped: list[str]  # images left out: unreadable, or above max_pixels
-    duplicates: dict
+    duplicates: dict  # exact copies skipped and label conflicts (``skip_duplicates``)
     too_large: list[str] = field(default_factory=list)  # those of ``skipped`` above max_pixels
     max_pixels: int = DEFAULT_MAX_PIXELS
+    pixels: str = ""  # fingerprint of every image's pixels: a resumed run refuses data changed in place
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.assignment == split)
@@ -59,6 +60,7 @@ class DecodedData:
     digests: Digests  # pixel digest per readable item
     max_pixels: int
     manifests: dict = field(default_factory=dict)  # split file -> read_manifest's result, read once
+    duplicates: dict = field(default_factory=lambda: no_duplicates())
 
 
 def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
@@ -116,7 +118,69 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
         digests = report.digests.take(keep)
     else:
         digests = report.digests
-    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests)
+    source, store, digests, duplicates = skip_duplicates(path, source, store, digests)
+    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests, duplicates)
+
+
+def no_duplicates() -> dict:
+    return {"skipped": 0, "groups": 0, "label_conflict_groups": 0, "label_conflicts": []}
+
+
+# Label conflicts named in the log (the rest are counted) and kept in summary.json.
+SHOWN_CONFLICTS, KEPT_CONFLICTS = 5, 100
+
+
+def skip_duplicates(path, source, store, digests):
+    """Exact duplicates (the same decoded pixels) are skipped: the first in the data set's order
+    is kept, every later copy left out, so that no image is trained on twice or tested on after
+    being trained on. Copies under different classes are a label conflict: each is named with its
+    classes in a warning, and the first is kept like any other duplicate."""
+    groups: dict[bytes, list[int]] = {}
+    for i, d in enumerate(digests.repeated() if isinstance(digests, Digests) else digests):
+        if d is not None:
+            groups.setdefault(d, []).append(i)
+    groups = {d: g for d, g in groups.items() if len(g) > 1}
+    if not groups:
+        return source, store, digests, no_duplicates()
+    names, labels = source.class_names, source.labels
+    drop = {i for g in groups.values() for i in g[1:]}
+    conflicts = [g for g in groups.values() if len({int(labels[i]) for i in g}) > 1]
+    first = min(groups.values(), key=lambda g: g[1])
+    log.warning("skipped %d exact duplicate image(s) in %d group(s) (the same pixels as an earlier image, which is "
+                "kept), first: %s (the same as %s)", len(drop), len(groups), source.describe(first[1]),
+                source.describe(first[0]))
+    described = []
+    for g in conflicts:
+        files = [source.describe(i) for i in g]
+        classes = [names[int(labels[i])] for i in g]
+        described.append({"files": files, "classes": classes})
+        if len(described) <= SHOWN_CONFLICTS:
+            log.warning("label conflict: %s have the same pixels but their labels differ (%s); kept %s as %r",
+                        " and ".join(files), ", ".join(f"{f}: {c!r}" for f, c in zip(files, classes)), files[0],
+                        classes[0])
+    if len(conflicts) > SHOWN_CONFLICTS:
+        log.warning("... and %d more label conflict(s)", len(conflicts) - SHOWN_CONFLICTS)
+    keep = [i for i in range(len(source)) if i not in drop]
+    left = np.bincount(labels[keep], minlength=len(names))
+    gone = np.flatnonzero((left == 0) & (source.class_counts() > 0))
+    if len(gone):
+        raise DataError(f"{path}: every image of class {names[int(gone[0])]!r} has the same pixels as an image "
+                        f"of another class (a label conflict): the class is left with none")
+    store = store.subset(keep)
+    kept = digests.take(keep) if isinstance(digests, Digests) else [digests[i] for i in keep]
+    return store.source, store, kept, {
+        "skipped": len(drop), "groups": len(groups), "label_conflict_groups": len(conflicts),
+        "label_conflicts": described[:KEPT_CONFLICTS]}
+
+
+def pixel_fingerprint(source, digests) -> str:
+    """Changes when the pixels of any image change, also in place under the same name."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, digest in sorted(zip(source.keys, digests), key=lambda kd: kd[0]):
+        h.update(f"{key}\t".encode() + (digest or b"-") + b"\n")
+    return h.hexdigest()[:16]
 
 
 def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
@@ -134,10 +198,5 @@ def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, 
     source = decoded.source
     assignment = split_dataset(source.keys, source.labels, source.given, val=val, test=test, seed=seed,
                                previous=previous, class_names=source.class_names)
-    return PreparedData(source, decoded.store, assignment, seed, val, test, decoded.skipped,
-                        find_duplicates(_repeated(decoded.digests), assignment), decoded.too_large, decoded.max_pixels)
-
-
-def _repeated(digests):
-    # Only digests that occur twice can be duplicates: the others need no bytes object each.
-    return digests.repeated() if isinstance(digests, Digests) else digests
+    return PreparedData(source, decoded.store, assignment, seed, val, test, decoded.skipped, decoded.duplicates,
+                        decoded.too_large, decoded.max_pixels, pixel_fingerprint(source, decoded.digests))

@@ -203,7 +203,8 @@ def write_shards(prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT,
     finished, and a shard set already in ``out_dir`` stays whole until the new one is.
     """
     from augpipe.data.split import item_rank, write_manifest
-    from augpipe.files import exclusive_lock, remove_stale_temporaries, write_atomic
+    from augpipe.errors import WriteError
+    from augpipe.files import exclusive_lock, remove_stale_temporaries, write_atomic, write_reason
 
     if not _is_int(max_count) or max_count < 1:
         raise ConfigError(f"--max-count must be a whole number of at least 1, got {max_count!r}")
@@ -230,9 +231,12 @@ def write_shards(prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT,
                                key=lambda i: item_rank(seed, f"shards\0{source.keys[i]}"))
                 if items:
                     written += _write_series(out, split, items, source, max_count, max_size, opened)
-        except BaseException:
+        except BaseException as err:
             for tmp in opened:
                 tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):  # a full disk while the shards are written: one line
+                raise WriteError(f"--out {out}: the shards can not be written ({write_reason(err)}); "
+                                 f"nothing was changed there") from None
             raise
         # Only now is a finished name touched, and the previous set stops being one first.
         try:
@@ -245,7 +249,7 @@ def write_shards(prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT,
                     (out / entry["file"]).unlink(missing_ok=True)
             _fsync_dir(out)
         except OSError as err:
-            raise DataError(f"--out {out}: can not be written ({err.strerror or err})") from None
+            raise WriteError(f"--out {out}: can not be written ({write_reason(err)})") from None
         write_manifest(out / "split.csv", source, assignment, seed=seed, val=prepared.val, test=prepared.test)
         index = {
             "format": FORMAT, "version": VERSION,

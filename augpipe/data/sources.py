@@ -367,6 +367,12 @@ def _open_csv(path: Path) -> ImageSource:
         raise DataError(f"{path}: the manifest names {len(missing)} missing file(s), first: {shown(missing[0])}")
     if not entries:
         raise DataError(f"{path}: the manifest lists no images")
+    # Files outside the manifest's folder (../x.jpg, /abs/x.jpg) are allowed: a manifest is a list
+    # its user wrote, often kept apart from the images (docs/reliability.md). Said, not silent.
+    home = path.parent.resolve()
+    outside = [e[1] for e in entries if not _inside(e[0], home)]
+    if outside:
+        log.info("%s names %d file(s) outside its folder, first: %s", path, len(outside), shown(outside[0]))
     class_names = sorted({e[2] for e in entries})
     index = {c: i for i, c in enumerate(class_names)}
     return ImageSource(

@@ -112,39 +112,15 @@ def split_table(class_names, labels, assignment) -> str:
     return "\n".join(lines)
 
 
-def find_duplicates(digests, assignment) -> dict:
-    """Exact-duplicate images (equal decoded pixels), counted within and across splits."""
-    groups: dict[bytes, list[int]] = defaultdict(list)
-    for i, d in enumerate(digests):
-        if d is not None:
-            groups[d].append(i)
-    across = Counter()
-    within = 0
-    cross_images = 0
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        splits = sorted({assignment[i] for i in members}, key=SPLITS.index)
-        if len(splits) == 1:
-            within += len(members) - 1
-        else:
-            cross_images += len(members)
-            for a in range(len(splits)):
-                for b in range(a + 1, len(splits)):
-                    across[f"{splits[a]}-{splits[b]}"] += 1
-    return {"within_split": within, "across_groups": dict(across), "across_images": cross_images}
-
-
 def describe_duplicates(dups: dict) -> str:
-    if not dups["across_groups"] and not dups["within_split"]:
+    """One line for the exact duplicates that ``prepare.skip_duplicates`` left out."""
+    if not dups.get("skipped"):
         return "duplicates: none (no two images have the same pixels)"
-    parts = []
-    if dups["across_groups"]:
-        pairs = ", ".join(f"{k}: {v}" for k, v in sorted(dups["across_groups"].items()))
-        parts.append(f"{dups['across_images']} images in groups that span splits ({pairs} groups)")
-    if dups["within_split"]:
-        parts.append(f"{dups['within_split']} extra copies within a split")
-    return "duplicates: " + "; ".join(parts)
+    text = (f"duplicates: {dups['skipped']} exact copies skipped (the first image of each of "
+            f"{dups['groups']} group(s) kept)")
+    if dups.get("label_conflict_groups"):
+        text += f"; {dups['label_conflict_groups']} label conflict(s): the same pixels under different classes"
+    return text
 
 
 def write_manifest(path, source, assignment, *, seed: int, val: float, test: float) -> Path:

@@ -16,6 +16,12 @@ from augpipe.config import EMA_MODES  # noqa: F401  (the modes are named where t
 from augpipe.training.callbacks import Callback
 
 
+def _accepts(cls, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(cls.__init__).parameters
+
+
 class WeightAverage(Callback):
     """After step s (counted over the run from 1): ema = w while s <= start_step + 1; then, at
     every ``every``-th step, ema = d * ema + (1 - d) * w with d = decay * (s / total_steps) **
@@ -31,8 +37,11 @@ class WeightAverage(Callback):
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, total_steps or steps_per_epoch)
         self.start_step = round(start_epochs * steps_per_epoch)
-        # fp32 weights (training is fp32 or autocast): no stochastic rounding is involved.
-        self.ema = ModelEmaV3(model, decay=decay, update_after_step=self.start_step, stochastic_rounding=False)
+        # fp32 weights (training is fp32 or autocast): no stochastic rounding is involved. timm
+        # before 1.0.30 has no such argument and never rounds stochastically, so it is only
+        # passed where it exists (pyproject's floor is timm 1.0).
+        extra = {"stochastic_rounding": False} if _accepts(ModelEmaV3, "stochastic_rounding") else {}
+        self.ema = ModelEmaV3(model, decay=decay, update_after_step=self.start_step, **extra)
 
     @property
     def module(self):
@@ -56,9 +65,12 @@ class WeightAverage(Callback):
             self._copy_back()
 
     def _copy_back(self) -> None:
-        for averaged, trained in zip(self.ema.module.state_dict().values(), self.model.state_dict().values()):
-            if trained.is_floating_point():
-                trained.copy_(averaged)
+        # one fused copy over all tensors: a Python loop of copies costs a kernel launch each
+        pairs = [(t, a) for a, t in zip(self.ema.module.state_dict().values(), self.model.state_dict().values())
+                 if t.is_floating_point()]
+        if pairs:
+            trained, averaged = zip(*pairs)
+            torch._foreach_copy_(list(trained), list(averaged))
 
     def state_dict(self) -> dict:
         return self.ema.module.state_dict()

@@ -7,7 +7,6 @@ import csv
 import io
 import logging
 import math
-import os
 from pathlib import Path
 
 
@@ -167,21 +166,24 @@ class MetricsFile(Callback):
     rows of an epoch that is redone are never duplicated."""
 
     def __init__(self, path: Path, epochs: list[dict] = ()):
+        self.path = Path(path)
+        self.rows = [[_fmt(metrics.get(c)) for c in METRIC_COLUMNS] for metrics in epochs]
+        self._write()
+
+    def _write(self) -> None:
+        # The whole file, atomically, every epoch (a few hundred bytes): an append on a full
+        # disk could leave half a row; this leaves the previous file or a WriteError.
         from augpipe.files import write_atomic
 
-        self.path = Path(path)
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(METRIC_COLUMNS)
-        for metrics in epochs:
-            writer.writerow([_fmt(metrics.get(c)) for c in METRIC_COLUMNS])
+        writer.writerows(self.rows)
         write_atomic(self.path, buf.getvalue())
 
     def on_epoch_end(self, epoch: int, metrics: dict, model=None) -> bool:
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([_fmt(metrics.get(c)) for c in METRIC_COLUMNS])
-            fh.flush()
-            os.fsync(fh.fileno())
+        self.rows.append([_fmt(metrics.get(c)) for c in METRIC_COLUMNS])
+        self._write()
         return False
 
 

@@ -84,7 +84,7 @@ def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, im
         "split": {"key_column": data.source.key_column, "keys": list(data.source.keys),
                   "labels": data.source.labels.tolist(), "splits": [str(s) for s in data.assignment.tolist()],
                   "seed": int(data.seed), "val": float(data.val), "test": float(data.test),
-                  "fingerprint": data.source.fingerprint()},
+                  "fingerprint": data.source.fingerprint(), "pixels": getattr(data, "pixels", "")},
         "history": {"epochs": list(history.epochs), "iteration_losses": list(history.iteration_losses)},
         "train_seconds": float(train_seconds),
         "early_stopping": tracker.state_dict(epoch if progress is None else None),

@@ -207,8 +207,11 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             for k, v in enumerate(values):
                 for lg in control.step_loggers:
                     lg.log_step(first + k, {"loss": v, "lr": lr, "images_per_s": rate})
-        if not all(math.isfinite(v) for v in values):
-            raise NonFiniteLoss(f"the training loss became {values[-1]} at iteration {state.step}")
+        bad = next((k for k, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            # the losses are fetched in groups (every 50 steps on a GPU): name the first bad one
+            at = state.step - len(values) + bad + 1
+            raise NonFiniteLoss(f"the training loss became {values[bad]} at iteration {at}")
 
     shown = track(batches, len(loader) - state.step, desc, enabled=progress, unit="step",
                   per_item=(getattr(loader, "batch_size", 1) * distributed.ranks().world_size, "images"))

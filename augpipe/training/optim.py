@@ -3,6 +3,7 @@ weight-decay grouping, and torch's schedulers. The built-in plugin registers the
 third-party plugins add their own."""
 from __future__ import annotations
 
+import inspect
 import math
 from functools import partial
 
@@ -65,6 +66,11 @@ def torch_optimizer(model, *, cls, lr: float, weight_decay: float, momentum: flo
     # seconds and ~200 MB that the small trainers do not otherwise need.
     if cls in (torch.optim.SGD, torch.optim.RMSprop):
         extra["momentum"] = momentum
+    params = list(model.parameters())
+    # On CUDA one fused kernel updates every tensor (torch's default there is foreach: a kernel
+    # per op across tensors); older torch lacks fused for some classes and keeps the default.
+    if params and all(p.is_cuda for p in params) and "fused" in inspect.signature(cls.__init__).parameters:
+        extra.setdefault("fused", True)
     return cls(weight_decay_groups(model, weight_decay), lr=lr, **extra)
 
 

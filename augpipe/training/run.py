@@ -18,7 +18,7 @@ import torch
 
 from augpipe import distributed
 from augpipe.config import TrainConfig, check_device_name, typed_settings
-from augpipe.errors import AugpipeError, ConfigError, DataError, PluginError
+from augpipe.errors import AugpipeError, ConfigError, DataError, PluginError, WriteError
 
 log = logging.getLogger("augpipe")
 
@@ -155,7 +155,15 @@ class DataPipeline:
         from augpipe.augment.cpu import build_eval_transform, build_train_transform
         from augpipe.data.loader import AugmentedImages, BatchNormalizer, EpochLoader, default_workers
 
-        self.aug_on_device = cfg.aug_device == "gpu" or (cfg.aug_device == "auto" and device.type == "cuda")
+        needs_workers = _needs_loader_workers(spec)
+        if cfg.aug_device == "gpu" and needs_workers:
+            raise ConfigError(f"{needs_workers}: use --aug-device cpu")
+        # auto: on the device where there is a CUDA one (or the data is to be there), unless the
+        # spec has operations only the workers' Albumentations can run.
+        self.aug_on_device = cfg.aug_device == "gpu" or (
+            cfg.aug_device == "auto" and (device.type == "cuda" or cfg.data_on_device == "on") and not needs_workers)
+        if cfg.data_on_device == "on" and needs_workers:
+            raise ConfigError(f"--data-on-device on: {needs_workers}")
         native = data.store.native_size() if data.store.shapes_equal else None
         self.native = native
         workers = cfg.workers if cfg.workers is not None else default_workers(device.type)
@@ -167,11 +175,6 @@ class DataPipeline:
         if self.aug_on_device:
             from augpipe.augment.device import DeviceAugment
 
-            if spec.extra:
-                raise ConfigError("augmentations under 'extra' run only in loader workers: use --aug-device cpu")
-            if spec.policy_ops():
-                raise ConfigError(f"{', '.join(spec.policy_ops())} runs only in loader workers (its operations are "
-                                  f"Albumentations'): use --aug-device cpu")
             self.train_transform = build_eval_transform(spec, image_size, native=native) if native != (image_size, image_size) else None
             rank = distributed.ranks().rank  # each rank its own random numbers
             # flip_seed: the alternate flip of an image is the same whichever rank draws it
@@ -192,7 +195,19 @@ class DataPipeline:
         labels = data.source.labels
         me = distributed.ranks()
 
+        shards = shard_batch_sampler(data, cfg, me, workers)
+        self.resident = self.aug_on_device and self._data_to_device(data, cfg, device, image_size, shards)
+        if self.resident:
+            workers = 0
+
         def loader(split, transform, shuffle, seed_offset, n_workers, drop_last=False, batch_sampler=None):
+            if self.resident:
+                from augpipe.data.resident import ResidentLoader, stack_split
+
+                items = data.indices(split)
+                return ResidentLoader(stack_split(data.store, items, transform), labels[items], items, device,
+                                      batch_size=cfg.batch_size, shuffle=shuffle, seed=cfg.seed + seed_offset,
+                                      drop_last=drop_last, rank=me.rank, world_size=me.world_size)
             ds = AugmentedImages(data.store, data.indices(split), labels, transform, stream=me.rank)
             return EpochLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=n_workers,
                                seed=cfg.seed + seed_offset, pin_memory=pin, drop_last=drop_last,
@@ -201,14 +216,27 @@ class DataPipeline:
         # A last training batch of a single image breaks batch norm (one value per channel).
         n_train = math.ceil(len(data.indices("train")) / me.world_size)  # this rank's share
         lone_last = n_train % cfg.batch_size == 1 and n_train > 1
+        if cfg.batch_size > n_train > 0:
+            log.warning("--batch-size %d is more than the %d training images%s: each epoch is one batch of %d",
+                        cfg.batch_size, n_train, " of this process" if me.world_size > 1 else "", n_train)
         self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last,
-                            batch_sampler=shard_batch_sampler(data, cfg, me, workers))
+                            batch_sampler=shards)
         # Evaluation batches need no augmentation: decoding from the cache is cheap in-process.
         eval_workers = 0 if data.store.cached else workers
         self.val = loader("val", eval_transform, False, 1, eval_workers)
         self.test = loader("test", eval_transform, False, 2, eval_workers)
         self.workers = workers
 
+
+    @staticmethod
+    def _data_to_device(data, cfg: TrainConfig, device: torch.device, image_size: int, shards) -> bool:
+        from augpipe.data.resident import decide, split_bytes
+
+        why_not = "the data is read from tar shards, a few at a time" if shards is not None else None
+        resized = None if data.store.shapes_equal and data.store.native_size() == (image_size, image_size) \
+            else image_size
+        needed = sum(split_bytes(data.store, data.indices(s), resized) for s in ("train", "val", "test"))
+        return decide(cfg.data_on_device, device, needed, why_not)
 
     def _augment_on_device(self, images):
         # The alternate flip decides by the batch's items and the epoch, which the train loader knows.
@@ -233,6 +261,15 @@ class DataPipeline:
         if out.shape != (image_size, image_size, 3):
             raise ConfigError(f"the augmentation turns {data.source.describe(i)} into {tuple(out.shape)}, "
                               f"not {image_size}x{image_size}x3: an 'extra' transform changes the size")
+
+
+def _needs_loader_workers(spec) -> str | None:
+    """Why ``spec`` can only be augmented by Albumentations in loader workers, or None."""
+    if spec.extra:
+        return "augmentations under 'extra' run only in loader workers"
+    if spec.policy_ops():
+        return f"{', '.join(spec.policy_ops())} runs only in loader workers (its operations are Albumentations')"
+    return None
 
 
 def shard_batch_sampler(data, cfg: TrainConfig, me, workers: int):
@@ -523,6 +560,10 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
     if callable(getattr(model, "init_from_data", None)) and not resuming and not cfg.weights and not cfg.pretrained:
         fit_to_training_images(model, data, spec, image_size, cfg)
     model = model.to(device)
+    if device.type == "cuda":
+        # fixed batch shapes: cuDNN times its kernels once and keeps the fastest (a GPU run is
+        # not bit-for-bit repeatable anyway; the CPU's is)
+        torch.backends.cudnn.benchmark = True
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_model_input(model, cfg, num_classes, image_size, device)
@@ -552,7 +593,7 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=cfg.freeze_epochs > 0
                                               or callable(getattr(model, "set_epoch", None)))
-    return TrainingParts(model, torch.compile(train_model) if cfg.compile else train_model, optimizer, pipeline,
+    return TrainingParts(model, _compiled(train_model, cfg) if cfg.compile else train_model, optimizer, pipeline,
                          image_size, threads)
 
 
@@ -636,6 +677,9 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
                      or data.assignment.tolist() != saved["split"]["splits"]):
         raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
                         f"removed or relabelled); a resumed run needs the same data")
+    if resuming and saved["split"].get("pixels") and data.pixels != saved["split"]["pixels"]:
+        raise DataError(f"{data_path}: the pixels of images the run started with have changed since (the same "
+                        f"names, other content); a resumed run needs the same data")
     if cfg.patience is not None and cfg.monitor.startswith("val_") and len(data.indices("val")) == 0:
         raise ConfigError(f"early stopping (--patience {cfg.patience}) watches {cfg.monitor}, but there is no "
                           f"validation split: give --val above 0, or --monitor train_loss")
@@ -804,6 +848,9 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
         if not me.is_main:
             raise
         _close_failed_run(run_dir, history, err, keep=resuming)
+        if isinstance(err, WriteError) and run_dir is not None and (run_dir / "last.pt").is_file():
+            raise WriteError(f"{err}; {run_dir / 'last.pt'} is intact: make room, then augpipe train --resume "
+                             f"{run_dir}") from None
         if not resuming and not out_existed:
             with contextlib.suppress(OSError):
                 Path(cfg.out).rmdir()  # only when empty: made for this run alone
@@ -868,6 +915,17 @@ def finish_loggers(loggers: list, summary: dict, run_dir: Path) -> None:
         lg.close()
 
 
+def _compiled(model, cfg: TrainConfig):
+    return torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+
+
+def _peak_device_memory_mb(device: torch.device) -> float | None:
+    """The most memory torch's allocator held on a CUDA device during the run; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
 def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, device, n_params, train_seconds,
             interrupted, write: bool = True) -> dict:
     """Score the test split with the weights the run keeps, draw the curves (``write``: this
@@ -884,7 +942,9 @@ def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, d
                "restored_best": restored, "scored_checkpoint": "best.pt" if cfg.restore_best else "last.pt",
                "train_seconds": round(train_seconds, 2),
                "mean_images_per_s": float(np.mean([e["images_per_s"] for e in history.epochs])) if history.epochs else None,
-               "skipped_images": len(data.skipped), "duplicates": data.duplicates}
+               "skipped_images": len(data.skipped), "duplicates": data.duplicates,
+               "aug_on_device": pipeline.aug_on_device, "data_on_device": pipeline.resident,
+               "peak_device_memory_mb": _peak_device_memory_mb(device)}
     if interrupted:
         summary["resume_command"] = f"augpipe train --resume {run_dir}"
     if history.epochs and len(pipeline.test.dataset):
@@ -894,6 +954,12 @@ def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, d
                      for i, name in enumerate(data.class_names)}
         summary.update(test_acc=test["acc"], test_loss=test["loss"], test_images=test["n"],
                        per_class_acc=per_class, confusion=test["confusion"].tolist())
+        if len(data.class_names) > INLINE_CONFUSION_CLASSES:
+            # 1,000 classes made a 9 MB summary.json: the matrix goes to a file of its own.
+            summary["confusion"] = None
+            summary["confusion_file"] = CONFUSION_FILE
+            if write:
+                write_confusion_csv(run_dir / CONFUSION_FILE, test["confusion"], data.class_names)
         if not math.isfinite(test["loss"]) and not history.failed:
             summary["failed"] = history.failed = True
             summary["stop_reason"] = history.stop_reason = f"the test loss is {test['loss']}: the weights are not finite"
@@ -910,6 +976,26 @@ def _finish(cfg, model, pipeline, data, history, tracker, run_dir, image_size, d
     return summary
 
 
+# Above this many classes the test confusion matrix is written to CONFUSION_FILE (rows: true
+# class, columns: predicted) instead of into summary.json; per_class_acc stays in the summary.
+INLINE_CONFUSION_CLASSES = 50
+CONFUSION_FILE = "confusion.csv"
+
+
+def write_confusion_csv(path: Path, confusion, class_names) -> Path:
+    import csv
+    import io
+
+    from augpipe.files import write_atomic
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["true/predicted", *class_names])
+    for name, row in zip(class_names, np.asarray(confusion).tolist()):
+        writer.writerow([name, *row])
+    return write_atomic(path, buf.getvalue())
+
+
 def _close_failed_run(run_dir: Path | None, history, err: BaseException, keep: bool = False) -> None:
     """A run that fails after its directory was made leaves either nothing (no step done) or a
     summary saying why it ended beside what it finished: never a half-written run. A resumed run
@@ -924,10 +1010,15 @@ def _close_failed_run(run_dir: Path | None, history, err: BaseException, keep: b
         shutil.rmtree(run_dir, ignore_errors=True)
         return
     interrupted = isinstance(err, KeyboardInterrupt)
+    # A full disk stops a run as a signal does: the last complete last.pt is intact (writes are
+    # atomic), so the run resumes once there is room.
+    resumable = (interrupted or isinstance(err, WriteError)) and (run_dir / "last.pt").is_file()
     summary = {"run_dir": str(run_dir), "epochs_run": len(history.epochs), "failed": not interrupted,
                "interrupted": getattr(err, "signal_name", "SIGINT") if interrupted else None,
-               "resumable": interrupted and (run_dir / "last.pt").is_file(),
+               "resumable": resumable,
                "stop_reason": "interrupted" if interrupted else f"{type(err).__name__}: {err}"}
+    if resumable:
+        summary["resume_command"] = f"augpipe train --resume {run_dir}"
     try:
         write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     except AugpipeError:
