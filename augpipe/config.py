@@ -23,7 +23,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # user gives none: adaptive methods want a far smaller step than SGD.
 EMA_MODES = ("average", "lookahead")  # --ema-mode (augpipe.training.averaging)
 DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, "adam": 1e-3,
-              "adamw": 1e-3, "adagrad": 1e-2}
+              "adamw": 1e-3, "adagrad": 1e-2, "muon": 0.05}  # muon: its SGD part's; the matrices take 0.4x
 
 
 # The largest values a setting may take: every number from a config file or a flag has a range,
@@ -38,7 +38,7 @@ WORKERS_PER_CORE = 4        # loader workers (and threads) per CPU core; at leas
 MIN_WORKER_LIMIT = 8        # so that a config written on an ordinary machine runs on a small one
 MAX_SECONDS = 10**8         # --dist-timeout; about three years
 MAX_MINUTES = 10**7         # --max-minutes; about nineteen years
-MAX_RATE = 1e4              # --lr, --min-lr, --norm-lr-scale, --backbone-lr-scale, --weight-decay, --gamma
+MAX_RATE = 10**6            # --lr, --min-lr, --norm-lr-scale, --backbone-lr-scale, --weight-decay, --gamma
 UPPER_BOUNDS = {
     "epochs": MAX_EPOCHS, "freeze_epochs": MAX_EPOCHS, "patience": MAX_EPOCHS, "start_from_epoch": MAX_EPOCHS,
     "warmup_epochs": MAX_EPOCHS, "step_size": MAX_EPOCHS, "ema_start": MAX_EPOCHS, "ema_every": MAX_STEPS,
@@ -92,12 +92,12 @@ class TrainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # skip images of more pixels (width x height): Pillow's bomb limit
     workers: int | None = None       # loader workers; None = chosen from the cores
     # optimisation
-    optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad
+    optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad, muon
     lr: float | None = None          # None = the optimizer's default (DEFAULT_LR)
     weight_decay: float = 5e-4
     decay_bias_and_norm: bool = False  # weight decay on biases and normalisation parameters too (airbench94 decays them; timm does not)
     norm_lr_scale: float = 1.0       # learning rate of normalisation layers' parameters, as a multiple of --lr (airbench94: 64); their decay per step is kept
-    momentum: float | None = None    # None = 0.9 for momentum/nesterov, the optimizer's own otherwise
+    momentum: float | None = None    # None = 0.9 for momentum/nesterov/muon, the optimizer's own otherwise
     scheduler: str = "cosine"        # none, step, multistep, exponential, cosine, onecycle, linear, plateau
     warmup_epochs: float = 0.0       # linear warm-up, in epochs (fractions allowed)
     step_size: float = 10            # step: epochs between decays
@@ -222,7 +222,7 @@ class TrainConfig:
     def resolved_momentum(self) -> float:
         if self.momentum is not None:
             return self.momentum
-        return 0.9 if self.optimizer in ("momentum", "nesterov") else 0.0
+        return 0.9 if self.optimizer in ("momentum", "nesterov", "muon") else 0.0
 
     @property
     def monitor_mode(self) -> str:
@@ -247,8 +247,8 @@ class TrainConfig:
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         # torch's SGD raises a bare ValueError for Nesterov without momentum, once the data is loaded.
-        if self.optimizer == "nesterov" and self.momentum == 0:
-            raise ConfigError("--optimizer nesterov needs a --momentum above 0 (use --optimizer sgd for none)")
+        if self.optimizer in ("nesterov", "muon") and self.momentum == 0:
+            raise ConfigError(f"--optimizer {self.optimizer} needs a --momentum above 0 (use --optimizer sgd for none)")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must not be negative, got {self.weight_decay}")
         if self.min_lr < 0:

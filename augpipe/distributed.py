@@ -194,7 +194,13 @@ def check_devices(devices: int, device_type: str) -> None:
 
 def _quiet_launcher_logs() -> None:
     # The launcher logs each failed process's traceback itself; augpipe says it in one line.
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):
+    import torch.distributed.elastic.agent.server.api  # noqa: F401 (its logger, set up with a level of its own)
+
+    prefixes = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
+    # torch gives some of these loggers a level of their own, which a parent's level does not
+    # override ("Received 15 death signal, shutting down workers" on a stop signal).
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(prefixes)]
+    for name in (*prefixes, *names):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

@@ -39,7 +39,7 @@ def make_optimizer(model, cfg: TrainConfig):
 
 
 def test_the_builtin_names_are_registered():
-    assert get_plugins().optimizers.names() == sorted(OPTIMIZERS)
+    assert get_plugins().optimizers.names() == sorted([*OPTIMIZERS, "muon"])  # muon: tests/test_muon.py
     assert get_plugins().schedulers.names() == sorted(SCHEDULERS)
 
 

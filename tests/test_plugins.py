@@ -84,7 +84,7 @@ def test_plugins_lists_the_builtins_with_package_version_and_models(cli, fresh_p
     assert "trainer resnet:" in text and "models: resnet20, resnet32, resnet44, resnet56, resnet110" in text
     assert "(default resnet20)" in text
     assert "trainer timm: any timm model by name" in text and "(default resnet18)" in text
-    assert "    optimizers: adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd" in out
+    assert "    optimizers: adagrad, adam, adamw, momentum, muon, nesterov, rmsprop, sgd" in out
     assert "    schedulers: cosine, exponential, linear, multistep, none, onecycle, plateau, step" in out
     assert "failed to load" not in text
 

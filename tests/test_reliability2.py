@@ -111,6 +111,57 @@ def test_a_signal_to_the_group_during_a_first_scan_prints_one_line(tmp_path, nam
     assert f"interrupted by {name}" in stopped.stderr
 
 
+GROUP_STOP = '''
+import os, signal
+from augpipe.hookspecs import hookimpl
+from augpipe.training.callbacks import Callback
+
+class GroupStop(Callback):  # plugins' callbacks run on rank 0
+    def on_train_batch_end(self, epoch, step, loss):
+        if os.environ.get("KILL") and (epoch, step) == (2, 1):
+            os.killpg(0, signal.SIGTERM)
+
+@hookimpl
+def augpipe_register_callbacks(register):
+    register("group_stop", lambda run_dir, config: GroupStop())
+'''
+
+
+@pytest.mark.slow
+def test_a_signal_to_the_group_of_a_distributed_run_ends_it_resumably_and_it_resumes_exactly(tmp_path,
+                                                                                           plugin_package):
+    """--devices 2: the launcher, both ranks and their loader workers get SIGTERM at once; the
+    launcher passes it on to the ranks, which count the second copy as the same request."""
+    from conftest import colour_classes
+
+    site = plugin_package("groupstop", entry_points={"groupstop": "groupstop_mod"}, modules={"groupstop_mod": GROUP_STOP})
+    data = colour_classes(tmp_path / "data", per_class=12)
+    runs = tmp_path / "runs"
+    settings = ["--plugin", "mlp", "--model", "mlp_small", "--aug", "none", "--optimizer", "sgd", "--lr", "0.05",
+                "--scheduler", "cosine", "--epochs", "3", "--batch-size", "4", "--workers", "1", "--threads", "1",
+                "--seed", "3", "--val", "0.25", "--test", "0.25", "--device", "cpu", "--devices", "2",
+                "--callbacks", "group_stop"]
+
+    def augpipe(*args, kill=False):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)]),
+               "KILL": "1" if kill else ""}
+        return subprocess.run([sys.executable, "-m", "augpipe", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=600, start_new_session=True)
+
+    ref = augpipe("train", "--data", str(data), "--out", str(runs), "--name", "ref", *settings)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    stopped = augpipe("train", "--data", str(data), "--out", str(runs), "--name", "r", *settings, kill=True)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "death signal" not in stopped.stderr, stopped.stderr[-3000:]
+    s = summary(runs / "r")
+    assert s["interrupted"] == "SIGTERM" and s["resumable"] and not s["failed"]
+    resumed = augpipe("train", "--resume", str(runs / "r"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, want = summary(runs / "r"), summary(runs / "ref")
+    for key in ("test_acc", "test_loss", "best_epoch", "epochs_run", "stop_reason", "confusion"):
+        assert got[key] == want[key], key
+
+
 def _dispositions(*_):
     return [(signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))]
 

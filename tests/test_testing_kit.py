@@ -87,7 +87,7 @@ def test_the_kit_passes_on_timm_models(fresh_plugins):
 
 def test_the_kit_passes_on_the_builtin_optimizers_and_schedulers(fresh_plugins):
     checked = check_plugin("builtins")
-    assert checked["optimizers"] == ["adagrad", "adam", "adamw", "momentum", "nesterov", "rmsprop", "sgd"]
+    assert checked["optimizers"] == ["adagrad", "adam", "adamw", "momentum", "muon", "nesterov", "rmsprop", "sgd"]
     assert checked["schedulers"] == ["cosine", "exponential", "linear", "multistep", "none", "onecycle", "plateau", "step"]
 
 

@@ -76,7 +76,7 @@ BAD = {
                            ["unknown activation 'swish'",
                             "relu, leaky_relu, prelu, elu, selu, gelu, silu, sigmoid, tanh"]),
     "unknown optimizer": (BASE + ["--optimizer", "adamx"],
-                          ["unknown optimizer 'adamx'", "adagrad, adam, adamw, momentum, nesterov, rmsprop, sgd"]),
+                          ["unknown optimizer 'adamx'", "adagrad, adam, adamw, momentum, muon, nesterov, rmsprop, sgd"]),
     "unknown scheduler": (BASE + ["--scheduler", "cosin"],
                           ["unknown scheduler 'cosin'", "Did you mean 'cosine'",
                            "cosine, exponential, linear, multistep, none, onecycle, plateau, step"]),

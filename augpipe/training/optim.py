@@ -1,5 +1,5 @@
 """Optimizers and learning-rate schedules by name: torch's optimizer classes with timm's
-weight-decay grouping, and torch's schedulers. The built-in plugin registers these;
+weight-decay grouping, Muon with nesterov SGD, and torch's schedulers. The built-in plugin registers these;
 third-party plugins add their own."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from functools import partial
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR, ReduceLROnPlateau
+from torch.optim.sgd import sgd
 
 
 def weight_decay_groups(model, weight_decay: float) -> list[dict]:
@@ -74,6 +75,147 @@ def torch_optimizer(model, *, cls, lr: float, weight_decay: float, momentum: flo
     return cls(weight_decay_groups(model, weight_decay), lr=lr, **extra)
 
 
+# Keller Jordan's quintic Newton-Schulz coefficients (kellerjordan.github.io/posts/muon), as
+# torch.optim.Muon and timm's Muon use them: five steps take every singular value of a matrix of
+# spectral norm <= 1 to about 0.7-1.2, which trains as well as the exact U V^T.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+# Muon's matrices step at this multiple of --lr: the rate of Keller Jordan's Muon (0.02) for the
+# rest's default nesterov rate (0.05). One --lr then schedules both parts, keeps lr-find, the
+# logged rate and --min-lr meaningful, and every group reports --lr as its rate.
+MUON_LR_SCALE = 0.4
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """About ``U V^T`` of a matrix ``U S V^T`` by ``steps`` quintic Newton-Schulz iterations in
+    ``dtype``, as Keller Jordan's Muon computes it: ``X = M / (|M|_F + eps)``, then ``steps``
+    times ``A = X X^T; X = a X + (b A + c A A) X``, on the wide orientation of the matrix."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrix.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:  # the Gram matrix of the shorter side is the smaller one
+        x = x.T
+    x = x / (x.norm() + eps)  # the Frobenius norm bounds the spectral norm: the iteration converges
+    for _ in range(steps):
+        gram = x @ x.T
+        # fused multiply-adds: fewer bfloat16 roundings and temporaries than the written-out sums
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.T if tall else x).to(matrix.dtype)
+
+
+def muon_eligible(p: torch.Tensor) -> bool:
+    """A weight matrix or a bank of filters, read as (outputs, inputs x kernel). As timm's Muon,
+    not a depthwise filter (one input channel) nor a position embedding or class token (one
+    leading row): orthogonalising those mixes what are independent vectors."""
+    return p.ndim >= 2 and p.shape[0] > 1 and p.shape[1] > 1
+
+
+def output_layer_ids(model: torch.nn.Module) -> set[int]:
+    """The classifier's parameters: timm's ``get_classifier()`` where the model has it, else the
+    last linear or convolution layer registered (the factory is not told the class count)."""
+    if callable(getattr(model, "get_classifier", None)):
+        head = model.get_classifier()
+        heads = head if isinstance(head, (tuple, list)) else (head,)
+        return {id(p) for h in heads if isinstance(h, torch.nn.Module) for p in h.parameters()}
+    last = None
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd)):
+            last = m
+    return {id(p) for p in last.parameters()} if last is not None else set()
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the groups marked ``muon``, nesterov SGD (torch's own ``sgd``) for the others, in
+    one optimizer: one state dict, and parameter groups that schedulers, --norm-lr-scale and
+    --backbone-lr-scale treat as any optimizer's.
+
+    A Muon step on a parameter ``p`` of gradient ``g`` (``p`` 2-D, or a filter bank read as
+    ``(out, in*kh*kw)``, momentum ``mu``, rate ``lr * muon_lr_scale``):
+    ``B = mu B + g``; ``U = g + mu B`` (nesterov) or ``B``;
+    ``p -= rate * sqrt(max(1, rows / cols)) * orthogonalize(U)``, after ``p *= 1 - rate * wd``
+    (decoupled decay, as torch.optim.Muon), or, with ``normalize``, after rescaling ``p`` to the
+    Frobenius norm ``sqrt(rows)`` as airbench94_muon does (weight decay then has no effect).
+    torch.optim.Muon keeps ``B`` as a running mean, ``(1 - mu)`` times this ``B``: the
+    orthogonalised direction is the same."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = True,
+                 muon: bool = False, muon_lr_scale: float = MUON_LR_SCALE, ns_steps: int = 5,
+                 ns_dtype: str = "bfloat16", normalize: bool = False):
+        if not 0 <= momentum < 1:
+            raise ValueError(f"Muon's momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("Muon's nesterov momentum needs a momentum above 0")
+        if not muon_lr_scale > 0 or not isinstance(ns_steps, int) or ns_steps < 1:
+            raise ValueError(f"Muon needs muon_lr_scale > 0 and ns_steps >= 1, got {muon_lr_scale} and {ns_steps}")
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"Muon's ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                      muon=muon, muon_lr_scale=muon_lr_scale, ns_steps=ns_steps,
+                                      ns_dtype=ns_dtype, normalize=normalize))
+        for group in self.param_groups:
+            flat = [tuple(p.shape) for p in group["params"] if group["muon"] and p.ndim < 2]
+            if flat:
+                raise ValueError(f"Muon orthogonalises matrices and filters only, not parameters of shape {flat[0]}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["muon"]:
+                for p in params:
+                    self._muon_update(p, group)
+                continue
+            buffers = [self.state[p].get("momentum_buffer") for p in params]
+            sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
+                momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"], maximize=False)
+            if group["momentum"] > 0:
+                for p, buffer in zip(params, buffers):
+                    self.state[p]["momentum_buffer"] = buffer
+        return loss
+
+    def _muon_update(self, p: torch.Tensor, group: dict) -> None:
+        g, mu = p.grad, group["momentum"]
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buffer = state["momentum_buffer"]
+        buffer.mul_(mu).add_(g)
+        update = g.add(buffer, alpha=mu) if group["nesterov"] else buffer
+        rate = group["lr"] * group["muon_lr_scale"]
+        rows = p.shape[0]
+        cols = p.numel() // rows
+        if group["normalize"]:
+            p.mul_(rows ** 0.5 / p.norm().clamp_min(1e-12))
+        elif group["weight_decay"]:
+            p.mul_(1 - rate * group["weight_decay"])
+        # reshape, not view: a channels-last filter bank is read in (out, in, kh, kw) order all the same
+        orthogonal = orthogonalize(update.reshape(rows, cols), group["ns_steps"], NS_DTYPES[group["ns_dtype"]])
+        p.add_(orthogonal.reshape(p.shape), alpha=-rate * max(1.0, rows / cols) ** 0.5)  # (a tall one comes transposed)
+
+
+def muon_optimizer(model, *, lr: float, weight_decay: float, momentum: float, muon_lr_scale: float = MUON_LR_SCALE,
+                   ns_steps: int = 5, ns_dtype: str = "bfloat16", normalize: bool = False) -> Muon:
+    """``--optimizer muon``: Muon for the weight matrices and convolution filters, nesterov SGD at
+    --lr for biases, normalisation parameters and the classifier (Keller Jordan's split, and
+    airbench94_muon's: the head's few outputs make a poor matrix to orthogonalise). Both parts
+    take --momentum; weight decay as ``weight_decay_groups`` gives it (L2 for SGD, decoupled for
+    Muon). A plugin registers other settings with ``functools.partial``."""
+    head = output_layer_ids(model)
+    groups = []
+    for group in weight_decay_groups(model, weight_decay):
+        for muon in (False, True):  # SGD first: the group whose rate is logged is a plain one
+            chosen = [p for p in group["params"] if (muon_eligible(p) and id(p) not in head) == muon]
+            if chosen:
+                groups.append({**group, "params": chosen, "muon": muon})
+    return Muon(groups, lr=lr, momentum=momentum, muon_lr_scale=muon_lr_scale, ns_steps=ns_steps,
+                ns_dtype=ns_dtype, normalize=normalize)
+
+
 OPTIMIZERS = {
     "sgd": partial(torch_optimizer, cls=torch.optim.SGD, nesterov=False),
     "momentum": partial(torch_optimizer, cls=torch.optim.SGD, nesterov=False),
@@ -82,6 +224,7 @@ OPTIMIZERS = {
     "adam": partial(torch_optimizer, cls=torch.optim.Adam),
     "adamw": partial(torch_optimizer, cls=torch.optim.AdamW),
     "adagrad": partial(torch_optimizer, cls=torch.optim.Adagrad),
+    "muon": muon_optimizer,
 }
 
 

@@ -829,7 +829,7 @@ def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals,
                 progress=show_progress, start_epoch=start_epoch, history=history, control=control, scaler=scaler,
                 tta=cfg.tta, scored_model=average.module if average is not None else None, mixer=mixer)
         train_seconds = done_seconds + time.perf_counter() - session_start
-        if history.stop_reason == "interrupted":
+        if history.stop_reason == "interrupted" and me.is_main:
             log.warning("interrupted by %s: last.pt saved; resume with: augpipe train --resume %s",
                         signals.received, run_dir)
         summary = _finish(cfg, scored, pipeline, data, history, tracker, run_dir, image_size, device, n_params,

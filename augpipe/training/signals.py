@@ -58,6 +58,8 @@ class StopSignals:
         if not self._deferring or self.received is not None:
             raise Interrupted(self.received or name)
         self.received = name
+        if os.environ.get("RANK", "0") != "0":
+            return  # rank 0 speaks for a distributed run
         log.warning("%s received: finishing the current step and saving last.pt (send it again to stop at once)",
                     name)
 
