@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 _API = {
-    "open_dataset": "augpipe.data.sources",
+    "open_dataset": "augpipe.data.datasets",
     "split_dataset": "augpipe.data.split",
     "AugmentSpec": "augpipe.augment.spec",
     "preview": "augpipe.report",

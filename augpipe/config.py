@@ -83,7 +83,7 @@ class TrainConfig:
     val: float = 0.1                 # validation fraction of the training pool
     test: float = 0.1                # test fraction, where the source has no test split
     split_file: str | None = None    # reuse a split manifest
-    strict: bool = False             # stop at an unreadable image instead of skipping it
+    strict: bool = False             # stop at an unreadable image or an exact duplicate instead of skipping it
     image_size: int | None = None    # side in pixels; None = the augmentation's size or the data's
     aug: Any = "standard"            # preset name, spec .yaml path, or a spec dict
     aug_device: str = "auto"         # where augmentation runs: auto, cpu (workers), gpu (device)

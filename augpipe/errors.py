@@ -31,3 +31,10 @@ def reject_unknown(d: dict, valid: list[str], where: str, list_valid: bool = Fal
             close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else (f" (valid: {', '.join(valid)})" if list_valid else "")
             raise ConfigError(f"unknown key {key!r} in {where}{hint}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type's name: what
+    one error line can say of an error raised by code augpipe does not own."""
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

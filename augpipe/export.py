@@ -66,10 +66,10 @@ def check_images(classifier, n: int = 8) -> tuple[np.ndarray, str]:
     """Up to ``n`` of the run's test images at its image size (NHWC uint8), or random ones where
     the run's data or manifest is not there any more."""
     from augpipe.config import TrainConfig
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
     from augpipe.data.split import read_manifest
     from augpipe.errors import AugpipeError
-    from augpipe.training.run import data_or_sample
+    from augpipe.training.settings import data_or_sample
 
     run_dir = classifier.run_dir
     try:

@@ -45,7 +45,7 @@ def read_run_checkpoint(run_dir, checkpoint: str | None = None) -> tuple[Path, d
 
 def model_from_checkpoint(plugins, cfg: TrainConfig, state: dict, path: Path, device: torch.device):
     """The run's model, built by its plugin, with the checkpoint's weights, on ``device``."""
-    from augpipe.training.run import build_model
+    from augpipe.training.parts import build_model
 
     model = build_model(plugins, cfg, len(state["class_names"]), state["image_size"])
     try:
@@ -206,7 +206,7 @@ def load(run_dir, *, checkpoint: str | None = None, device: str = "auto", plugin
 
     from augpipe.augment.spec import AugmentSpec
     from augpipe.plugin_manager import get_plugins
-    from augpipe.training.run import resolve_device
+    from augpipe.training.settings import resolve_device
 
     check_device_name(device)
     path, state, cfg = read_run_checkpoint(run_dir, checkpoint)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augpipe.errors import DataError
+from augpipe.errors import ConfigError, DataError
 
 log = logging.getLogger("augpipe")
 
@@ -32,6 +32,9 @@ def save_figure(fig, path: Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+MAX_PREVIEW_ROWS, MAX_PREVIEW_VARIANTS = 200, 50
 
 
 def _pick_rows(source, n: int, seed: int) -> list[int]:
@@ -97,11 +100,17 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
     from augpipe.augment.cpu import build_train_transform, op_transforms, seed_transform
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.images import DEFAULT_MAX_PIXELS, TOO_LARGE, ImageStore
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
 
     out = check_output_path(out)
     if n < 1 or variants < 0:
         raise DataError("--n must be at least 1 and --variants at least 0")
+    # One figure of n x (variants + 1) cells: a billion of them fills the memory before the OOM killer.
+    if n > MAX_PREVIEW_ROWS or variants > MAX_PREVIEW_VARIANTS:
+        from augpipe.config import shown_number
+
+        raise ConfigError(f"--n must be at most {MAX_PREVIEW_ROWS} and --variants at most {MAX_PREVIEW_VARIANTS} "
+                          f"(one picture), got {shown_number(n)} and {shown_number(variants)}")
     spec = AugmentSpec.load(aug)
     if source is None:
         from augpipe.sample_data import path as sample_path

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from augpipe.config import TrainConfig, typed_settings
 from augpipe.errors import ConfigError, DataError, reject_unknown
-from augpipe.training.run import read_summary, run_state
+from augpipe.training.rundir import read_summary, run_state
 
 log = logging.getLogger("augpipe")
 
@@ -162,7 +162,7 @@ def _shown_aug(aug) -> str:
 def _ablated_aug(config, config_file, plugins, settings: dict):
     """The one augmentation an ablation takes apart: --aug, or the config's (a --config file, a
     recipe, the plugin's defaults, else the default preset)."""
-    from augpipe.training.run import build_config
+    from augpipe.training.settings import build_config
 
     aug = settings.get("aug")
     if isinstance(aug, (list, tuple)):
@@ -204,7 +204,7 @@ def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = Fal
     repeats one. ``ablate``: the augmentation's variants of ``ablation_specs`` are the aug axis,
     each run named by its variant (``aug=-hflip,seed=0``)."""
     from augpipe.plugin_manager import get_plugins
-    from augpipe.training.run import build_config
+    from augpipe.training.settings import build_config
 
     plugins = plugins or get_plugins()
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -269,7 +269,7 @@ def check_runs_startable(runs: list[PlannedRun]) -> None:
     """What ``train`` would find wrong only when a run starts (an augmentation spec, a device,
     a data path), checked once per distinct value before the first run."""
     from augpipe.augment.spec import AugmentSpec
-    from augpipe.training.run import data_or_sample, resolve_device
+    from augpipe.training.settings import data_or_sample, resolve_device
 
     seen = set()
     for run in runs:

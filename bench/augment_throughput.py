@@ -32,7 +32,8 @@ from augpipe.augment.cpu import build_train_transform
 from augpipe.augment.spec import AugmentSpec
 from augpipe.data.images import ImageStore
 from augpipe.data.loader import AugmentedImages
-from augpipe.data.sources import ImageSource, open_dataset
+from augpipe.data.sources import ImageSource
+from augpipe.data.datasets import open_dataset
 
 CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10"
 GOAL = 0.95

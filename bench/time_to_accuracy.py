@@ -67,9 +67,9 @@ def main() -> None:
     import augpipe
     from augpipe.augment.spec import AugmentSpec
     from augpipe.data.images import ImageStore
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
     from augpipe.plugin_manager import get_plugins
-    from augpipe.training.run import build_config
+    from augpipe.training.settings import build_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="cifar10-fast")

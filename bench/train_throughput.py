@@ -29,7 +29,7 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 def load_images(limit: int | None, seed: int):
     """CIFAR-10 train images as one uint8 NHWC array (or random images without ../shared)."""
     from augpipe.data.images import ImageStore
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
 
     if CIFAR.is_dir():
         source = open_dataset(CIFAR / "train")
@@ -64,7 +64,8 @@ def model_and_optimizer(args, num_classes: int):
     from augpipe.config import TrainConfig
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.loop import autocast_for
-    from augpipe.training.run import build_config, build_model
+    from augpipe.training.parts import build_model
+    from augpipe.training.settings import build_config
 
     plugins = get_plugins()
     cfg: TrainConfig = build_config(**settings(args))
@@ -79,7 +80,7 @@ def model_and_optimizer(args, num_classes: int):
 
 
 def resolved(args):
-    from augpipe.training.run import build_config
+    from augpipe.training.settings import build_config
 
     return build_config(**settings(args))
 

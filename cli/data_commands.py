@@ -53,7 +53,7 @@ def _one_source(source: Path | None, data: Path | None, required: bool) -> Path 
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the hash order.")
 @click.option("--out", default="split.csv", show_default=True, type=click.Path(path_type=Path), help="Manifest to write.")
 @click.option("--split-file", type=click.Path(path_type=Path), help="Earlier manifest: its items keep their split (its seed and ratios are reused).")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image or exact duplicate instead of skipping it.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
               help=MAX_PIXELS_HELP)
 def split(source, val, test, seed, out, split_file, strict, max_pixels):

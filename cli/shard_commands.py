@@ -21,7 +21,7 @@ from augpipe.data.images import DEFAULT_MAX_PIXELS
               help="Images per shard at most (more, smaller shards deal more evenly to ranks and workers).")
 @click.option("--max-size-mb", default=1024.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Image bytes per shard at most (a shard is closed once it reaches this).")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image or exact duplicate instead of skipping it.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
               help=MAX_PIXELS_HELP)
 def shard(source, out, val, test, seed, split_file, max_count, max_size_mb, strict, max_pixels):

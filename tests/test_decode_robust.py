@@ -13,7 +13,7 @@ import pytest
 from augpipe.data.images import (DEFAULT_MAX_PIXELS, TOO_LARGE, UNREADABLE, ImageStore, decode_file,
                                  jpeg_structure, read_image)
 from augpipe.data.prepare import prepare_data
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 from augpipe.errors import DataError
 from conftest import random_image, write_image
 

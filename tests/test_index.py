@@ -17,7 +17,7 @@ from augpipe.data.images import ImageStore, decode_file, pixel_digest
 from augpipe.data.index import INDEX_NAME, clear_index, index_info
 from augpipe.data.loader import AugmentedImages, EpochLoader
 from augpipe.data.prepare import decode_data
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_a_scan_in_processes_finds_what_a_scan_in_one_process_finds(tmp_path, ma
 _SCAN_AFTER_OPENCV_THREADS = """
 import sys, cv2, numpy as np
 from augpipe.data import images
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 threads = cv2.getNumThreads()  # OpenCV's default: not set by hand (setting it first hides the hang)
 big = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
 for _ in range(3):

@@ -136,6 +136,38 @@ def test_the_matrices_take_muon_and_the_rest_takes_torch_nesterov_sgd():
     assert not torch.equal(model[0].weight, twin[0].weight)
 
 
+def test_airbench_trains_its_convolutions_with_muon_and_its_head_and_biases_with_sgd():
+    from augpipe.plugins.fastcifar import build_fastcifar
+
+    torch.manual_seed(0)
+    model = build_fastcifar(model="airbench", num_classes=10, image_size=32, activation="gelu", dropout=0.0)
+    opt = OPTIMIZERS["muon"](model, lr=0.375, weight_decay=0.00133, momentum=0.85)
+    names = {id(p): n for n, p in model.named_parameters()}
+    on_muon = {names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]}
+    assert on_muon == {f"groups.{i}.conv{j}.weight" for i in range(3) for j in (1, 2)}
+    # the fitted whitening filters are frozen: in no group at all
+    assert sorted(names[id(p)] for g in opt.param_groups for p in g["params"]) == \
+        sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_a_model_that_names_its_classifier_keeps_it_off_muon():
+    class Net(nn.Module):  # the head registered first: get_classifier(), not the order, decides
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(16, 5)
+            self.body = nn.Linear(4, 16)
+
+        def get_classifier(self):
+            return self.head
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    model = Net()
+    opt = OPTIMIZERS["muon"](model, lr=0.05, weight_decay=0.0, momentum=0.9)
+    assert [p for g in opt.param_groups if g["muon"] for p in g["params"]] == [model.body.weight]
+
+
 def test_schedules_and_norm_lr_scale_reach_both_parts_and_the_state_survives_a_checkpoint(tmp_path):
     model = tiny_convnet()
     opt = OPTIMIZERS["muon"](model, lr=0.05, weight_decay=1e-3, momentum=0.9)

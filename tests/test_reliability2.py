@@ -75,13 +75,22 @@ def summary(run: Path) -> dict:
 
 
 # -- 1. signals to the process group ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(data, the run directory of the run never interrupted)."""
+    tmp = tmp_path_factory.mktemp("group")
+    data = _make_folder(tmp / "data", {"a": 16, "b": 16, "c": 16}, size=16)
+    ref = driven(tmp, "train", "--data", str(data), "--out", str(tmp / "runs"), "--name", "ref", *SETTINGS)
+    assert ref.returncode == 0, ref.stderr
+    return data, tmp / "runs" / "ref"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exactly(tmp_path, name, code):
-    data = _make_folder(tmp_path / "data", {"a": 16, "b": 16, "c": 16}, size=16)
+def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exactly(tmp_path, uninterrupted,
+                                                                                    name, code):
+    data, reference = uninterrupted
     runs = tmp_path / "runs"
-    ref = driven(tmp_path, "train", "--data", str(data), "--out", str(runs), "--name", "ref", *SETTINGS)
-    assert ref.returncode == 0, ref.stderr
     args = ["train", "--data", str(data), "--out", str(runs), "--name", "r", *SETTINGS]
     stopped = driven(tmp_path, *args, kill=f"step:{name}:2:1")
     assert stopped.returncode == code, stopped.stderr
@@ -90,7 +99,7 @@ def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exa
     assert s["interrupted"] == name and s["resumable"] is True and not s["failed"]
     resumed = driven(tmp_path, "train", "--resume", str(runs / "r"))
     assert resumed.returncode == 0, resumed.stderr
-    got, want = summary(runs / "r"), summary(runs / "ref")
+    got, want = summary(runs / "r"), summary(reference)
     for key in ("test_acc", "test_loss", "best_epoch", "best_value", "epochs_run", "stop_reason", "confusion",
                 "per_class_acc"):
         assert got[key] == want[key], key
@@ -171,7 +180,7 @@ def test_scan_processes_ignore_ctrl_c_and_do_not_inherit_trainings_handler(tmp_p
     handler) can not be timed in a test; what decides it can be read: each scan process's
     handlers, while training's StopSignals is active in the parent."""
     import augpipe.data.images as images
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
     from augpipe.training.signals import StopSignals
 
     data = _make_folder(tmp_path / "data", {"a": 6, "b": 6}, size=8)
@@ -394,6 +403,16 @@ def test_every_number_from_a_flag_has_a_range(cli, tmp_path, flag, value, expect
     assert expected in line and len(line) < 200
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["preview", "--variants", "9" * 30], "--variants at most 50"),
+    (["preview", "--n", "100000"], "--n must be at most 200"),
+    (["lr-find", "--iterations", "9" * 30], "--iterations must be at most 1,000,000, got a 30-digit number"),
+])
+def test_the_numbers_of_the_other_commands_have_a_range_too(cli, tmp_path, args, expected):
+    line = error_line(cli(*args, "--out", tmp_path / "x.png" if args[0] == "preview" else tmp_path / "lr"))
+    assert expected in line
+
+
 def test_the_worker_limit_names_the_cores(cli, tmp_path):
     from augpipe.config import WORKERS_PER_CORE, cores, worker_limit
 
@@ -468,6 +487,16 @@ def test_exact_duplicates_are_skipped_keeping_the_first_with_a_warning_and_a_cou
     assert "skipped 3 exact duplicate image(s)" in warned and "label conflict" not in warned
 
 
+def test_strict_makes_a_duplicate_an_error_as_an_unreadable_image(tmp_path, cli):
+    import shutil
+
+    root = _make_folder(tmp_path / "data", {"a": 4, "b": 4}, size=8)
+    shutil.copy(root / "a/0001.png", root / "b/copy.png")
+    line = error_line(cli("split", root, "--strict", "--out", tmp_path / "m.csv"))
+    assert "b/copy.png has the same pixels as" in line and "a/0001.png but another label ('b', not 'a')" in line
+    assert not (tmp_path / "m.csv").exists()
+
+
 def test_a_label_conflict_names_the_files_and_says_the_labels_differ(tmp_path, caplog, cli):
     import logging
     import shutil
@@ -504,7 +533,7 @@ def test_resume_refuses_data_whose_pixels_changed_in_place(tmp_path, cli):
 def test_a_missing_file_says_no_such_file(tmp_path, finished_run):
     import augpipe
     from augpipe.data.images import ImageStore
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
     from augpipe.errors import DataError
 
     root = _make_folder(tmp_path / "data", {"a": 2, "b": 2}, size=8)
@@ -538,7 +567,7 @@ def test_a_csv_manifest_may_name_files_outside_its_folder_and_says_so(tmp_path, 
     said in one line; the files are read, nothing else is done with them."""
     import logging
 
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
 
     caplog.set_level(logging.INFO, logger="augpipe")
     images = _make_folder(tmp_path / "images", {"a": 2, "b": 2}, size=8)

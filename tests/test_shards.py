@@ -21,7 +21,7 @@ from augpipe.data import shards as shards_mod
 from augpipe.data.images import decode_file
 from augpipe.data.prepare import prepare_data
 from augpipe.data.shards import ShardBatchSampler, open_shards, shard_index, write_shards
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 from augpipe.data.split import read_manifest, write_manifest
 from augpipe.errors import ConfigError, DataError
 

@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 from augpipe.errors import DataError
 
 from conftest import _make_cifar10, _make_cifar100, _make_folder, cifar_rows, write_image

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from augpipe.data.images import ImageStore, decode_file, is_image_file
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 from augpipe.errors import DataError
 
 from conftest import CIFAR_DIR, random_image, write_image

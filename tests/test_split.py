@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from augpipe.data.prepare import prepare_data
-from augpipe.data.sources import open_dataset
+from augpipe.data.datasets import open_dataset
 from augpipe.data.split import (check_ratios, describe_duplicates, read_manifest,
                                 split_dataset, write_manifest)
 from augpipe.errors import ConfigError, DataError
@@ -273,7 +273,7 @@ def test_shared_cifar10_split_keeps_its_test_set():
 
 
 def test_a_manifest_key_that_starts_with_a_hash_is_a_row_not_a_comment(tmp_path):
-    from augpipe.data.sources import open_dataset
+    from augpipe.data.datasets import open_dataset
     from augpipe.data.split import read_manifest, split_dataset, write_manifest
 
     root = tmp_path / "ds"

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from augpipe.data.sources import ImageSource, open_dataset
+from augpipe.data.sources import ImageSource
+from augpipe.data.datasets import open_dataset
 from augpipe.data.split import read_manifest, split_dataset
 from augpipe.errors import AugpipeError, DataError
 

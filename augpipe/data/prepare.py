@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from augpipe.data.datasets import open_dataset
 from augpipe.data.images import DEFAULT_CACHE_MB, DEFAULT_MAX_PIXELS, Digests, ImageStore
-from augpipe.data.sources import ImageSource, open_dataset
+from augpipe.data.sources import ImageSource
 from augpipe.data.split import read_manifest, split_dataset
 from augpipe.errors import DataError
 
@@ -61,6 +62,7 @@ class DecodedData:
     max_pixels: int
     manifests: dict = field(default_factory=dict)  # split file -> read_manifest's result, read once
     duplicates: dict = field(default_factory=lambda: no_duplicates())
+    pixels: str = ""  # pixel_fingerprint of ``source``: computed once, also for a sweep's many splits
 
 
 def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
@@ -118,8 +120,9 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
         digests = report.digests.take(keep)
     else:
         digests = report.digests
-    source, store, digests, duplicates = skip_duplicates(path, source, store, digests)
-    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests, duplicates)
+    source, store, digests, duplicates = skip_duplicates(path, source, store, digests, strict=strict)
+    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests, duplicates,
+                       pixel_fingerprint(source, digests))
 
 
 def no_duplicates() -> dict:
@@ -130,11 +133,12 @@ def no_duplicates() -> dict:
 SHOWN_CONFLICTS, KEPT_CONFLICTS = 5, 100
 
 
-def skip_duplicates(path, source, store, digests):
+def skip_duplicates(path, source, store, digests, strict: bool = False):
     """Exact duplicates (the same decoded pixels) are skipped: the first in the data set's order
     is kept, every later copy left out, so that no image is trained on twice or tested on after
     being trained on. Copies under different classes are a label conflict: each is named with its
-    classes in a warning, and the first is kept like any other duplicate."""
+    classes in a warning, and the first is kept like any other duplicate. ``strict`` (--strict):
+    the first duplicate is an error instead, as an unreadable image is."""
     groups: dict[bytes, list[int]] = {}
     for i, d in enumerate(digests.repeated() if isinstance(digests, Digests) else digests):
         if d is not None:
@@ -146,6 +150,13 @@ def skip_duplicates(path, source, store, digests):
     drop = {i for g in groups.values() for i in g[1:]}
     conflicts = [g for g in groups.values() if len({int(labels[i]) for i in g}) > 1]
     first = min(groups.values(), key=lambda g: g[1])
+    if strict:
+        a, b = first[0], first[1]
+        differ = labels[a] != labels[b]
+        raise DataError(f"{source.describe(b)} has the same pixels as {source.describe(a)}"
+                        + (f" but another label ({names[int(labels[b])]!r}, not {names[int(labels[a])]!r})"
+                           if differ else "") + f"; {len(drop)} exact duplicate(s) in all (without --strict "
+                        f"they are skipped)")
     log.warning("skipped %d exact duplicate image(s) in %d group(s) (the same pixels as an earlier image, which is "
                 "kept), first: %s (the same as %s)", len(drop), len(groups), source.describe(first[1]),
                 source.describe(first[0]))
@@ -185,7 +196,7 @@ def pixel_fingerprint(source, digests) -> str:
 
 def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
                   split_file=None) -> PreparedData:
-    """The second half of ``prepare_data``: the split (and the duplicates it puts across splits)."""
+    """The second half of ``prepare_data``: the split (duplicates were skipped before it)."""
     previous = None
     if split_file is not None:
         manifest = decoded.manifests.get(str(split_file))
@@ -199,4 +210,4 @@ def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, 
     assignment = split_dataset(source.keys, source.labels, source.given, val=val, test=test, seed=seed,
                                previous=previous, class_names=source.class_names)
     return PreparedData(source, decoded.store, assignment, seed, val, test, decoded.skipped, decoded.duplicates,
-                        decoded.too_large, decoded.max_pixels, pixel_fingerprint(source, decoded.digests))
+                        decoded.too_large, decoded.max_pixels, decoded.pixels)

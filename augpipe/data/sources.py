@@ -114,32 +114,6 @@ class ImageSource:
         return np.bincount(self.labels, minlength=len(self.class_names))
 
 
-def open_dataset(path) -> ImageSource:
-    """Open the data set at ``path``, detecting its kind from what is there (a folder with a
-    ``shards.json`` is a set of WebDataset tar shards)."""
-    root = Path(path).expanduser()
-    try:
-        exists, is_file = root.exists(), root.is_file()
-    except (OSError, ValueError) as err:  # a name too long, a NUL byte
-        raise DataError(f"{root}: not a usable path ({err})") from None
-    if not exists:
-        raise DataError(f"{root}: no such file or directory")
-    if is_file:
-        suffix = root.suffix.lower()
-        if suffix == ".csv":
-            return _open_csv(root)
-        if suffix == ".npz":
-            return _open_npz(root)
-        raise DataError(f"{root}: not a data set (expected a folder, a .csv manifest or an .npz file)")
-    if (root / "shards.json").is_file():  # what ``augpipe shard`` writes
-        from augpipe.data.shards import open_shards
-
-        return open_shards(root)
-    if (root / "data_batch_1").is_file() or ((root / "meta").is_file() and (root / "train").is_file()):
-        return _open_cifar(root)
-    return _open_folder(root)
-
-
 # -- folder of class folders --------------------------------------------------------------------
 def _is_dir(entry: os.DirEntry) -> bool:
     try:

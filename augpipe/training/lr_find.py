@@ -24,6 +24,7 @@ log = logging.getLogger("augpipe")
 
 DEFAULTS = {"start_lr": 1e-7, "end_lr": 10.0, "iterations": 100, "smooth": 0.05, "diverge": 4.0, "out": "lr_find"}
 MIN_ITERATIONS = 5
+MAX_ITERATIONS = 10**6  # steps of the ramp: as many as a computer finishes (docs/reliability.md)
 STEEPEST = "steepest descent"
 MINIMUM = "loss minimum / 10"
 
@@ -80,6 +81,10 @@ def check_settings(*, start_lr, end_lr, iterations, smooth, diverge) -> None:
         raise ConfigError(f"--start-lr ({start_lr:g}) must be below --end-lr ({end_lr:g}): the rate ramps up")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < MIN_ITERATIONS:
         raise ConfigError(f"--iterations must be a whole number of at least {MIN_ITERATIONS}, got {iterations!r}")
+    if iterations > MAX_ITERATIONS:
+        from augpipe.config import shown_number
+
+        raise ConfigError(f"--iterations must be at most {MAX_ITERATIONS:,}, got {shown_number(iterations)}")
     number("smooth", smooth)
     if not 0 < smooth <= 1:
         raise ConfigError(f"--smooth must be in (0, 1] (the weight of each new loss; 1 = no smoothing), got {smooth}")
@@ -307,7 +312,9 @@ def lr_find(config=None, *, config_file=None, plugins=None, start_lr: float = DE
     ``lr_find.csv`` into ``out``."""
     from augpipe.augment.spec import AugmentSpec
     from augpipe.plugin_manager import get_plugins
-    from augpipe.training.run import build_config, build_parts, load_data, resolve_device, seed_everything
+    from augpipe.training.parts import build_parts
+    from augpipe.training.pipeline import load_data
+    from augpipe.training.settings import build_config, resolve_device, seed_everything
 
     check_settings(start_lr=start_lr, end_lr=end_lr, iterations=iterations, smooth=smooth, diverge=diverge)
     plugins = plugins or get_plugins()

@@ -114,8 +114,9 @@ def muon_eligible(p: torch.Tensor) -> bool:
 def output_layer_ids(model: torch.nn.Module) -> set[int]:
     """The classifier's parameters: timm's ``get_classifier()`` where the model has it, else the
     last linear or convolution layer registered (the factory is not told the class count)."""
-    if callable(getattr(model, "get_classifier", None)):
-        head = model.get_classifier()
+    get_classifier = getattr(model, "get_classifier", None)
+    if callable(get_classifier):
+        head = get_classifier()
         heads = head if isinstance(head, (tuple, list)) else (head,)
         return {id(p) for h in heads if isinstance(h, torch.nn.Module) for p in h.parameters()}
     last = None
@@ -165,7 +166,7 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None]  # frozen for now (set_epoch): no step
             if group["muon"]:
                 for p in params:
                     self._muon_update(p, group)
@@ -180,6 +181,8 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_update(self, p: torch.Tensor, group: dict) -> None:
         g, mu = p.grad, group["momentum"]
+        if g is None:
+            return
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p)

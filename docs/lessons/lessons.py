@@ -256,7 +256,9 @@ def lr(runs: Path, here: Path) -> None:
         lines.append(f"| {label} | {len(rs)} | {pm(at_epoch(r, 'train_loss', 1) for r in rs)} | "
                      f"{pm(last(r, 'train_loss') for r in rs)} | {pm(lowest)} | {failed} | {pm(test_acc(rs))} |")
     labels = list(groups)
-    low, good, high = labels[0], labels[-2], labels[-1]
+    # good: the rate that ends lowest (the sweep lists the rates from low to high)
+    low, high = labels[0], labels[-1]
+    good = min(labels, key=lambda label: stats(last(r, "train_loss") for r in groups[label])[0])
 
     def end_loss(label):
         return [-last(r, "train_loss") for r in groups[label]]
@@ -264,8 +266,9 @@ def lr(runs: Path, here: Path) -> None:
     lines += ["", f"The good rate ({good}) ends lower than the low one ({low}): {verdict(end_loss(good), end_loss(low))}; "
               f"lower than the high one ({high}): {verdict(end_loss(good), end_loss(high))}."]
     fig, (ax,) = figure(1, width=7)
-    plot_iterations(ax, groups, window=10, cap=10.0)
-    ax.set_title("plain SGD: training loss against iterations (capped at 10)", fontsize=9)
+    plot_iterations(ax, groups, window=10, cap=50.0)
+    ax.set_yscale("log")  # the diverging start is 10-100 times the others' losses
+    ax.set_title("plain SGD: training loss against iterations (log scale)", fontsize=9)
     save(fig, here / "lr.png")
     write_table(here / "lr.md", lines)
 
@@ -353,14 +356,17 @@ def dropout(runs: Path, here: Path) -> None:
     budgets (a dropped-out net learns more slowly)."""
     groups = {}
     for label, rs in read_sweep(runs / "dropout").items():
-        values = dict(part.split("=") for part in label.split(", "))
-        groups[(int(values["epochs"]), float(values["dropout"]))] = rs
+        # dropout alone, or dropout and epochs, as the sweep's axes
+        values = dict(part.split("=") for part in label.split(", ")) if "=" in label else {"dropout": label}
+        groups[(int(values.get("epochs", len(rs[0]["epochs"]))), float(values["dropout"]))] = rs
+    short = 5  # epochs of the short budget (a constant rate: the curve there is a 5-epoch run)
     lines = table_head("mlp", "epochs", "seeds", "train acc, last epoch", "val acc, last epoch",
-                       "gap (train - val acc)", "val loss, last epoch", "test acc")
+                       "gap (train - val acc)", "val loss, last epoch", f"val acc at epoch {short}", "test acc")
     for (epochs, rate), rs in sorted(groups.items()):
         lines.append(f"| dropout {rate} | {epochs} | {len(rs)} | {pm(last(r, 'train_acc') for r in rs)} | "
                      f"{pm(last(r, 'val_acc') for r in rs)} | {pm(last(r, 'train_acc') - last(r, 'val_acc') for r in rs)} | "
-                     f"{pm(last(r, 'val_loss') for r in rs)} | {pm(test_acc(rs))} |")
+                     f"{pm(last(r, 'val_loss') for r in rs)} | {pm(at_epoch(r, 'val_acc', short) for r in rs)} | "
+                     f"{pm(test_acc(rs))} |")
 
     def gap(rs):
         return [-(last(r, "train_acc") - last(r, "val_acc")) for r in rs]
@@ -372,7 +378,8 @@ def dropout(runs: Path, here: Path) -> None:
         lines.append(f"{epochs} epochs, dropout 0.5 against none: narrower gap {verdict(gap(half), gap(none))}; "
                      f"lower last-epoch val loss {verdict([-last(r, 'val_loss') for r in half], [-last(r, 'val_loss') for r in none])}; "
                      f"higher test accuracy {verdict(test_acc(half), test_acc(none))}; lower test accuracy "
-                     f"{verdict(test_acc(none), test_acc(half))}.")
+                     f"{verdict(test_acc(none), test_acc(half))}; at epoch {short}, lower val acc "
+                     f"{verdict([at_epoch(r, 'val_acc', short) for r in none], [at_epoch(r, 'val_acc', short) for r in half])}.")
     longest = budgets[-1]
     shown = {f"dropout {rate}": rs for (epochs, rate), rs in sorted(groups.items()) if epochs == longest}
     fig, (ax_loss, ax_acc, ax_bar) = figure(3)
@@ -464,6 +471,17 @@ def activations(runs: Path, here: Path) -> None:
               f"Spearman rho of the mean test accuracies against the reference: {mean_rho:.2f}; "
               f"per seed: {', '.join(f'{r:.2f}' for r in per_seed)} (mean {np.mean(per_seed):.2f}); "
               f"without sigmoid: {rho_wo:.2f}; from the validation accuracy at epoch {short}: {short_rho:.2f}."]
+    others = sorted((n for n in names if n != "sigmoid"), key=lambda n: stats(test_acc(groups[n]))[0])
+    family = [n for n in ("relu", "leaky_relu", "prelu", "elu") if n in groups]
+    means = [stats(test_acc(groups[n]))[0] for n in family]
+    if "sigmoid" in groups and others:
+        lines.append(f"Sigmoid last (against the next lowest, {others[0]}): "
+                     f"{verdict(test_acc(groups[others[0]]), test_acc(groups['sigmoid']))}.")
+    if "tanh" in groups and "relu" in groups:
+        lines.append(f"tanh behind ReLU: {verdict(test_acc(groups['relu']), test_acc(groups['tanh']))}.")
+    if family:
+        lines.append(f"The ReLU family ({', '.join(family)}): means {min(means):.3f} to {max(means):.3f}, the largest "
+                     f"standard deviation among them {max(stats(test_acc(groups[n]))[1] for n in family):.3f}.")
     fig, (ax_acc, ax_bar) = figure(2)
     for k, name in enumerate(names):
         xs, ys = mean_curve(groups[name], "val_acc")
