@@ -16,6 +16,7 @@ from augpipe import distributed
 from augpipe.config import TrainConfig, check_device_name
 from augpipe.errors import AugpipeError, ConfigError, DataError, WriteError
 from augpipe.errors import first_line as _first_line
+from augpipe.training.callbacks import PluginCallback
 from augpipe.training.parts import build_model, build_parts, call_plugin, portable_config  # noqa: F401
 from augpipe.training.pipeline import DataPipeline, _load_data_once, augmented_grid, load_data  # noqa: F401
 from augpipe.training.rundir import (  # noqa: F401
@@ -114,210 +115,297 @@ def _rank_device(device: torch.device, me) -> torch.device:
 
 
 def _train_rank(cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals, data_cache=None) -> RunResult:
-    from augpipe.augment.cpu import build_train_transform, save_pipeline
-    from augpipe.augment.mixing import BatchMixer
-    from augpipe.augment.spec import AugmentSpec
-    from augpipe.data.split import describe_duplicates, split_table, write_manifest
-    from augpipe.files import exclusive_lock, remove_stale_temporaries, write_atomic
-    from augpipe.training.callbacks import Checkpoints, EarlyStopping, HookCallback, MetricsFile, PluginCallback
-    from augpipe.training.checkpoint import checkpoint_state, restore_random_states
-    from augpipe.training.loop import EpochProgress, History, TrainingControl, fit
-    from augpipe.training.optim import as_schedule
+    """One process's run, phase by phase. Everything a user can get wrong is checked in
+    ``prepare``; nothing is written before ``open``; after it a failure closes the run directory
+    as failed, keeping what it holds."""
+    run = Run(cfg, plugins, run_dir=run_dir, saved=saved, progress=progress, signals=signals)
+    run.prepare(data_cache)
+    run.open()
+    try:
+        run.write_start()
+        run.fit()
+        return run.finish()
+    except BaseException as err:
+        run.close_failed(err)
+        raise
+    finally:
+        run.lock.close()
 
-    resuming = saved is not None
-    me = distributed.ranks()
-    device = _rank_device(resolve_device(cfg.device), me)
-    if cfg.precision == "fp16" and device.type != "cuda":
-        log.info("--precision fp16 applies on CUDA only; training in fp32 on the CPU (bf16 works on CPUs)")
-    spec = AugmentSpec.load(cfg.aug)
-    seed_everything(cfg.seed)
 
-    split_file = run_dir / "split.csv" if resuming else cfg.split_file
-    data_path, data = _load_data_once(cfg, split_file, data_cache, me)
-    if resuming and (data.source.fingerprint() != saved["split"].get("fingerprint")
-                     or data.assignment.tolist() != saved["split"]["splits"]):
-        raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
-                        f"removed or relabelled); a resumed run needs the same data")
-    if resuming and saved["split"].get("pixels") and data.pixels != saved["split"]["pixels"]:
-        raise DataError(f"{data_path}: the pixels of images the run started with have changed since (the same "
-                        f"names, other content); a resumed run needs the same data")
-    if cfg.patience is not None and cfg.monitor.startswith("val_") and len(data.indices("val")) == 0:
-        raise ConfigError(f"early stopping (--patience {cfg.patience}) watches {cfg.monitor}, but there is no "
-                          f"validation split: give --val above 0, or --monitor train_loss")
-    log.info("data: %s (%d images, %d classes)\n%s\n%s", data_path, len(data.source), len(data.class_names),
-             split_table(data.class_names, data.source.labels, data.assignment), describe_duplicates(data.duplicates))
-    parts = build_parts(cfg, plugins, data, data_path, spec, device,
-                        image_size=saved["image_size"] if resuming else None, resuming=resuming)
-    model, optimizer, pipeline, image_size = parts.model, parts.optimizer, parts.pipeline, parts.image_size
-    num_classes = len(data.class_names)
-    steps = len(pipeline.train)
-    schedule = as_schedule(call_plugin(plugins.schedulers, cfg.scheduler, optimizer, config=cfg,
-                                       steps_per_epoch=steps, epochs=cfg.epochs, total_steps=steps * cfg.epochs),
-                           cfg.scheduler, plugins.schedulers.owner.get(cfg.scheduler, "?"))
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
-    threads = parts.threads
-    train_model = parts.train_model
-    average = None
-    if cfg.ema is not None:
-        from augpipe.training.averaging import WeightAverage
+class Run:
+    """The state of one process's run, and its phases in order (fastai's ``Learner.fit`` is the
+    model): ``prepare`` (data, model, optimizer, schedule, averaging, early stopping), ``open``
+    (a new run directory, or every state put back from ``last.pt``), ``write_start`` (config.yaml,
+    split.csv, augment.yaml, loggers), ``fit`` (the shared loop with its callbacks), ``finish``
+    (test score, pictures, summary.json), or ``close_failed``."""
 
-        average = WeightAverage(model, cfg.ema, steps, cfg.ema_start, every=cfg.ema_every, power=cfg.ema_power,
-                                total_steps=steps * cfg.epochs, lookahead=cfg.ema_mode == "lookahead")
-    scored = average.module if average is not None else model  # what is validated, kept as best, tested
-    tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta, cfg.start_from_epoch,
-                            cfg.restore_best)
-    history = History()
-    resume_at = None
-    done_seconds = 0.0
-    cfg_to_save = portable_config(cfg, spec)
+    def __init__(self, cfg: TrainConfig, plugins, *, run_dir, saved, progress, signals):
+        from augpipe.training.loop import History
 
-    def make_callbacks():
-        if not me.is_main:  # plugins' callbacks write files and see the run as a whole: rank 0 runs them
+        self.cfg, self.plugins, self.run_dir, self.saved = cfg, plugins, run_dir, saved
+        self.progress, self.signals = progress, signals
+        self.resuming = saved is not None
+        self.me = distributed.ranks()
+        self.history = History()
+        self.resume_at = None  # an unfinished epoch's progress, to continue mid-epoch
+        self.done_seconds = 0.0  # training time of the sessions before a resume
+        self.start_epoch = 1
+        self.loggers: list = []  # started once the run directory exists
+        self.extra_callbacks: dict = {}
+        self.lock = _NoLock()
+        self.out_existed = True
+
+    # -- prepare: nothing written yet ------------------------------------------------------------
+    def prepare(self, data_cache=None) -> None:
+        from augpipe.augment.spec import AugmentSpec
+        from augpipe.data.split import describe_duplicates, split_table
+        from augpipe.training.callbacks import EarlyStopping
+        from augpipe.training.optim import as_schedule
+
+        cfg, saved, me, plugins = self.cfg, self.saved, self.me, self.plugins
+        self.device = device = _rank_device(resolve_device(cfg.device), me)
+        if cfg.precision == "fp16" and device.type != "cuda":
+            log.info("--precision fp16 applies on CUDA only; training in fp32 on the CPU (bf16 works on CPUs)")
+        self.spec = AugmentSpec.load(cfg.aug)
+        seed_everything(cfg.seed)
+
+        split_file = self.run_dir / "split.csv" if self.resuming else cfg.split_file
+        self.data_path, self.data = data_path, data = _load_data_once(cfg, split_file, data_cache, me)
+        if self.resuming:
+            self._check_same_data()
+        if cfg.patience is not None and cfg.monitor.startswith("val_") and len(data.indices("val")) == 0:
+            raise ConfigError(f"early stopping (--patience {cfg.patience}) watches {cfg.monitor}, but there is no "
+                              f"validation split: give --val above 0, or --monitor train_loss")
+        log.info("data: %s (%d images, %d classes)\n%s\n%s", data_path, len(data.source), len(data.class_names),
+                 split_table(data.class_names, data.source.labels, data.assignment),
+                 describe_duplicates(data.duplicates))
+        parts = build_parts(cfg, plugins, data, data_path, self.spec, device,
+                            image_size=saved["image_size"] if self.resuming else None, resuming=self.resuming)
+        self.model, self.optimizer, self.pipeline = parts.model, parts.optimizer, parts.pipeline
+        self.image_size, self.threads, self.train_model = parts.image_size, parts.threads, parts.train_model
+        self.num_classes = len(data.class_names)
+        self.steps = steps = len(self.pipeline.train)
+        self.schedule = as_schedule(
+            call_plugin(plugins.schedulers, cfg.scheduler, self.optimizer, config=cfg, steps_per_epoch=steps,
+                        epochs=cfg.epochs, total_steps=steps * cfg.epochs),
+            cfg.scheduler, plugins.schedulers.owner.get(cfg.scheduler, "?"))
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
+        self.average = None
+        if cfg.ema is not None:
+            from augpipe.training.averaging import WeightAverage
+
+            self.average = WeightAverage(self.model, cfg.ema, steps, cfg.ema_start, every=cfg.ema_every,
+                                         power=cfg.ema_power, total_steps=steps * cfg.epochs,
+                                         lookahead=cfg.ema_mode == "lookahead")
+        # what is validated, kept as best, tested: the model, or the average of its weights
+        self.scored = self.average.module if self.average is not None else self.model
+        self.tracker = EarlyStopping(cfg.monitor, cfg.monitor_mode, cfg.patience, cfg.min_delta,
+                                     cfg.start_from_epoch, cfg.restore_best)
+        self.cfg_to_save = portable_config(cfg, self.spec)
+
+    def _check_same_data(self) -> None:
+        data, saved, data_path = self.data, self.saved, self.data_path
+        if (data.source.fingerprint() != saved["split"].get("fingerprint")
+                or data.assignment.tolist() != saved["split"]["splits"]):
+            raise DataError(f"{data_path}: the data set is not the one the run started with (images were added, "
+                            f"removed or relabelled); a resumed run needs the same data")
+        if saved["split"].get("pixels") and data.pixels != saved["split"]["pixels"]:
+            raise DataError(f"{data_path}: the pixels of images the run started with have changed since (the "
+                            f"same names, other content); a resumed run needs the same data")
+
+    def _plugin_callbacks(self) -> dict:
+        if not self.me.is_main:  # plugins' callbacks write files and see the run as a whole: rank 0 runs them
             return {}
-        return {name: PluginCallback(call_plugin(plugins.callbacks, name, run_dir, cfg), name,
-                                     plugins.callbacks.owner.get(name, "?"))
-                for name in cfg.callbacks}
+        return {name: PluginCallback(call_plugin(self.plugins.callbacks, name, self.run_dir, self.cfg), name,
+                                     self.plugins.callbacks.owner.get(name, "?"))
+                for name in self.cfg.callbacks}
 
-    loggers: list = []  # started once the run directory exists
+    # -- open: the run directory, new or resumed -------------------------------------------------
+    def open(self) -> None:
+        from augpipe.files import exclusive_lock
 
-    # Everything a user can get wrong has been checked: only now is anything written, by rank 0.
-    if resuming:
-        lock = exclusive_lock(run_dir, "training this run") if me.is_main else _NoLock()
-        if me.is_main:
+        me = self.me
+        if self.resuming:
+            self.lock = exclusive_lock(self.run_dir, "training this run") if me.is_main else _NoLock()
+            self._restore()
+            return
+        self.out_existed = Path(self.cfg.out).exists()
+        run_dir = make_run_dir(self.cfg) if me.is_main else None
+        if me.active:
+            run_dir = Path(distributed.broadcast_object(str(run_dir) if me.is_main else None))
+        self.run_dir = run_dir
+        self.lock = exclusive_lock(run_dir, "training this run") if me.is_main else _NoLock()
+
+    def _restore(self) -> None:
+        """Every state of ``last.pt`` put back, so that the run ends as it would have uninterrupted."""
+        from augpipe.files import remove_stale_temporaries
+        from augpipe.training.checkpoint import restore_random_states
+        from augpipe.training.loop import EpochProgress
+
+        saved, run_dir = self.saved, self.run_dir
+        if self.me.is_main:
             remove_stale_temporaries(run_dir)
         try:
-            extra_callbacks = make_callbacks()
-            model.load_state_dict(saved.get("train_model") or saved["model"])
-            if average is not None:
-                average.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            schedule.load_state_dict(saved["scheduler"])
-            if scaler is not None and saved.get("scaler"):
-                scaler.load_state_dict(saved["scaler"])
-            tracker.load_state_dict(saved["early_stopping"], saved["model"])
-            for name, cb in extra_callbacks.items():
+            self.extra_callbacks = self._plugin_callbacks()
+            self.model.load_state_dict(saved.get("train_model") or saved["model"])
+            if self.average is not None:
+                self.average.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.schedule.load_state_dict(saved["scheduler"])
+            if self.scaler is not None and saved.get("scaler"):
+                self.scaler.load_state_dict(saved["scaler"])
+            self.tracker.load_state_dict(saved["early_stopping"], saved["model"])
+            for name, cb in self.extra_callbacks.items():
                 cb.load_state_dict(saved["callbacks"].get(name))
         except BaseException as err:
-            lock.close()
+            self.lock.close()
             if not isinstance(err, (RuntimeError, KeyError, ValueError, TypeError)):
                 raise
             raise DataError(f"{run_dir / 'last.pt'}: does not fit the run's model or settings "
                             f"({type(err).__name__}: {_first_line(err)})") from None
-        history.epochs = list(saved["history"]["epochs"])
-        history.iteration_losses = list(saved["history"]["iteration_losses"])
-        done_seconds = saved["train_seconds"]
+        self.history.epochs = list(saved["history"]["epochs"])
+        self.history.iteration_losses = list(saved["history"]["iteration_losses"])
+        self.done_seconds = saved["train_seconds"]
         if saved["in_epoch"] is not None:
-            resume_at = EpochProgress.from_state(saved["in_epoch"])
-        start_epoch = saved["epoch"] + 1
-        restore_random_states(saved["rng"], pipeline)
+            self.resume_at = EpochProgress.from_state(saved["in_epoch"])
+        self.start_epoch = saved["epoch"] + 1
+        restore_random_states(saved["rng"], self.pipeline)
         log.info("resuming %s after epoch %d%s", run_dir, saved["epoch"],
-                 f" at step {resume_at.step} of epoch {resume_at.epoch}" if resume_at else "")
-    else:
-        out_existed = Path(cfg.out).exists()
-        run_dir = make_run_dir(cfg) if me.is_main else None
-        if me.active:
-            run_dir = Path(distributed.broadcast_object(str(run_dir) if me.is_main else None))
-        lock = exclusive_lock(run_dir, "training this run") if me.is_main else _NoLock()
-        start_epoch = 1
-    try:
-        if not resuming:
-            extra_callbacks = make_callbacks()
-        if not resuming and me.is_main:
-            cfg_to_save.save(run_dir / "config.yaml")
+                 f" at step {self.resume_at.step} of epoch {self.resume_at.epoch}" if self.resume_at else "")
+
+    # -- write_start: what a new run directory holds before the first step ------------------------
+    def write_start(self) -> None:
+        from augpipe.augment.cpu import build_train_transform, save_pipeline
+        from augpipe.data.split import write_manifest
+
+        cfg, me, run_dir, data, pipeline = self.cfg, self.me, self.run_dir, self.data, self.pipeline
+        if not self.resuming:
+            self.extra_callbacks = self._plugin_callbacks()
+        if not self.resuming and me.is_main:
+            self.cfg_to_save.save(run_dir / "config.yaml")
             write_manifest(run_dir / "split.csv", data.source, data.assignment, seed=data.seed, val=data.val,
                            test=data.test)
             # The Albumentations form of the spec, also when the device backend runs it.
-            save_pipeline(build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
-                                                lookup=plugins.augmentation_lookup()), run_dir / "augment.yaml")
-        loggers = start_loggers(cfg, cfg_to_save, run_dir, saved if resuming else None, pipeline, data, image_size,
-                                plugins) if me.is_main else []
-        n_params = sum(p.numel() for p in model.parameters())
+            save_pipeline(build_train_transform(self.spec, self.image_size, native=pipeline.native, seed=cfg.seed,
+                                                lookup=self.plugins.augmentation_lookup()), run_dir / "augment.yaml")
+        if me.is_main:
+            self.loggers = start_loggers(cfg, self.cfg_to_save, run_dir, self.saved, pipeline, data,
+                                         self.image_size, self.plugins)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s/%s, %s parameters, %s, image %d px, batch %d, %d iterations per epoch, device %s, "
-                 "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model, f"{n_params:,}",
-                 cfg.activation, image_size, cfg.batch_size, steps, device,
-                 "the device" if pipeline.aug_on_device else "the CPU", pipeline.workers, threads)
+                 "augmentation on %s, %d loader worker(s), %d thread(s)", cfg.plugin, cfg.model,
+                 f"{self.n_params:,}", cfg.activation, self.image_size, cfg.batch_size, self.steps, self.device,
+                 "the device" if pipeline.aug_on_device else "the CPU", pipeline.workers, self.threads)
         if me.active:
             log.info("distributed: %d processes (%s), batch %d per process, %d in all; each process takes %d "
-                     "steps an epoch", me.world_size, "nccl" if device.type == "cuda" else "gloo", cfg.batch_size,
-                     cfg.batch_size * me.world_size, steps)
+                     "steps an epoch", me.world_size, "nccl" if self.device.type == "cuda" else "gloo",
+                     cfg.batch_size, cfg.batch_size * me.world_size, self.steps)
         log.info("run directory: %s", run_dir)
-        session_start = time.perf_counter()
 
-        def state(epoch, progress_state=None):
-            return checkpoint_state(
-                epoch=epoch, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, cfg=cfg_to_save,
-                data=data, image_size=image_size, history=history, pipeline=pipeline, tracker=tracker,
-                callbacks=extra_callbacks, train_seconds=done_seconds + time.perf_counter() - session_start,
-                progress=progress_state, loggers=loggers, scored=average.module if average is not None else None)
+    # -- fit: the shared loop --------------------------------------------------------------------
+    def _state(self, epoch, progress_state=None) -> dict:
+        from augpipe.training.checkpoint import checkpoint_state
 
-        def save_unfinished_epoch(progress_state):
-            from augpipe.files import save_checkpoint
+        return checkpoint_state(
+            epoch=epoch, model=self.model, optimizer=self.optimizer, schedule=self.schedule, scaler=self.scaler,
+            cfg=self.cfg_to_save, data=self.data, image_size=self.image_size, history=self.history,
+            pipeline=self.pipeline, tracker=self.tracker, callbacks=self.extra_callbacks,
+            train_seconds=self.done_seconds + time.perf_counter() - self.session_start, progress=progress_state,
+            loggers=self.loggers, scored=self.average.module if self.average is not None else None)
 
-            save_checkpoint(state(progress_state.epoch - 1, progress_state), run_dir / "last.pt")
-            log.info("saved %s at step %d of epoch %d", run_dir / "last.pt", progress_state.step,
-                     progress_state.epoch)
+    def _save_unfinished_epoch(self, progress_state) -> None:
+        from augpipe.files import save_checkpoint
 
-        def after_fast_forward():
-            restore_random_states(saved["rng"], pipeline, loaders=False)
+        save_checkpoint(self._state(progress_state.epoch - 1, progress_state), self.run_dir / "last.pt")
+        log.info("saved %s at step %d of epoch %d", self.run_dir / "last.pt", progress_state.step,
+                 progress_state.epoch)
 
-        # Checkpoints run last: last.pt must hold the state the next epoch starts from.
-        callbacks = [tracker]
+    def _after_fast_forward(self) -> None:
+        from augpipe.training.checkpoint import restore_random_states
+
+        restore_random_states(self.saved["rng"], self.pipeline, loaders=False)
+
+    def _epoch_callbacks(self) -> list:
+        """Early stopping first, checkpoints last: last.pt must hold the state the next epoch starts from."""
+        from augpipe.training.callbacks import Checkpoints, HookCallback, MetricsFile
+
+        cfg, me = self.cfg, self.me
+        callbacks = [self.tracker]
         if me.is_main:
-            callbacks += [MetricsFile(run_dir / "metrics.csv", history.epochs), HookCallback(plugins, run_dir)]
+            callbacks += [MetricsFile(self.run_dir / "metrics.csv", self.history.epochs),
+                          HookCallback(self.plugins, self.run_dir)]
         if cfg.freeze_epochs:
             from augpipe.training.finetune import FreezeBackbone, classifier_parameter_names
 
-            callbacks.insert(1, FreezeBackbone(model, classifier_parameter_names(model, num_classes),
-                                               cfg.freeze_epochs, start_epoch))
-        callbacks += list(extra_callbacks.values()) + loggers
+            callbacks.insert(1, FreezeBackbone(self.model, classifier_parameter_names(self.model, self.num_classes),
+                                               cfg.freeze_epochs, self.start_epoch))
+        callbacks += list(self.extra_callbacks.values()) + self.loggers
         if me.is_main:
-            callbacks.append(Checkpoints(run_dir, state, tracker))
-        control = TrainingControl(signals.requested, resume_at=resume_at,
-                                  on_interrupt=save_unfinished_epoch if me.is_main else None,
-                                  after_fast_forward=after_fast_forward if resume_at else None,
-                                  batch_callbacks=([average] if average is not None else [])
-                                  + list(extra_callbacks.values()), step_loggers=loggers)
+            callbacks.append(Checkpoints(self.run_dir, self._state, self.tracker))
+        return callbacks
+
+    def fit(self) -> None:
+        from augpipe.augment.mixing import BatchMixer
+        from augpipe.training.loop import TrainingControl, fit
+
+        cfg, me, pipeline = self.cfg, self.me, self.pipeline
+        self.session_start = time.perf_counter()
+        callbacks = self._epoch_callbacks()
+        control = TrainingControl(self.signals.requested, resume_at=self.resume_at,
+                                  on_interrupt=self._save_unfinished_epoch if me.is_main else None,
+                                  after_fast_forward=self._after_fast_forward if self.resume_at else None,
+                                  batch_callbacks=([self.average] if self.average is not None else [])
+                                  + list(self.extra_callbacks.values()), step_loggers=self.loggers)
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        mixer = BatchMixer.from_spec(spec, num_classes, seed=cfg.seed, rank=me.rank)
+        mixer = BatchMixer.from_spec(self.spec, self.num_classes, seed=cfg.seed, rank=me.rank)
         # None: a bar on a terminal, a line every 30 s elsewhere (augpipe.progress)
-        show_progress = progress if me.is_main else False
-        max_seconds = cfg.max_minutes * 60 - done_seconds if cfg.max_minutes else None
-        with signals.deferred():
-            fit(train_model, pipeline.train, pipeline.val, prepare_train=pipeline.prepare_train,
-                prepare_eval=pipeline.prepare_eval, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn,
-                epochs=cfg.epochs, device=device, num_classes=num_classes, callbacks=callbacks, tracker=tracker,
-                precision=cfg.precision, max_seconds=max(1e-9, max_seconds) if max_seconds is not None else None,
-                progress=show_progress, start_epoch=start_epoch, history=history, control=control, scaler=scaler,
-                tta=cfg.tta, scored_model=average.module if average is not None else None, mixer=mixer)
-        train_seconds = done_seconds + time.perf_counter() - session_start
+        show_progress = self.progress if me.is_main else False
+        max_seconds = cfg.max_minutes * 60 - self.done_seconds if cfg.max_minutes else None
+        with self.signals.deferred():
+            fit(self.train_model, pipeline.train, pipeline.val, prepare_train=pipeline.prepare_train,
+                prepare_eval=pipeline.prepare_eval, optimizer=self.optimizer, schedule=self.schedule,
+                loss_fn=loss_fn, epochs=cfg.epochs, device=self.device, num_classes=self.num_classes,
+                callbacks=callbacks, tracker=self.tracker, precision=cfg.precision,
+                max_seconds=max(1e-9, max_seconds) if max_seconds is not None else None, progress=show_progress,
+                start_epoch=self.start_epoch, history=self.history, control=control, scaler=self.scaler,
+                tta=cfg.tta, scored_model=self.average.module if self.average is not None else None, mixer=mixer)
+        self.train_seconds = self.done_seconds + time.perf_counter() - self.session_start
+
+    # -- finish, or close as failed --------------------------------------------------------------
+    def finish(self) -> RunResult:
+        from augpipe.files import write_atomic
+
+        me, history, signals, run_dir = self.me, self.history, self.signals, self.run_dir
         if history.stop_reason == "interrupted" and me.is_main:
             log.warning("interrupted by %s: last.pt saved; resume with: augpipe train --resume %s",
                         signals.received, run_dir)
-        summary = _finish(cfg, scored, pipeline, data, history, tracker, run_dir, image_size, device, n_params,
-                          train_seconds, interrupted=signals.received if history.stop_reason == "interrupted" else None,
+        summary = _finish(self.cfg, self.scored, self.pipeline, self.data, history, self.tracker, run_dir,
+                          self.image_size, self.device, self.n_params, self.train_seconds,
+                          interrupted=signals.received if history.stop_reason == "interrupted" else None,
                           write=me.is_main)
         if me.active:
-            summary.update(world_size=me.world_size, global_batch_size=cfg.batch_size * me.world_size)
+            summary.update(world_size=me.world_size, global_batch_size=self.cfg.batch_size * me.world_size)
         if me.is_main:
             write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
-        finish_loggers(loggers, summary, run_dir)
+        finish_loggers(self.loggers, summary, run_dir)
         return RunResult(run_dir, summary, history)
-    except BaseException as err:
-        for lg in loggers:
+
+    def close_failed(self, err: BaseException) -> None:
+        """After a failure in any phase past ``open``: loggers closed, the run directory closed as
+        failed (rank 0); a write error says that last.pt is intact and how to resume."""
+        for lg in self.loggers:
             lg.finish({}, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             lg.close()
-        if not me.is_main:
-            raise
-        _close_failed_run(run_dir, history, err, keep=resuming)
+        if not self.me.is_main:
+            return
+        run_dir = self.run_dir
+        _close_failed_run(run_dir, self.history, err, keep=self.resuming)
         if isinstance(err, WriteError) and run_dir is not None and (run_dir / "last.pt").is_file():
             raise WriteError(f"{err}; {run_dir / 'last.pt'} is intact: make room, then augpipe train --resume "
                              f"{run_dir}") from None
-        if not resuming and not out_existed:
+        if not self.resuming and not self.out_existed:
             with contextlib.suppress(OSError):
-                Path(cfg.out).rmdir()  # only when empty: made for this run alone
-        raise
-    finally:
-        lock.close()
+                Path(self.cfg.out).rmdir()  # only when empty: made for this run alone
 
 
 def start_loggers(cfg: TrainConfig, saved_cfg: TrainConfig, run_dir: Path, saved, pipeline, data, image_size: int,

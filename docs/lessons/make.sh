@@ -82,9 +82,12 @@ dropout() {  # the lecture's setting: a fully connected net, dropout between its
     tables dropout
 }
 
-activations() {  # the CPU version: the same net and rate for all seven, 8 epochs
+activations() {  # the CPU version: the same net and rate for all seven, 8 epochs; then 20, augmented
+    local seven=relu,leaky_relu,prelu,elu,selu,tanh,sigmoid
     sweep activations --optimizer adam --lr 1e-3 --scheduler none --aug none --epochs 8 --monitor val_acc \
-        --activation relu,leaky_relu,prelu,elu,selu,tanh,sigmoid
+        --activation "$seven"
+    sweep activations-long --optimizer adam --lr 1e-3 --scheduler none --aug cifar-translate --epochs 20 \
+        --monitor val_acc --activation "$seven"
     tables activations
 }
 
