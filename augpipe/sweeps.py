@@ -397,8 +397,8 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
 
         augpipe.sweep(plugin="mlp", aug="standard", ablate=True, seeds=3)
 
-    ``parallel=K``: K runs at once, each in a process of its own (``_run_parallel``); the tables
-    are the same as a serial sweep's."""
+    ``parallel=K``: K runs at once in K worker processes (``_run_parallel``); the tables are the
+    same as a serial sweep's."""
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.signals import StopSignals
 

@@ -20,8 +20,8 @@ SWEEP_LEVEL = {"out": "Folder of sweeps.  [default: sweeps]",
 @click.option("--seeds", type=int, default=1, show_default=True, help="Runs of each setting, with seeds --seed, --seed + 1, ...")
 @click.option("--yes", is_flag=True, help="Run a grid of more than 50 runs.")
 @click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs trained at once, each in a process of its own, with --threads (default: the cores "
-                   "/ PARALLEL) torch threads; the tables are the same as a serial sweep's.")
+              help="Runs trained at once, in as many worker processes, each with --threads (default: the "
+                   "cores / PARALLEL) torch threads; the tables are the same as a serial sweep's.")
 @click.option("--ablate", is_flag=True, help="What each augmentation op buys: the one --aug (default: the config's) "
               "trained whole (all), without any op (none) and without each op in turn (-OP); writes "
               "ablation.md and ablation.png.")
