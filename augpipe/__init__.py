@@ -3,6 +3,7 @@
 The public API is imported lazily so that ``augpipe --help`` and ``import augpipe``
 stay fast: torch, timm and albumentations load only when a function needs them.
 """
+
 import os
 
 # Albumentations checks PyPI for a newer release at import; augpipe must never touch the network.
@@ -27,8 +28,21 @@ _API = {
 
 # A literal list, so that linters and type checkers can read it.
 __all__ = [
-    "AugmentSpec", "AugpipeError", "Classifier", "TrainConfig", "Trainer", "__version__", "evaluate",
-    "hookimpl", "load", "lr_find", "open_dataset", "preview", "split_dataset", "sweep", "train",
+    "AugmentSpec",
+    "AugpipeError",
+    "Classifier",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "evaluate",
+    "hookimpl",
+    "load",
+    "lr_find",
+    "open_dataset",
+    "preview",
+    "split_dataset",
+    "sweep",
+    "train",
 ]
 
 

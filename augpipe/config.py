@@ -3,6 +3,7 @@
 Precedence, lowest first: the defaults below, the trainer plugin's defaults, the optimizer's
 default learning rate, a named ``--recipe``, a ``--config`` file, then command-line flags.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,30 +23,56 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # Learning rates that train each optimizer stably on the bundled data and CIFAR-10 when the
 # user gives none: adaptive methods want a far smaller step than SGD.
 EMA_MODES = ("average", "lookahead")  # --ema-mode (augpipe.training.averaging)
-DEFAULT_LR = {"sgd": 0.05, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 1e-3, "adam": 1e-3,
-              "adamw": 1e-3, "adagrad": 1e-2, "muon": 0.05}  # muon: its SGD part's; the matrices take 0.4x
+DEFAULT_LR = {
+    "sgd": 0.05,
+    "momentum": 0.05,
+    "nesterov": 0.05,
+    "rmsprop": 1e-3,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "adagrad": 1e-2,
+    "muon": 0.05,
+}  # muon: its SGD part's; the matrices take 0.4x
 
 
 # The largest values a setting may take: every number from a config file or a flag has a range,
 # checked here, so that a typo or a 400-digit number is one line, not a run that never ends or a
 # traceback deep in torch (docs/reliability.md lists them all).
-MAX_EPOCHS = 10**6          # more epochs than any computer finishes
-MAX_STEPS = 10**9           # optimizer steps (--ema-every)
-MAX_BATCH = 2**20           # images in one batch
-MAX_IMAGE_SIZE = 8192       # pixels a side
+MAX_EPOCHS = 10**6  # more epochs than any computer finishes
+MAX_STEPS = 10**9  # optimizer steps (--ema-every)
+MAX_BATCH = 2**20  # images in one batch
+MAX_IMAGE_SIZE = 8192  # pixels a side
 MAX_DEVICES = 1024
-WORKERS_PER_CORE = 4        # loader workers (and threads) per CPU core; at least MIN_WORKER_LIMIT
-MIN_WORKER_LIMIT = 8        # so that a config written on an ordinary machine runs on a small one
-MAX_SECONDS = 10**8         # --dist-timeout; about three years
-MAX_MINUTES = 10**7         # --max-minutes; about nineteen years
-MAX_RATE = 10**6            # --lr, --min-lr, --norm-lr-scale, --backbone-lr-scale, --weight-decay, --gamma
+WORKERS_PER_CORE = 4  # loader workers (and threads) per CPU core; at least MIN_WORKER_LIMIT
+MIN_WORKER_LIMIT = 8  # so that a config written on an ordinary machine runs on a small one
+MAX_SECONDS = 10**8  # --dist-timeout; about three years
+MAX_MINUTES = 10**7  # --max-minutes; about nineteen years
+MAX_RATE = 10**6  # --lr, --min-lr, --norm-lr-scale, --backbone-lr-scale, --weight-decay, --gamma
 UPPER_BOUNDS = {
-    "epochs": MAX_EPOCHS, "freeze_epochs": MAX_EPOCHS, "patience": MAX_EPOCHS, "start_from_epoch": MAX_EPOCHS,
-    "warmup_epochs": MAX_EPOCHS, "step_size": MAX_EPOCHS, "ema_start": MAX_EPOCHS, "ema_every": MAX_STEPS,
-    "ema_power": 100, "batch_size": MAX_BATCH, "image_size": MAX_IMAGE_SIZE, "devices": MAX_DEVICES,
-    "dist_timeout": MAX_SECONDS, "max_minutes": MAX_MINUTES, "cache_mb": 2**30, "max_pixels": 2**40,
-    "min_delta": 1e9, "lr": MAX_RATE, "min_lr": MAX_RATE, "weight_decay": MAX_RATE, "gamma": MAX_RATE,
-    "norm_lr_scale": MAX_RATE, "backbone_lr_scale": MAX_RATE, "milestones": MAX_EPOCHS,
+    "epochs": MAX_EPOCHS,
+    "freeze_epochs": MAX_EPOCHS,
+    "patience": MAX_EPOCHS,
+    "start_from_epoch": MAX_EPOCHS,
+    "warmup_epochs": MAX_EPOCHS,
+    "step_size": MAX_EPOCHS,
+    "ema_start": MAX_EPOCHS,
+    "ema_every": MAX_STEPS,
+    "ema_power": 100,
+    "batch_size": MAX_BATCH,
+    "image_size": MAX_IMAGE_SIZE,
+    "devices": MAX_DEVICES,
+    "dist_timeout": MAX_SECONDS,
+    "max_minutes": MAX_MINUTES,
+    "cache_mb": 2**30,
+    "max_pixels": 2**40,
+    "min_delta": 1e9,
+    "lr": MAX_RATE,
+    "min_lr": MAX_RATE,
+    "weight_decay": MAX_RATE,
+    "gamma": MAX_RATE,
+    "norm_lr_scale": MAX_RATE,
+    "backbone_lr_scale": MAX_RATE,
+    "milestones": MAX_EPOCHS,
 }
 
 
@@ -69,47 +96,53 @@ def shown_number(value) -> str:
 @dataclass
 class TrainConfig:
     # what to train
-    recipe: str | None = None        # settings shipped with augpipe (augpipe/recipes/NAME.yaml)
-    plugin: str = "resnet"           # trainer plugin (augpipe plugins lists them)
-    model: str | None = None         # model of the plugin; None = the plugin's default
-    activation: str = "relu"         # every activation of the network
-    dropout: float = 0.0             # rate before the classifier (between hidden layers for mlp)
-    pretrained: bool = False         # start from timm's pretrained weights (fetched once into timm's cache)
-    weights: str | None = None       # start from a local file: a state dict (.pth, .safetensors) or an augpipe checkpoint
-    freeze_epochs: int = 0           # train only the classifier for this many epochs, then everything
-    backbone_lr_scale: float = 1.0   # learning rate of all but the classifier, as a fraction of --lr
+    recipe: str | None = None  # settings shipped with augpipe (augpipe/recipes/NAME.yaml)
+    plugin: str = "resnet"  # trainer plugin (augpipe plugins lists them)
+    model: str | None = None  # model of the plugin; None = the plugin's default
+    activation: str = "relu"  # every activation of the network
+    dropout: float = 0.0  # rate before the classifier (between hidden layers for mlp)
+    pretrained: bool = False  # start from timm's pretrained weights (fetched once into timm's cache)
+    weights: str | None = None  # start from a local file: a state dict (.pth, .safetensors) or an augpipe checkpoint
+    freeze_epochs: int = 0  # train only the classifier for this many epochs, then everything
+    backbone_lr_scale: float = 1.0  # learning rate of all but the classifier, as a fraction of --lr
     # data
-    data: str | None = None          # data set path; None = the bundled sample data
-    val: float = 0.1                 # validation fraction of the training pool
-    test: float = 0.1                # test fraction, where the source has no test split
-    split_file: str | None = None    # reuse a split manifest
-    strict: bool = False             # stop at an unreadable image or an exact duplicate instead of skipping it
-    image_size: int | None = None    # side in pixels; None = the augmentation's size or the data's
-    aug: Any = "standard"            # preset name, spec .yaml path, or a spec dict
-    aug_device: str = "auto"         # where augmentation runs: auto, cpu (workers), gpu (device)
-    data_on_device: str = "auto"     # the splits' uint8 images held on the device, a batch an index gather: auto (CUDA, when they fit), on, off
+    data: str | None = None  # data set path; None = the bundled sample data
+    val: float = 0.1  # validation fraction of the training pool
+    test: float = 0.1  # test fraction, where the source has no test split
+    split_file: str | None = None  # reuse a split manifest
+    strict: bool = False  # stop at an unreadable image or an exact duplicate instead of skipping it
+    image_size: int | None = None  # side in pixels; None = the augmentation's size or the data's
+    aug: Any = "standard"  # preset name, spec .yaml path, or a spec dict
+    aug_device: str = "auto"  # where augmentation runs: auto, cpu (workers), gpu (device)
+    data_on_device: str = "auto"  # the splits' uint8 images held on the device, a batch an index gather: auto (CUDA, when they fit), on, off
     cache_mb: float = DEFAULT_CACHE_MB  # keep decoded images in memory up to this size (MB)
     max_pixels: int = DEFAULT_MAX_PIXELS  # skip images of more pixels (width x height): Pillow's bomb limit
-    workers: int | None = None       # loader workers; None = chosen from the cores
+    workers: int | None = None  # loader workers; None = chosen from the cores
     # optimisation
-    optimizer: str = "momentum"      # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad, muon
-    lr: float | None = None          # None = the optimizer's default (DEFAULT_LR)
+    optimizer: str = "momentum"  # sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad, muon
+    lr: float | None = None  # None = the optimizer's default (DEFAULT_LR)
     weight_decay: float = 5e-4
-    decay_bias_and_norm: bool = False  # weight decay on biases and normalisation parameters too (airbench94 decays them; timm does not)
-    norm_lr_scale: float = 1.0       # learning rate of normalisation layers' parameters, as a multiple of --lr (airbench94: 64); their decay per step is kept
-    momentum: float | None = None    # None = 0.9 for momentum/nesterov/muon, the optimizer's own otherwise
-    scheduler: str = "cosine"        # none, step, multistep, exponential, cosine, onecycle, linear, plateau
-    warmup_epochs: float = 0.0       # linear warm-up, in epochs (fractions allowed)
-    step_size: float = 10            # step: epochs between decays
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: epochs, or fractions of the run if all < 1
-    gamma: float = 0.1               # step / multistep / exponential / plateau decay factor
-    min_lr: float = 0.0              # cosine floor; where linear ends
+    decay_bias_and_norm: bool = (
+        False  # weight decay on biases and normalisation parameters too (airbench94 decays them; timm does not)
+    )
+    norm_lr_scale: float = 1.0  # learning rate of normalisation layers' parameters, as a multiple of --lr (airbench94: 64); their decay per step is kept
+    momentum: float | None = None  # None = 0.9 for momentum/nesterov/muon, the optimizer's own otherwise
+    scheduler: str = "cosine"  # none, step, multistep, exponential, cosine, onecycle, linear, plateau
+    warmup_epochs: float = 0.0  # linear warm-up, in epochs (fractions allowed)
+    step_size: float = 10  # step: epochs between decays
+    milestones: list[float] = field(
+        default_factory=lambda: [0.5, 0.75]
+    )  # multistep: epochs, or fractions of the run if all < 1
+    gamma: float = 0.1  # step / multistep / exponential / plateau decay factor
+    min_lr: float = 0.0  # cosine floor; where linear ends
     label_smoothing: float = 0.0
-    ema: float | None = None         # decay of a moving average of the weights, which is then what is scored and kept as best (e.g. 0.99); None = off
-    ema_start: float = 0.0           # epochs before the average starts (until then it copies the weights)
-    ema_every: int = 1               # optimizer steps between updates of the average
-    ema_power: float = 0.0           # the decay grows over the run as --ema * (step / total) ** power (airbench94: 3)
-    ema_mode: str = "average"        # average, or lookahead: the average is copied back into the trained weights
+    ema: float | None = (
+        None  # decay of a moving average of the weights, which is then what is scored and kept as best (e.g. 0.99); None = off
+    )
+    ema_start: float = 0.0  # epochs before the average starts (until then it copies the weights)
+    ema_every: int = 1  # optimizer steps between updates of the average
+    ema_power: float = 0.0  # the decay grows over the run as --ema * (step / total) ** power (airbench94: 3)
+    ema_mode: str = "average"  # average, or lookahead: the average is copied back into the trained weights
     epochs: int = 10
     batch_size: int = 64
     max_minutes: float | None = None  # stop after this much training time (time-to-accuracy runs)
@@ -117,26 +150,28 @@ class TrainConfig:
     patience: int | None = None
     monitor: str = "val_loss"
     min_delta: float = 0.0
-    start_from_epoch: int = 0        # epochs before early stopping may act
-    restore_best: bool = True        # test and save the best epoch's weights, not the last
-    tta: str = "none"                # test-time augmentation of the validation and test scores: none, flip, flip-translate
+    start_from_epoch: int = 0  # epochs before early stopping may act
+    restore_best: bool = True  # test and save the best epoch's weights, not the last
+    tta: str = "none"  # test-time augmentation of the validation and test scores: none, flip, flip-translate
     # machine
-    device: str = "auto"             # auto, cpu, cuda, cuda:N
-    precision: str = "fp32"          # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
-    channels_last: bool = True       # NHWC memory layout: faster convolutions on CPUs and on CUDA
-    compile: bool = False            # torch.compile the model
-    compile_mode: str = "default"    # torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
-    threads: int | None = None       # torch intra-op threads; None = every core (workers mostly wait), shared by the processes of --devices
-    devices: int = 1                 # processes to train in with torch.distributed (one per GPU, or CPU processes on gloo); --batch-size is per process
-    dist_timeout: float = 600        # seconds a process waits for the others before it gives up (a rank died or hangs)
-    seed: int = 0                    # 0 <= seed < 2**32
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32; bf16 autocast (CUDA, and CPUs with AVX-512 BF16 or AMX); fp16 (CUDA)
+    channels_last: bool = True  # NHWC memory layout: faster convolutions on CPUs and on CUDA
+    compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile's mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
+    threads: int | None = (
+        None  # torch intra-op threads; None = every core (workers mostly wait), shared by the processes of --devices
+    )
+    devices: int = 1  # processes to train in with torch.distributed (one per GPU, or CPU processes on gloo); --batch-size is per process
+    dist_timeout: float = 600  # seconds a process waits for the others before it gives up (a rank died or hangs)
+    seed: int = 0  # 0 <= seed < 2**32
     # output
     out: str = "runs"
-    name: str | None = None          # run directory name; None = a timestamp
+    name: str | None = None  # run directory name; None = a timestamp
     callbacks: list[str] = field(default_factory=list)  # registered callbacks to attach
     logger: list[str] = field(default_factory=list)  # experiment loggers besides metrics.csv: tensorboard, mlflow
     tracking_uri: str | None = None  # MLflow tracking URI; None = file:<out>/mlruns
-    experiment: str | None = None    # MLflow experiment; None = augpipe (a sweep: the sweep's name)
+    experiment: str | None = None  # MLflow experiment; None = augpipe (a sweep: the sweep's name)
 
     # -- construction -------------------------------------------------------------------
     # Which fields were given (to the constructor, see _init_recording_choices, or set
@@ -156,7 +191,7 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
         """A config of exactly these settings (a run's own config.yaml), checked as strictly as
         settings from the command line."""
         if not isinstance(d, dict):
@@ -179,8 +214,9 @@ class TrainConfig:
         return data
 
     @classmethod
-    def resolve(cls, *, plugin_defaults: dict | None = None, file: dict | None = None,
-                flags: dict | None = None) -> "TrainConfig":
+    def resolve(
+        cls, *, plugin_defaults: dict | None = None, file: dict | None = None, flags: dict | None = None
+    ) -> TrainConfig:
         """Merge the layers (see the module docstring) into one validated config."""
         chosen: dict[str, Any] = {}
         for layer in (file or {}, flags or {}):
@@ -203,15 +239,17 @@ class TrainConfig:
     def _check_upper_bounds(self) -> None:
         for name, high in UPPER_BOUNDS.items():
             value = getattr(self, name)
-            for v in (value if isinstance(value, list) else [value]):
+            for v in value if isinstance(value, list) else [value]:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v > high:
                     raise ConfigError(f"--{name.replace('_', '-')} must be at most {high:,}, got {shown_number(v)}")
         limit = worker_limit()
         for name in ("workers", "threads"):
             value = getattr(self, name)
             if value is not None and value > limit:
-                raise ConfigError(f"--{name} must be at most {limit} on this machine ({WORKERS_PER_CORE} per CPU "
-                                  f"core, {cores()} cores), got {shown_number(value)}")
+                raise ConfigError(
+                    f"--{name} must be at most {limit} on this machine ({WORKERS_PER_CORE} per CPU "
+                    f"core, {cores()} cores), got {shown_number(value)}"
+                )
 
     # -- derived values -----------------------------------------------------------------
     @property
@@ -318,8 +356,9 @@ class TrainConfig:
             raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.milestones and min(self.milestones) <= 0:
             raise ConfigError(f"--milestones must be above 0, got {self.milestones}")
-        if self.name is not None and (not self.name.strip() or self.name in (".", "..")
-                                      or any(c in self.name for c in "/\\\0")):
+        if self.name is not None and (
+            not self.name.strip() or self.name in (".", "..") or any(c in self.name for c in "/\\\0")
+        ):
             raise ConfigError(f"--name must be a folder name without slashes, got {self.name!r}")
         if not self.out.strip() or "\0" in self.out:
             raise ConfigError(f"--out must be a folder path, got {self.out!r}")
@@ -336,7 +375,7 @@ _dataclass_init = TrainConfig.__init__
 
 def _init_recording_choices(self, *args, **kwargs):
     _dataclass_init(self, *args, **kwargs)
-    object.__setattr__(self, "_chosen", set(TrainConfig.field_names()[:len(args)]) | set(kwargs))
+    object.__setattr__(self, "_chosen", set(TrainConfig.field_names()[: len(args)]) | set(kwargs))
 
 
 TrainConfig.__init__ = _init_recording_choices
@@ -364,8 +403,15 @@ def check_device_name(name) -> None:
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
-_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list",
-               dict: "a mapping", type(None): "null"}
+_TYPE_WORDS = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    list: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
 
 
 def _allowed_types(name: str) -> tuple[tuple[type, ...], type | None]:
@@ -436,8 +482,10 @@ def _coerce(name: str, value, where: str = "settings") -> Any:
 def _number(name: str, value: str, target: type):
     digits = value.strip().lstrip("+-")
     if digits.isdigit() and len(digits) > 20:  # float() would round it, int() may refuse it
-        raise ConfigError(f"--{name.replace('_', '-')} must be at most {UPPER_BOUNDS.get(name, 2**63):,}, "
-                          f"got a {len(digits)}-digit number")
+        raise ConfigError(
+            f"--{name.replace('_', '-')} must be at most {UPPER_BOUNDS.get(name, 2**63):,}, "
+            f"got a {len(digits)}-digit number"
+        )
     try:
         number = float(value)
         if target is int:

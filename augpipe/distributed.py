@@ -6,6 +6,7 @@ One process per GPU (nccl) or per group of CPU cores (gloo). Only rank 0 writes 
 directory; every rank trains on its own part of each epoch and takes part in every evaluation.
 Outside a distributed run every function here is a no-op, so the single-process path is unchanged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,12 @@ def launched_ranks() -> Ranks:
     """The ranks torchrun (or ``launch``) put in the environment; one process when there are none."""
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")),
-                     int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+        return Ranks(
+            int(os.environ.get("RANK", "0")),
+            world,
+            int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+        )
     except ValueError:
         raise ConfigError("WORLD_SIZE, RANK, LOCAL_RANK must be whole numbers (set by torchrun)") from None
 
@@ -80,9 +85,11 @@ def start(device_type: str, timeout_s: float) -> Ranks:
         # of its own is one line, not CUDA's "invalid device ordinal" traceback.
         have = torch.cuda.device_count()
         if env.local_rank >= have:
-            raise DistributedError(f"rank {env.rank}: local rank {env.local_rank} has no CUDA device of its own "
-                                   f"(this machine has {have}): start at most {have} process(es) per machine, "
-                                   f"or train on the CPU with --device cpu")
+            raise DistributedError(
+                f"rank {env.rank}: local rank {env.local_rank} has no CUDA device of its own "
+                f"(this machine has {have}): start at most {have} process(es) per machine, "
+                f"or train on the CPU with --device cpu"
+            )
         torch.cuda.set_device(env.local_rank)
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
@@ -90,8 +97,9 @@ def start(device_type: str, timeout_s: float) -> Ranks:
         # than any training step may take.
         _state["data_group"] = dist.new_group(backend="gloo", timeout=timedelta(seconds=DATA_TIMEOUT_S))
     except (RuntimeError, ValueError) as err:
-        raise DistributedError(f"rank {env.rank}: could not join the other {env.world_size - 1} process(es) "
-                               f"({_first_line(err)})") from None
+        raise DistributedError(
+            f"rank {env.rank}: could not join the other {env.world_size - 1} process(es) ({_first_line(err)})"
+        ) from None
     _state["ranks"] = env
     return env
 
@@ -126,14 +134,17 @@ def lost_contact(err: BaseException) -> bool:
     if isinstance(err, getattr(dist, "DistError", ())):
         return True
     text = str(err).lower()
-    return isinstance(err, RuntimeError) and any(w in text for w in ("gloo", "nccl", "connection closed",
-                                                                      "connection reset", "timed out"))
+    return isinstance(err, RuntimeError) and any(
+        w in text for w in ("gloo", "nccl", "connection closed", "connection reset", "timed out")
+    )
 
 
-def lost_contact_error(err: BaseException) -> "DistributedError":
+def lost_contact_error(err: BaseException) -> DistributedError:
     me = ranks()
-    return DistributedError(f"rank {me.rank} of {me.world_size}: lost contact with the other processes "
-                            f"({_first_line(err)}); another rank has probably died: see its error")
+    return DistributedError(
+        f"rank {me.rank} of {me.world_size}: lost contact with the other processes "
+        f"({_first_line(err)}); another rank has probably died: see its error"
+    )
 
 
 def barrier_for_data() -> None:
@@ -188,8 +199,10 @@ def check_devices(devices: int, device_type: str) -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if devices > cores:
-        raise ConfigError(f"--devices {devices}: this machine has {cores} CPU core(s), and each CPU process "
-                          f"needs one; give at most --devices {cores}")
+        raise ConfigError(
+            f"--devices {devices}: this machine has {cores} CPU core(s), and each CPU process "
+            f"needs one; give at most --devices {cores}"
+        )
 
 
 def _quiet_launcher_logs() -> None:
@@ -231,9 +244,17 @@ def launch(devices: int, target, *args, **kwargs):
     from augpipe.training.signals import Interrupted
 
     _quiet_launcher_logs()
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=f"augpipe-{uuid.uuid4().hex[:8]}",
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=devices,
+        run_id=f"augpipe-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
     verbose = logging.getLogger("augpipe").getEffectiveLevel() <= logging.DEBUG
     try:
         results = elastic_launch(config, _run_rank)(target, args, kwargs, verbose)
@@ -263,7 +284,7 @@ def describe_failure(err) -> str:
         message = message.get("message", "")
     message = str(message or "").strip().splitlines()[0] if str(message or "").strip() else ""
     if message.startswith("RuntimeError: augpipe: "):
-        return f"rank {rank}: {message[len('RuntimeError: augpipe: '):]}"
+        return f"rank {rank}: {message[len('RuntimeError: augpipe: ') :]}"
     detail = message if message and "To enable traceback" not in message else ""
     if failure.exitcode is not None and failure.exitcode < 0:
         how, detail = f"was killed by {failure.signal_name()}", ""

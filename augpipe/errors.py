@@ -1,4 +1,5 @@
 """Errors a user can cause. The CLI turns each into one line and exit code 1."""
+
 import difflib
 
 

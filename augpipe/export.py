@@ -5,6 +5,7 @@ normalisation: uint8 (0-255) or float (0-1) pixels in, logits out. A check runs 
 of the run's test images (random ones where its data is gone) and reports the largest difference
 in logits against the PyTorch model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,8 +96,16 @@ def check_images(classifier, n: int = 8) -> tuple[np.ndarray, str]:
     return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8), "random images"
 
 
-def export(run_dir, *, format: str = "onnx", out=None, input: str = "uint8", checkpoint: str | None = None,
-           check: bool = True, plugins=None) -> ExportResult:
+def export(
+    run_dir,
+    *,
+    format: str = "onnx",
+    out=None,
+    input: str = "uint8",
+    checkpoint: str | None = None,
+    check: bool = True,
+    plugins=None,
+) -> ExportResult:
     """Write the run's model as ``format`` (onnx, torchscript) to ``out`` (default:
     RUN_DIR/model.onnx or model.pt) and check it against PyTorch."""
     from augpipe.files import atomic_path
@@ -165,14 +174,23 @@ def _write_onnx(wrapped, example, path: Path, name: str) -> None:
     try:
         with warnings.catch_warnings(), _quiet_stdout():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
     except ModuleNotFoundError as err:
         raise ConfigError(f"ONNX export needs the {err.name!r} package: pip install 'augpipe[export]'") from None
     except Exception as err:
-        raise ConfigError(f"the model of {name} can not be exported to ONNX: {_unsupported_operation(err)} "
-                          f"is not supported (try --format torchscript)") from None
+        raise ConfigError(
+            f"the model of {name} can not be exported to ONNX: {_unsupported_operation(err)} "
+            f"is not supported (try --format torchscript)"
+        ) from None
 
 
 def _write_torchscript(wrapped, example, path: Path, name: str) -> None:
@@ -185,12 +203,14 @@ def _write_torchscript(wrapped, example, path: Path, name: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(wrapped.model, ((x - wrapped.mean) / wrapped.std,), check_trace=False)
-            scripted = torch.jit.script(WithNormalization(traced, wrapped.mean.flatten().tolist(),
-                                                          wrapped.std.flatten().tolist()))
+            scripted = torch.jit.script(
+                WithNormalization(traced, wrapped.mean.flatten().tolist(), wrapped.std.flatten().tolist())
+            )
             scripted.save(str(path))
     except Exception as err:
-        raise ConfigError(f"the model of {name} can not be exported to TorchScript: "
-                          f"{_unsupported_operation(err)}") from None
+        raise ConfigError(
+            f"the model of {name} can not be exported to TorchScript: {_unsupported_operation(err)}"
+        ) from None
 
 
 def _run_exported(path: Path, format: str, x: np.ndarray) -> tuple[np.ndarray | None, str | None]:

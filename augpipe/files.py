@@ -1,6 +1,7 @@
 """Reading and writing files so that a crash never leaves half a file and no file can run code:
 one atomic-write helper, one bounded YAML reader, one allow-listed unpickler, weights-only
 checkpoints. Every failure here is an augpipe error naming the file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,9 @@ import importlib
 import os
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from augpipe.errors import ConfigError, DataError, WriteError
 
@@ -28,9 +30,14 @@ def temporary_name(path: Path) -> Path:
 
 
 # The reasons a write fails that the user can do something about, in the words of the message.
-WRITE_REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                 errno.EROFS: "read-only file system", errno.EACCES: "the folder is not writable: permission denied",
-                 errno.EPERM: "the folder is not writable: operation not permitted", errno.EFBIG: "file too large"}
+WRITE_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "the folder is not writable: permission denied",
+    errno.EPERM: "the folder is not writable: operation not permitted",
+    errno.EFBIG: "file too large",
+}
 # What a probe writes: a file system with less room than this is full for any checkpoint.
 PROBE_BYTES = 1 << 16
 
@@ -59,7 +66,7 @@ def why_not_writable(folder) -> str | None:
         try:
             left = memoryview(bytes(PROBE_BYTES))
             while left:
-                left = left[os.write(fd, left):]
+                left = left[os.write(fd, left) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -216,8 +223,11 @@ def _unique_key_loader():
                         continue
                     if first is not None:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"the key {key!r} is given twice, on lines {first} and {line}",
-                            key_node.start_mark)
+                            None,
+                            None,
+                            f"the key {key!r} is given twice, on lines {first} and {line}",
+                            key_node.start_mark,
+                        )
                     seen[key] = line
             return super().construct_mapping(node, deep=deep)
 
@@ -298,10 +308,14 @@ def dump_yaml(data) -> str:
 # What a numpy array needs to unpickle, in the module names numpy 1 and numpy 2 write; and
 # _codecs.encode, with which Python 3 writes bytes at protocol 2. Nothing here runs other code.
 _PICKLE_GLOBALS = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("_codecs", "encode"),
 }
 
@@ -312,7 +326,7 @@ class _AllowListUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refused to load {module}.{name}")
         if module.startswith("numpy.core."):  # numpy 2 renamed it; the old name only warns
             with contextlib.suppress(ImportError):
-                return getattr(importlib.import_module("numpy._core." + module[len("numpy.core."):]), name)
+                return getattr(importlib.import_module("numpy._core." + module[len("numpy.core.") :]), name)
         return getattr(importlib.import_module(module), name)
 
 
@@ -325,8 +339,17 @@ def load_pickle(path, what: str = "pickle file") -> Any:
             return _AllowListUnpickler(fh, encoding="bytes").load()
     except pickle.UnpicklingError as err:
         raise DataError(f"{path}: not a readable {what} ({err})") from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            MemoryError, RecursionError) as err:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RecursionError,
+    ) as err:
         raise DataError(f"{path}: not a readable {what} ({type(err).__name__}: {err})") from None
 
 

@@ -7,10 +7,12 @@ below, listed under the ``augpipe`` entry-point group of its package::
 Registration hooks take a ``register`` callback: augpipe owns the registries, lists their names,
 and rejects a name registered twice, naming both plugins.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -67,8 +69,9 @@ class Trainer:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             from augpipe.errors import PluginError
 
-            raise PluginError(f"trainer {self.name!r} gave input size {size!r} for model {model!r}, "
-                              f"not a positive integer")
+            raise PluginError(
+                f"trainer {self.name!r} gave input size {size!r} for model {model!r}, not a positive integer"
+            )
         return size
 
 

@@ -5,6 +5,7 @@ weights; images go through the run's evaluation path (resize and centre-crop to 
 size, the spec's normalisation, the run's precision and memory layout), so a run's own test
 images get the logits that ``augpipe evaluate`` scores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,8 +76,10 @@ def as_rgb_uint8(image, where: str = "image") -> np.ndarray:
             raise DataError(f"{where}: the image holds NaN or infinite values")
         if np.issubdtype(arr.dtype, np.floating):
             if values.min() < 0 or values.max() > 1:
-                raise DataError(f"{where}: float pixels must lie in [0, 1] (uint8 for 0-255), got "
-                                f"{values.min():g} to {values.max():g}")
+                raise DataError(
+                    f"{where}: float pixels must lie in [0, 1] (uint8 for 0-255), got "
+                    f"{values.min():g} to {values.max():g}"
+                )
             values = values * 255.0
         elif values.min() < 0 or values.max() > 255:
             raise DataError(f"{where}: integer pixels must lie in [0, 255], got {values.min():g} to {values.max():g}")
@@ -112,7 +115,7 @@ class Classifier:
     def resize(self, image: np.ndarray) -> np.ndarray:
         """Resize (shorter side) and centre-crop to the run's image size, as its evaluation did."""
         if self._transform is None:
-            from augpipe.augment.cpu import _resize_to, _compose
+            from augpipe.augment.cpu import _compose, _resize_to
 
             self._transform = _compose(_resize_to(self.image_size, None))
         if image.shape[:2] == (self.image_size, self.image_size):
@@ -148,8 +151,12 @@ class Classifier:
         prepare = BatchNormalizer(self.mean, self.std, str(self.device), channels_last=self.channels_last)
         out = []
         for start in range(0, len(images), batch_size):
-            batch = np.stack([self.resize(self._read(item, max_pixels or DEFAULT_MAX_PIXELS))
-                              for item in images[start:start + batch_size]])
+            batch = np.stack(
+                [
+                    self.resize(self._read(item, max_pixels or DEFAULT_MAX_PIXELS))
+                    for item in images[start : start + batch_size]
+                ]
+            )
             x = prepare(torch.from_numpy(batch).permute(0, 3, 1, 2))
             with autocast_for(self.device, self.precision):
                 out.append(tta_logits(self.model, x, self.tta).cpu())
@@ -173,8 +180,9 @@ class Classifier:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.class_names[j], float(p[j])) for j in row] for row, p in zip(order, probs)]
 
-    def predict_files(self, paths, *, top_k: int = 5, batch_size: int = 64,
-                      max_pixels: int | None = None) -> tuple[list[FilePrediction], list[tuple[str, str]]]:
+    def predict_files(
+        self, paths, *, top_k: int = 5, batch_size: int = 64, max_pixels: int | None = None
+    ) -> tuple[list[FilePrediction], list[tuple[str, str]]]:
         """Predictions for the readable files of ``paths``, and (path, why) for each skipped one:
         one unreadable file among thousands must not stop the others, as in training."""
         from augpipe.data.images import DEFAULT_MAX_PIXELS, read_image
@@ -183,7 +191,7 @@ class Classifier:
         paths = [str(p) for p in paths]
         for start in range(0, len(paths), batch_size):
             names, images = [], []
-            for p in paths[start:start + batch_size]:
+            for p in paths[start : start + batch_size]:
                 img, why = read_image(Path(p), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
                 if img is None:
                     skipped.append((p, why or "unreadable"))
@@ -196,27 +204,36 @@ class Classifier:
         return predictions, skipped
 
 
-def load(run_dir, *, checkpoint: str | None = None, device: str = "auto", plugins=None,
-         tta: str | None = None) -> Classifier:
+def load(
+    run_dir, *, checkpoint: str | None = None, device: str = "auto", plugins=None, tta: str | None = None
+) -> Classifier:
     """A run's model, ready for inference: ``augpipe.load("runs/x").predict(["cat.jpg"])``.
 
     ``checkpoint`` defaults to the one the run scored (best.pt, or last.pt under
     --no-restore-best); ``tta`` to the run's own test-time augmentation."""
-    from augpipe.training.tta import check_tta
-
     from augpipe.augment.spec import AugmentSpec
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.settings import resolve_device
+    from augpipe.training.tta import check_tta
 
     check_device_name(device)
     path, state, cfg = read_run_checkpoint(run_dir, checkpoint)
     dev = resolve_device(device)
     model = model_from_checkpoint(plugins or get_plugins(), cfg, state, path, dev)
     spec = AugmentSpec.load(cfg.aug)
-    return Classifier(model=model, class_names=list(state["class_names"]), image_size=int(state["image_size"]),
-                      mean=_rgb(spec.normalize.mean), std=_rgb(spec.normalize.std), device=dev,
-                      precision=cfg.precision, channels_last=cfg.channels_last, run_dir=Path(run_dir),
-                      epoch=int(state["epoch"]), tta=check_tta(cfg.tta if tta is None else tta))
+    return Classifier(
+        model=model,
+        class_names=list(state["class_names"]),
+        image_size=int(state["image_size"]),
+        mean=_rgb(spec.normalize.mean),
+        std=_rgb(spec.normalize.std),
+        device=dev,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        run_dir=Path(run_dir),
+        epoch=int(state["epoch"]),
+        tta=check_tta(cfg.tta if tta is None else tta),
+    )
 
 
 def _rgb(values) -> tuple[float, float, float]:
@@ -234,8 +251,11 @@ def image_files(inputs) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f)
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and is_image_file(f) and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
             if not found:
                 raise DataError(f"{p}: no images in this folder (looked for {', '.join(_suffixes())})")
             files += found

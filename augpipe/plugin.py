@@ -107,6 +107,7 @@ Test it with the conformance kit, under pytest::
 ``examples/augpipe-example-plugin`` in augpipe's repository is a complete package: a trainer,
 an augmentation, its tests and its ``pyproject.toml``.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -121,9 +122,22 @@ if TYPE_CHECKING:  # served by __getattr__ at run time; named here for checkers 
     from augpipe.config import ACTIVATIONS
     from augpipe.training.optim import LRSchedule
 
-__all__ = ["ACTIVATIONS", "AugpipeError", "Callback", "ConfigError", "DataError", "LRSchedule", "PluginError",
-           "Trainer", "activation_layer", "check_activation", "create_timm_model", "hookimpl",
-           "timm_input_size", "unknown_name_message"]
+__all__ = [
+    "ACTIVATIONS",
+    "AugpipeError",
+    "Callback",
+    "ConfigError",
+    "DataError",
+    "LRSchedule",
+    "PluginError",
+    "Trainer",
+    "activation_layer",
+    "check_activation",
+    "create_timm_model",
+    "hookimpl",
+    "timm_input_size",
+    "unknown_name_message",
+]
 
 # Loaded on first use: augpipe.config pulls in numpy, augpipe.training.optim torch.
 _LAZY = {"ACTIVATIONS": "augpipe.config", "LRSchedule": "augpipe.training.optim"}

@@ -1,5 +1,6 @@
 """The one plugin manager: loads the ``augpipe`` entry-point group once, checks the hook
 implementations, and owns the registries that plugins add to."""
+
 from __future__ import annotations
 
 import difflib
@@ -38,8 +39,9 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {owner!r} registered a {self.kind} without a name")
         if name in self._values:
-            raise PluginError(f"{self.kind} {name!r} is registered twice: by plugin {self.owner[name]!r} "
-                              f"and by plugin {owner!r}")
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {self.owner[name]!r} and by plugin {owner!r}"
+            )
         self._values[name] = value
         self.owner[name] = owner
 
@@ -91,11 +93,18 @@ class Plugins:
                 # Two packages chose the same plugin name: pluggy can hold only one, and the other
                 # would vanish without a word (a built-in trainer could disappear).
                 key = f"{ep.name} [{package}]"
-                self.info[key] = PluginInfo(key, package, dist.version if dist else "?",
-                                            error=f"plugin name {ep.name!r} is already taken by package "
-                                                  f"{seen[ep.name]!r}; not loaded")
-                log.warning("plugin %r of package %s not loaded: package %s has a plugin of that name",
-                            ep.name, package, seen[ep.name])
+                self.info[key] = PluginInfo(
+                    key,
+                    package,
+                    dist.version if dist else "?",
+                    error=f"plugin name {ep.name!r} is already taken by package {seen[ep.name]!r}; not loaded",
+                )
+                log.warning(
+                    "plugin %r of package %s not loaded: package %s has a plugin of that name",
+                    ep.name,
+                    package,
+                    seen[ep.name],
+                )
                 continue
             seen[ep.name] = package
             info = PluginInfo(ep.name, package, dist.version if dist else "?")
@@ -187,8 +196,9 @@ class Plugins:
             try:
                 _call(impl, run=run, epoch=epoch, metrics=metrics)
             except Exception as err:
-                raise PluginError(f"plugin {impl.plugin_name!r} failed in augpipe_epoch_end: "
-                                  f"{type(err).__name__}: {err}") from None
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} failed in augpipe_epoch_end: {type(err).__name__}: {err}"
+                ) from None
 
     def add_commands(self, cli) -> None:
         for impl in self.pm.hook.augpipe_register_commands.get_hookimpls():
@@ -208,8 +218,10 @@ class Plugins:
 
             cls = getattr(A, name, None)
             if not isinstance(cls, type):
-                raise PluginError(unknown_name_message("augmentation", name, registry.names())
-                                  + " (or any Albumentations transform class)")
+                raise PluginError(
+                    unknown_name_message("augmentation", name, registry.names())
+                    + " (or any Albumentations transform class)"
+                )
             return cls
 
         return lookup

@@ -2,6 +2,7 @@
 a terminal (nohup, CI, Slurm), a log line at most every ``LOG_EVERY_S`` seconds with the count,
 the rate and the time left, so that a log never stays silent for minutes; nothing under
 ``--quiet``."""
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,7 @@ def is_quiet() -> bool:
 
 
 def mode(enabled: bool | None = None) -> str:
-    """"bar", "log" or "off". ``enabled``: True asks for a bar, False for nothing, None decides
+    """ "bar", "log" or "off". ``enabled``: True asks for a bar, False for nothing, None decides
     from stderr (a terminal gets a bar, anything else log lines)."""
     if is_quiet() or enabled is False:
         return "off"
@@ -46,8 +47,16 @@ class LogLines:
     """The non-terminal form of a bar: wraps an iterable and logs where it is, at most every
     ``every`` seconds (the first line after ``every`` seconds: a short loop logs nothing)."""
 
-    def __init__(self, iterable, total: int | None, desc: str, unit: str = "it", every: float | None = None,
-                 clock=None, per_item: tuple[int, str] | None = None):
+    def __init__(
+        self,
+        iterable,
+        total: int | None,
+        desc: str,
+        unit: str = "it",
+        every: float | None = None,
+        clock=None,
+        per_item: tuple[int, str] | None = None,
+    ):
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.clock = clock or time.monotonic
         self.every = LOG_EVERY_S if every is None else every
@@ -72,13 +81,23 @@ class LogLines:
         shown = f"{rate * self.per_item[0]:.0f} {self.per_item[1]}/s" if self.per_item else f"{rate:.3g} {self.unit}/s"
         if self.total:
             left = duration((self.total - self.n) / rate) if rate > 0 else "?"
-            return (f"{self.desc}: {self.unit} {self.n:,}/{self.total:,} ({100 * self.n / self.total:.0f} %), "
-                    f"{shown}, about {left} left")
+            return (
+                f"{self.desc}: {self.unit} {self.n:,}/{self.total:,} ({100 * self.n / self.total:.0f} %), "
+                f"{shown}, about {left} left"
+            )
         return f"{self.desc}: {self.n:,} {self.unit}s, {shown}"
 
 
-def track(iterable, total: int | None, desc: str, *, enabled: bool | None = None, unit: str = "it",
-          leave: bool = False, per_item: tuple[int, str] | None = None):
+def track(
+    iterable,
+    total: int | None,
+    desc: str,
+    *,
+    enabled: bool | None = None,
+    unit: str = "it",
+    leave: bool = False,
+    per_item: tuple[int, str] | None = None,
+):
     """``iterable`` with its progress shown as ``mode(enabled)`` says."""
     how = mode(enabled)
     if how == "off":

@@ -1,4 +1,5 @@
 """Pictures: the augmentation preview grid, loss curves and the confusion matrix."""
+
 from __future__ import annotations
 
 import logging
@@ -70,23 +71,39 @@ def grid_figure(rows: list[tuple], column_titles: list[str], cell_inches: float 
         fig.text(0.1 / W, (y + cell_inches / 2) / H, label, va="center", ha="left", fontsize=9)
         for c, img in enumerate(images):
             x = label_w + c * cell_inches
-            ax = fig.add_axes([(x + pad) / W, (y + pad) / H,
-                               (cell_inches - 2 * pad) / W, (cell_inches - 2 * pad) / H])
+            ax = fig.add_axes([(x + pad) / W, (y + pad) / H, (cell_inches - 2 * pad) / W, (cell_inches - 2 * pad) / H])
             ax.imshow(img, interpolation="nearest")
             ax.set_axis_off()
             if cells and c < len(cells) and cells[c]:
                 # "0.62 circle + 0.38 star" is wider than a cell: one class a line.
-                fig.text((x + cell_inches / 2) / W, (y + cell_inches + caption_h / 2) / H,
-                         cells[c].replace(" + ", "\n+ "), ha="center", va="center", fontsize=6,
-                         linespacing=1.1)
+                fig.text(
+                    (x + cell_inches / 2) / W,
+                    (y + cell_inches + caption_h / 2) / H,
+                    cells[c].replace(" + ", "\n+ "),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    linespacing=1.1,
+                )
     for c, title in enumerate(column_titles):
-        fig.text((label_w + (c + 0.5) * cell_inches) / W, (H - title_h / 2) / H, title,
-                 ha="center", va="center", fontsize=8)
+        fig.text(
+            (label_w + (c + 0.5) * cell_inches) / W, (H - title_h / 2) / H, title, ha="center", va="center", fontsize=8
+        )
     return fig
 
 
-def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="standard",
-            out="preview.png", per_transform: bool = False, lookup=None, max_pixels: int | None = None) -> Path:
+def preview(
+    source=None,
+    *,
+    n: int = 8,
+    variants: int = 6,
+    seed: int = 0,
+    aug="standard",
+    out="preview.png",
+    per_transform: bool = False,
+    lookup=None,
+    max_pixels: int | None = None,
+) -> Path:
     """Draw ``n`` images of ``source`` (default: the bundled sample data) with ``variants``
     augmented versions each, or with each transform of the spec alone (``per_transform``).
     Images with more than ``max_pixels`` pixels (default: DEFAULT_MAX_PIXELS) are skipped.
@@ -99,8 +116,8 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
 
     from augpipe.augment.cpu import build_train_transform, op_transforms, seed_transform
     from augpipe.augment.spec import AugmentSpec
-    from augpipe.data.images import DEFAULT_MAX_PIXELS, TOO_LARGE, ImageStore
     from augpipe.data.datasets import open_dataset
+    from augpipe.data.images import DEFAULT_MAX_PIXELS, TOO_LARGE, ImageStore
 
     out = check_output_path(out)
     if n < 1 or variants < 0:
@@ -109,8 +126,10 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
     if n > MAX_PREVIEW_ROWS or variants > MAX_PREVIEW_VARIANTS:
         from augpipe.config import shown_number
 
-        raise ConfigError(f"--n must be at most {MAX_PREVIEW_ROWS} and --variants at most {MAX_PREVIEW_VARIANTS} "
-                          f"(one picture), got {shown_number(n)} and {shown_number(variants)}")
+        raise ConfigError(
+            f"--n must be at most {MAX_PREVIEW_ROWS} and --variants at most {MAX_PREVIEW_VARIANTS} "
+            f"(one picture), got {shown_number(n)} and {shown_number(variants)}"
+        )
     spec = AugmentSpec.load(aug)
     if source is None:
         from augpipe.sample_data import path as sample_path
@@ -129,7 +148,9 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
         img, problem = store.read(i)
         if img is None:
             if problem == TOO_LARGE:
-                log.warning("skipped image %s: larger than --max-pixels (%s pixels)", src.describe(i), f"{max_pixels:,}")
+                log.warning(
+                    "skipped image %s: larger than --max-pixels (%s pixels)", src.describe(i), f"{max_pixels:,}"
+                )
             else:
                 log.warning("skipped unreadable image %s", src.describe(i))
             continue
@@ -148,9 +169,12 @@ def preview(source=None, *, n: int = 8, variants: int = 6, seed: int = 0, aug="s
         image_ops = [name for name in ops if name not in batch_ops]
         pipelines = []
         for k, name in enumerate(image_ops):
-            t = A.Compose(op_transforms(spec, name, size, force=True) if name == "crop"
-                          else [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
-                          + op_transforms(spec, name, size, force=True))
+            t = A.Compose(
+                op_transforms(spec, name, size, force=True)
+                if name == "crop"
+                else [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
+                + op_transforms(spec, name, size, force=True)
+            )
             seed_transform(t, seed + k)
             pipelines.append(t)
         titles = ["original"] + image_ops + batch_ops
@@ -172,7 +196,7 @@ def _mixed_rows(images: np.ndarray, labels, class_names, spec, seed: int, n_rows
     from augpipe.augment.mixing import preview_mixed
 
     examples = preview_mixed(images, labels, class_names, spec, seed, n_rows * n_cols)
-    chunks = [examples[r * n_cols:(r + 1) * n_cols] for r in range(n_rows)]
+    chunks = [examples[r * n_cols : (r + 1) * n_cols] for r in range(n_rows)]
     return [("mixed batch", [img for img, _ in chunk], [text for _, text in chunk]) for chunk in chunks if chunk]
 
 
@@ -194,8 +218,15 @@ def _add_mixed_columns(grid: list, found, labels, class_names, spec, size: int, 
     grid[:] = [(label, images_, cells) for (label, images_), cells in zip(grid, captions)]
 
 
-def plot_curves(epochs: list[dict], path, *, best_epoch: int | None = None, stop_epoch: int | None = None,
-                iteration_losses: list[float] | None = None, title: str = "") -> Path:
+def plot_curves(
+    epochs: list[dict],
+    path,
+    *,
+    best_epoch: int | None = None,
+    stop_epoch: int | None = None,
+    iteration_losses: list[float] | None = None,
+    title: str = "",
+) -> Path:
     """Training against validation loss and accuracy per epoch; the best and the stopping epoch
     marked, so over-fitting (validation loss turning up while training loss falls) shows."""
     import matplotlib
@@ -212,8 +243,9 @@ def plot_curves(epochs: list[dict], path, *, best_epoch: int | None = None, stop
 
     if iteration_losses and xs:
         it = np.arange(1, len(iteration_losses) + 1) / max(1, len(iteration_losses)) * len(xs)
-        ax_loss.plot(it + xs[0] - 1, iteration_losses, color="tab:blue", alpha=0.2, lw=0.8,
-                     label="training loss (per iteration)")
+        ax_loss.plot(
+            it + xs[0] - 1, iteration_losses, color="tab:blue", alpha=0.2, lw=0.8, label="training loss (per iteration)"
+        )
     ax_loss.plot(xs, series("train_loss"), "o-", color="tab:blue", label="training loss")
     ax_loss.plot(xs, series("val_loss"), "o-", color="tab:orange", label="validation loss")
     ax_acc.plot(xs, series("train_acc"), "o-", color="tab:blue", label="training accuracy")
@@ -252,8 +284,15 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path, title: s
     if k <= 30:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(k), class_names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -264,8 +303,15 @@ def plot_confusion(confusion: np.ndarray, class_names: list[str], path, title: s
     return save_figure(fig, path)
 
 
-def plot_sweep(labels: list[str], curves: list[list[list[dict]]], test_acc: list[list[float | None]], path, *,
-               title: str = "", legend_title: str | None = None) -> Path:
+def plot_sweep(
+    labels: list[str],
+    curves: list[list[list[dict]]],
+    test_acc: list[list[float | None]],
+    path,
+    *,
+    title: str = "",
+    legend_title: str | None = None,
+) -> Path:
     """A sweep at a glance: validation loss and accuracy per epoch, one colour per setting (each
     seed a thin line, their mean a thick one), and the test accuracy per setting as a bar (mean
     over seeds, the error bar one standard deviation, each seed a dot).
@@ -281,8 +327,9 @@ def plot_sweep(labels: list[str], curves: list[list[list[dict]]], test_acc: list
     n = len(labels)
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "viridis")
     colours = [cmap(i) if n <= 20 else cmap(i / max(1, n - 1)) for i in range(n)]
-    fig, (ax_loss, ax_acc, ax_bar) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=100,
-                                                  gridspec_kw={"width_ratios": [1, 1, max(0.8, 0.12 * n)]})
+    fig, (ax_loss, ax_acc, ax_bar) = plt.subplots(
+        1, 3, figsize=(16, 4.8), dpi=100, gridspec_kw={"width_ratios": [1, 1, max(0.8, 0.12 * n)]}
+    )
     for label, runs, colour in zip(labels, curves, colours):
         for ax, key in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
             by_epoch: dict[float, list[float]] = {}
@@ -295,24 +342,39 @@ def plot_sweep(labels: list[str], curves: list[list[list[dict]]], test_acc: list
                     by_epoch.setdefault(x, []).append(y)
             xs = sorted(by_epoch)
             # One point per epoch needs a marker to be seen; many would hide the lines.
-            ax.plot(xs, [np.mean(by_epoch[x]) for x in xs], color=colour, lw=2, label=label,
-                    marker="o" if len(xs) <= 20 else None, ms=4)
+            ax.plot(
+                xs,
+                [np.mean(by_epoch[x]) for x in xs],
+                color=colour,
+                lw=2,
+                label=label,
+                marker="o" if len(xs) <= 20 else None,
+                ms=4,
+            )
     for ax, what in ((ax_loss, "validation loss"), (ax_acc, "validation accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax_acc.set_ylim(0, 1)
-    losses = [e["val_loss"] for runs in curves for epochs in runs for e in epochs
-              if e.get("val_loss") is not None and np.isfinite(e["val_loss"])]
+    losses = [
+        e["val_loss"]
+        for runs in curves
+        for epochs in runs
+        for e in epochs
+        if e.get("val_loss") is not None and np.isfinite(e["val_loss"])
+    ]
     top = 3 * float(np.median(losses)) if losses else None
     clipped = bool(top) and max(losses) > top
     if clipped:
         # A diverging run (--lr too large) would flatten every other curve to a line at zero.
         bottom = min(losses)
         ax_loss.set_ylim(max(0.0, bottom - 0.05 * (top - bottom)), top)
-    ax_loss.set_title("validation loss (thin: each seed, thick: mean)"
-                      + (f"\nvalues above {top:.3g} are off the chart" if clipped else ""), fontsize=9)
+    ax_loss.set_title(
+        "validation loss (thin: each seed, thick: mean)"
+        + (f"\nvalues above {top:.3g} are off the chart" if clipped else ""),
+        fontsize=9,
+    )
     ax_acc.set_title("validation accuracy (thin: each seed, thick: mean)", fontsize=9)
     ax_loss.legend(fontsize=8, title=legend_title, title_fontsize=8, ncol=1 if n <= 8 else 2)
 

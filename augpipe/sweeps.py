@@ -9,6 +9,7 @@ progress.
 ``ablate=True`` (``augpipe sweep --ablate``) makes the augmentation the axis: the spec as given
 (``all``), without any op (``none``), and without each of its ops in turn (``-hflip``), and adds
 ``ablation.md`` and ``ablation.png``: what each op buys in test accuracy."""
+
 from __future__ import annotations
 
 import copy
@@ -37,15 +38,24 @@ MAX_UNCONFIRMED_RUNS = 50
 # Where and how a run computes and reports, not what it computes: not part of a run's identity,
 # and given again when a run is resumed.
 RUNTIME_FIELDS = ("device", "threads", "devices", "dist_timeout", "logger", "tracking_uri", "experiment")
-CSV_COLUMNS = ["seed", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "epochs_run", "stop_reason",
-               "train_seconds", "run_dir"]
+CSV_COLUMNS = [
+    "seed",
+    "best_val_acc",
+    "best_val_loss",
+    "test_acc",
+    "test_loss",
+    "epochs_run",
+    "stop_reason",
+    "train_seconds",
+    "run_dir",
+]
 
 
 @dataclass
 class PlannedRun:
-    name: str             # the run directory's name, e.g. "activation=relu,seed=0"
-    flags: dict           # what train() is given for this run (besides config, out and name)
-    values: dict          # the varied settings, resolved (seed excluded)
+    name: str  # the run directory's name, e.g. "activation=relu,seed=0"
+    flags: dict  # what train() is given for this run (besides config, out and name)
+    values: dict  # the varied settings, resolved (seed excluded)
     seed: int
     settings: dict = field(repr=False, default_factory=dict)  # every resolved setting that identifies the run
     cfg: TrainConfig | None = field(repr=False, default=None)
@@ -66,13 +76,13 @@ class PlannedRun:
 class SweepResult:
     sweep_dir: Path
     runs: list[PlannedRun]
-    rows: list[dict]            # one per finished run (sweep.csv)
-    table: str                  # sweep.md
+    rows: list[dict]  # one per finished run (sweep.csv)
+    table: str  # sweep.md
     ran: int = 0
     resumed: int = 0
     skipped: int = 0
     interrupted: str | None = None  # the signal that stopped the sweep
-    ablation: str | None = None     # ablation.md, for a sweep with ablate=True
+    ablation: str | None = None  # ablation.md, for a sweep with ablate=True
 
 
 # -- the grid ---------------------------------------------------------------------------------------
@@ -168,8 +178,10 @@ def _ablated_aug(config, config_file, plugins, settings: dict):
     if isinstance(aug, (list, tuple)):
         if len(aug) != 1:
             shown = ",".join("<mapping>" if isinstance(a, dict) else str(a) for a in aug)
-            raise ConfigError(f"--ablate takes one --aug (a preset or a spec file) and makes its ops the axis, "
-                              f"got {len(aug)}: {shown}")
+            raise ConfigError(
+                f"--ablate takes one --aug (a preset or a spec file) and makes its ops the axis, "
+                f"got {len(aug)}: {shown}"
+            )
         aug = aug[0]
     if aug is None:
         fixed = {k: v for k, v in settings.items() if not isinstance(v, (list, tuple)) or _list_field(k)}
@@ -193,8 +205,9 @@ def _identity(cfg: TrainConfig, varied: list[str]) -> dict:
     return settings
 
 
-def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, plugins=None,
-               ablate: bool = False, **settings) -> list[PlannedRun]:
+def plan_sweep(
+    config=None, *, config_file=None, seeds: int = 1, yes: bool = False, plugins=None, ablate: bool = False, **settings
+) -> list[PlannedRun]:
     """The runs of the grid, in a stable order, each validated as ``augpipe train`` would
     validate it, so that a bad value stops the sweep before any run starts.
 
@@ -233,8 +246,7 @@ def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = Fal
         seed_list = [base + k for base in bases for k in range(seeds)]
         repeated = sorted({s for s in seed_list if seed_list.count(s) > 1})
         if repeated:
-            raise ConfigError(f"--seed {','.join(map(str, bases))} with --seeds {seeds} gives seed {repeated[0]} "
-                              f"twice")
+            raise ConfigError(f"--seed {','.join(map(str, bases))} with --seeds {seeds} gives seed {repeated[0]} twice")
         per_point.append(seed_list)
     runs = []
     for i in range(len(per_point[0])):
@@ -243,8 +255,9 @@ def plan_sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = Fal
             cfg = build_config(config, config_file=config_file, plugins=plugins, **flags)
             values = {k: getattr(cfg, k) for k in varied}
             run_labels = {k: labels[k][_json(v)] for k, v in values.items() if _json(v) in labels.get(k, {})}
-            name = ",".join([f"{k}={_name_value(run_labels.get(k, v))}" for k, v in values.items()]
-                            + [f"seed={cfg.seed}"])
+            name = ",".join(
+                [f"{k}={_name_value(run_labels.get(k, v))}" for k, v in values.items()] + [f"seed={cfg.seed}"]
+            )
             runs.append(PlannedRun(name, flags, values, cfg.seed, _identity(cfg, varied), cfg, run_labels))
     _check_distinct(runs)
     return runs
@@ -275,10 +288,11 @@ def check_runs_startable(runs: list[PlannedRun]) -> None:
     for run in runs:
         cfg = run.cfg
         for what, value, check in (
-                ("aug", cfg.aug, AugmentSpec.load),
-                ("device", cfg.device, resolve_device),
-                ("data", data_or_sample(cfg.data), _check_exists),
-                ("split_file", cfg.split_file, _check_exists)):
+            ("aug", cfg.aug, AugmentSpec.load),
+            ("device", cfg.device, resolve_device),
+            ("data", data_or_sample(cfg.data), _check_exists),
+            ("split_file", cfg.split_file, _check_exists),
+        ):
             key = (what, _json(value))
             if value is not None and key not in seen:
                 seen.add(key)
@@ -294,15 +308,18 @@ def grid_document(runs: list[PlannedRun]) -> dict:
     """``sweep.yaml``: the settings every run shares, then each run's own."""
     keys = list(runs[0].settings)
     common = {k: runs[0].settings[k] for k in keys if all(r.settings[k] == runs[0].settings[k] for r in runs)}
-    return {"common": common,
-            "runs": [{"name": r.name, **{k: v for k, v in r.settings.items() if k not in common}} for r in runs]}
+    return {
+        "common": common,
+        "runs": [{"name": r.name, **{k: v for k, v in r.settings.items() if k not in common}} for r in runs],
+    }
 
 
 def default_name(runs: list[PlannedRun], grid: dict, ablate: bool = False) -> str:
     """``activation-1a2b3c4d``: what varies (an ablated aug as ``ablate``), and a hash of the
     whole grid."""
-    varied = "-".join("ablate" if ablate and k == "aug" else k for k in runs[0].values)[:40] or \
-        ("seeds" if len(runs) > 1 else "sweep")
+    varied = "-".join("ablate" if ablate and k == "aug" else k for k in runs[0].values)[:40] or (
+        "seeds" if len(runs) > 1 else "sweep"
+    )
     return f"{varied}-{_short_hash(grid)}"
 
 
@@ -328,8 +345,13 @@ def _grid_difference(saved, grid: dict) -> str:
     if old != new:
         gone = [n for n in old if n not in new]
         added = [n for n in new if n not in old]
-        detail = (f"run {added[0]} is not in it" if added else f"its run {gone[0]} is not in this grid" if gone
-                  else "its runs are in another order")
+        detail = (
+            f"run {added[0]} is not in it"
+            if added
+            else f"its run {gone[0]} is not in this grid"
+            if gone
+            else "its runs are in another order"
+        )
         return f"{len(old)} runs there, {len(new)} here; {detail}"
     common = saved.get("common") if isinstance(saved.get("common"), dict) else {}
     for key in sorted(set(common) | set(grid["common"]), key=str):
@@ -348,8 +370,11 @@ def _with_new_defaults(saved, current: dict):
         return saved
     fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     known = set(saved["common"]) | {k for r in saved.get("runs") or [] if isinstance(r, dict) for k in r}
-    added = {k: v for k, v in current["common"].items()
-             if k not in known and k in fields and v == _roundtrip({"v": fields[k]})["v"]}
+    added = {
+        k: v
+        for k, v in current["common"].items()
+        if k not in known and k in fields and v == _roundtrip({"v": fields[k]})["v"]
+    }
     return {**saved, "common": {**saved["common"], **added}} if added else saved
 
 
@@ -365,8 +390,10 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
         if saved == current:
             return
         if _with_new_defaults(saved, current) != current:
-            raise ConfigError(f"{sweep_dir} holds another sweep ({_grid_difference(saved, grid)}): "
-                              f"choose another --name, or remove it")
+            raise ConfigError(
+                f"{sweep_dir} holds another sweep ({_grid_difference(saved, grid)}): "
+                f"choose another --name, or remove it"
+            )
         write_atomic(path, dump_yaml(grid))  # the same sweep, its grid now naming the new settings too
         return
     if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
@@ -379,9 +406,20 @@ def open_sweep_dir(sweep_dir: Path, grid: dict) -> None:
 
 
 # -- running ---------------------------------------------------------------------------------------
-def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, out="sweeps", name=None,
-          plugins=None, progress: bool | None = None, ablate: bool = False, parallel: int = 1,
-          **settings) -> SweepResult:
+def sweep(
+    config=None,
+    *,
+    config_file=None,
+    seeds: int = 1,
+    yes: bool = False,
+    out="sweeps",
+    name=None,
+    plugins=None,
+    progress: bool | None = None,
+    ablate: bool = False,
+    parallel: int = 1,
+    **settings,
+) -> SweepResult:
     """Train every combination of the settings given as lists, ``seeds`` times each (seeds
     ``seed``, ``seed + 1``, ...), one run at a time, into ``OUT/NAME/<run>``:
 
@@ -404,8 +442,7 @@ def sweep(config=None, *, config_file=None, seeds: int = 1, yes: bool = False, o
 
     check_parallel(parallel, plugins)
     plugins = plugins or get_plugins()
-    runs = plan_sweep(config, config_file=config_file, seeds=seeds, yes=yes, plugins=plugins, ablate=ablate,
-                      **settings)
+    runs = plan_sweep(config, config_file=config_file, seeds=seeds, yes=yes, plugins=plugins, ablate=ablate, **settings)
     check_runs_startable(runs)
     grid = grid_document(runs)
     if name is None:
@@ -456,15 +493,27 @@ def _run_all(result: SweepResult, config, config_file, plugins, progress) -> Non
         experiment = run.flags.get("experiment") or result.sweep_dir.name
         try:
             if state == "resume":
-                trained = train(resume=run_dir, plugins=plugins, progress=progress, data_cache=data_cache,
-                                **{**{k: run.flags.get(k) for k in RUNTIME_FIELDS}, "experiment": experiment})
+                trained = train(
+                    resume=run_dir,
+                    plugins=plugins,
+                    progress=progress,
+                    data_cache=data_cache,
+                    **{**{k: run.flags.get(k) for k in RUNTIME_FIELDS}, "experiment": experiment},
+                )
                 result.resumed += 1
             else:
                 if state == "redo":  # stopped before its first checkpoint: nothing in it to keep
                     shutil.rmtree(run_dir)
-                trained = train(config, config_file=config_file, plugins=plugins, progress=progress,
-                                data_cache=data_cache, **{**run.flags, "experiment": experiment},
-                                out=str(result.sweep_dir), name=run.name)
+                trained = train(
+                    config,
+                    config_file=config_file,
+                    plugins=plugins,
+                    progress=progress,
+                    data_cache=data_cache,
+                    **{**run.flags, "experiment": experiment},
+                    out=str(result.sweep_dir),
+                    name=run.name,
+                )
                 result.ran += 1
         except AugpipeError as err:
             err.args = (f"run {run.name}: {err}",)
@@ -472,11 +521,11 @@ def _run_all(result: SweepResult, config, config_file, plugins, progress) -> Non
         s = trained.summary
         if s.get("interrupted"):
             result.interrupted = s["interrupted"]
-            log.warning("sweep interrupted by %s in run %s: the same command continues it", s["interrupted"],
-                        run.name)
+            log.warning("sweep interrupted by %s in run %s: the same command continues it", s["interrupted"], run.name)
             return
-        log.info("run %d/%d %s: %s, test accuracy %s", i, total, run.name, s.get("stop_reason"),
-                 _fmt(s.get("test_acc"), 4))
+        log.info(
+            "run %d/%d %s: %s, test accuracy %s", i, total, run.name, s.get("stop_reason"), _fmt(s.get("test_acc"), 4)
+        )
 
 
 # -- running K at once -----------------------------------------------------------------------------
@@ -508,8 +557,7 @@ def _job(index: int, run: PlannedRun, state: str, sweep_dir: Path, parallel: int
     if state == "resume":
         kwargs = {"resume": str(sweep_dir / run.name), **runtime, "experiment": experiment, "threads": threads}
     else:
-        kwargs = {**run.flags, "experiment": experiment, "threads": threads, "out": str(sweep_dir),
-                  "name": run.name}
+        kwargs = {**run.flags, "experiment": experiment, "threads": threads, "out": str(sweep_dir), "name": run.name}
     return {"index": index, "state": state, "kwargs": kwargs}
 
 
@@ -566,21 +614,27 @@ def _run_parallel(result: SweepResult, config, config_file, parallel: int) -> No
     for job in todo:
         jobs.put(job)
     # Not daemonic: a run may start loader workers of its own, which a daemon may not.
-    workers = [ctx.Process(target=_worker, args=(config, config_file, jobs, results, stop))
-               for _ in range(min(parallel, len(todo)))]
+    workers = [
+        ctx.Process(target=_worker, args=(config, config_file, jobs, results, stop))
+        for _ in range(min(parallel, len(todo)))
+    ]
     for _ in workers:
         jobs.put(None)
     for w in workers:
         w.start()
-    log.info("%d run(s) to train, %d at once, %d torch thread(s) each", len(todo), len(workers),
-             todo[0]["kwargs"]["threads"])
+    log.info(
+        "%d run(s) to train, %d at once, %d torch thread(s) each", len(todo), len(workers), todo[0]["kwargs"]["threads"]
+    )
     try:
         failure = _collect(result, todo, results, workers)
     except Interrupted as sig:
         result.interrupted = sig.signal_name
         failure = None
-        log.warning("%s received: the runs in progress finish their step and save last.pt; the same command "
-                    "continues the sweep", sig.signal_name)
+        log.warning(
+            "%s received: the runs in progress finish their step and save last.pt; the same command "
+            "continues the sweep",
+            sig.signal_name,
+        )
     stop.set()
     if result.interrupted or failure:
         _stop_workers(workers)
@@ -619,8 +673,14 @@ def _collect(result: SweepResult, todo: list[dict], results, workers):
             result.resumed += 1
         else:
             result.ran += 1
-        log.info("run %d/%d %s: %s, test accuracy %s", index + 1, len(result.runs), run.name,
-                 s.get("stop_reason"), _fmt(s.get("test_acc"), 4))
+        log.info(
+            "run %d/%d %s: %s, test accuracy %s",
+            index + 1,
+            len(result.runs),
+            run.name,
+            s.get("stop_reason"),
+            _fmt(s.get("test_acc"), 4),
+        )
     return None
 
 
@@ -654,11 +714,20 @@ def _run_row(run: PlannedRun, run_dir: Path) -> dict | None:
     except (OSError, ValueError, csv.Error):
         epochs = []
     val_acc, val_loss = _finite(e.get("val_acc") for e in epochs), _finite(e.get("val_loss") for e in epochs)
-    return {**{k: run.shown(k) for k in run.values}, "seed": run.seed,
-            "best_val_acc": max(val_acc) if val_acc else None, "best_val_loss": min(val_loss) if val_loss else None,
-            "test_acc": s.get("test_acc"), "test_loss": s.get("test_loss"), "epochs_run": s.get("epochs_run"),
-            "stop_reason": s.get("stop_reason"), "failed": bool(s.get("failed")),
-            "train_seconds": s.get("train_seconds"), "run_dir": str(run_dir), "_epochs": epochs}
+    return {
+        **{k: run.shown(k) for k in run.values},
+        "seed": run.seed,
+        "best_val_acc": max(val_acc) if val_acc else None,
+        "best_val_loss": min(val_loss) if val_loss else None,
+        "test_acc": s.get("test_acc"),
+        "test_loss": s.get("test_loss"),
+        "epochs_run": s.get("epochs_run"),
+        "stop_reason": s.get("stop_reason"),
+        "failed": bool(s.get("failed")),
+        "train_seconds": s.get("train_seconds"),
+        "run_dir": str(run_dir),
+        "_epochs": epochs,
+    }
 
 
 def _cell(value):
@@ -683,10 +752,14 @@ def write_results(sweep_dir: Path, runs: list[PlannedRun]) -> tuple[list[dict], 
     if rows:
         from augpipe.report import plot_sweep
 
-        plot_sweep([g["label"] for g in groups], [[r["_epochs"] for r in g["rows"]] for g in groups],
-                   [[r["test_acc"] for r in g["rows"]] for g in groups], sweep_dir / "sweep.png",
-                   title=f"sweep {sweep_dir.name}: {len(rows)} run(s)",
-                   legend_title=varied[0] if len(varied) == 1 else None)
+        plot_sweep(
+            [g["label"] for g in groups],
+            [[r["_epochs"] for r in g["rows"]] for g in groups],
+            [[r["test_acc"] for r in g["rows"]] for g in groups],
+            sweep_dir / "sweep.png",
+            title=f"sweep {sweep_dir.name}: {len(rows)} run(s)",
+            legend_title=varied[0] if len(varied) == 1 else None,
+        )
     return [{k: v for k, v in row.items() if not k.startswith("_")} for _, row in rows], table
 
 
@@ -706,10 +779,20 @@ def _groups(runs: list[PlannedRun], rows) -> list[dict]:
             continue
         run = first[setting]
         shown = {k: _name_value(run.labels.get(k, v)) for k, v in run.values.items()}
-        label = ", ".join(f"{k}={v}" for k, v in shown.items()) if len(shown) > 1 else \
-            (next(iter(shown.values())) if shown else "all runs")
-        groups.append({"setting": dict(run.values), "labels": dict(run.labels), "label": label, "rows": members,
-                       "planned": planned[setting]})
+        label = (
+            ", ".join(f"{k}={v}" for k, v in shown.items())
+            if len(shown) > 1
+            else (next(iter(shown.values())) if shown else "all runs")
+        )
+        groups.append(
+            {
+                "setting": dict(run.values),
+                "labels": dict(run.labels),
+                "label": label,
+                "rows": members,
+                "planned": planned[setting],
+            }
+        )
     return groups
 
 
@@ -757,32 +840,51 @@ def _epochs(rows) -> str:
 
 def markdown_table(name: str, varied: list[str], groups: list[dict], *, finished: int, planned: int) -> str:
     """sweep.md: one line per setting, mean ± standard deviation over its seeds."""
+
     def esc(value) -> str:
         return str(value).replace("|", "\\|")
 
     head = varied + ["seeds", "best val acc", "best val loss", "test acc", "epochs", "stopped", "time/run (s)"]
-    lines = [f"# Sweep {name}", "",
-             f"{finished} of {planned} runs finished" + ("" if finished == planned else
-                                                          "; the same command runs the rest") + ".", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines = [
+        f"# Sweep {name}",
+        "",
+        f"{finished} of {planned} runs finished"
+        + ("" if finished == planned else "; the same command runs the rest")
+        + ".",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     for g in groups:
         rows = g["rows"]
         cells = [esc(g.get("labels", {}).get(k, _cell(g["setting"][k]))) for k in varied]
-        cells += [f"{len(rows)}" + ("" if len(rows) == g["planned"] else f" of {g['planned']}"),
-                  _mean_std([r["best_val_acc"] for r in rows], 3), _mean_std([r["best_val_loss"] for r in rows], 3),
-                  _mean_std([r["test_acc"] for r in rows], 3), _epochs(rows), esc(_reasons(rows)),
-                  _mean_std([r["train_seconds"] for r in rows], 1)]
+        cells += [
+            f"{len(rows)}" + ("" if len(rows) == g["planned"] else f" of {g['planned']}"),
+            _mean_std([r["best_val_acc"] for r in rows], 3),
+            _mean_std([r["best_val_loss"] for r in rows], 3),
+            _mean_std([r["test_acc"] for r in rows], 3),
+            _epochs(rows),
+            esc(_reasons(rows)),
+            _mean_std([r["train_seconds"] for r in rows], 1),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     # A setting whose run failed (diverged) is not one to recommend, whatever its early epochs scored.
-    scored = [(sum(v) / len(v), -k, g["label"]) for k, g in enumerate(groups)
-              if not any(r["failed"] for r in g["rows"]) and (v := _finite(r["best_val_acc"] for r in g["rows"]))]
+    scored = [
+        (sum(v) / len(v), -k, g["label"])
+        for k, g in enumerate(groups)
+        if not any(r["failed"] for r in g["rows"]) and (v := _finite(r["best_val_acc"] for r in g["rows"]))
+    ]
     lines.append("")
     if len(groups) > 1 and scored:
         best = max(scored)
-        lines.append(f"Best by mean validation accuracy: {best[2]} ({best[0]:.3f})"
-                     + (", of the settings whose runs did not fail." if len(scored) < len(groups) else "."))
-    lines.append("Mean ± sample standard deviation over seeds; best val acc and loss are the best epoch's of "
-                 "each run (metrics.csv); test acc is scored with the weights the run keeps (summary.json).")
+        lines.append(
+            f"Best by mean validation accuracy: {best[2]} ({best[0]:.3f})"
+            + (", of the settings whose runs did not fail." if len(scored) < len(groups) else ".")
+        )
+    lines.append(
+        "Mean ± sample standard deviation over seeds; best val acc and loss are the best epoch's of "
+        "each run (metrics.csv); test acc is scored with the weights the run keeps (summary.json)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -801,8 +903,16 @@ def ablation_groups(runs: list[PlannedRun], rows) -> list[dict]:
     finished = {id(run): row for run, row in rows}
     for run in runs:
         others = tuple((k, run.shown(k)) for k in run.values if k != "aug")
-        group = groups.setdefault(run.setting, {"others": others, "variant": run.labels["aug"],
-                                                "ops": _spec_ops(run.values["aug"]), "acc": [], "planned": 0})
+        group = groups.setdefault(
+            run.setting,
+            {
+                "others": others,
+                "variant": run.labels["aug"],
+                "ops": _spec_ops(run.values["aug"]),
+                "acc": [],
+                "planned": 0,
+            },
+        )
         group["planned"] += 1
         if id(run) in finished:
             group["acc"].append(finished[id(run)]["test_acc"])
@@ -821,26 +931,43 @@ def _mean(values) -> float | None:
 def ablation_table(name: str, groups: list[dict]) -> str:
     """ablation.md: per variant its ops, test accuracy (mean ± std over seeds) and the
     difference of the mean from the ``all`` variant's of the same other settings."""
+
     def esc(value) -> str:
         return str(value).replace("|", "\\|")
 
     others = [k for k, _ in groups[0]["others"]] if groups else []
     reference = {g["others"]: _mean(g["acc"]) for g in groups if g["variant"] == "all"}
     head = others + ["variant", "ops used", "test acc", "difference from all", "n"]
-    lines = [f"# Ablation {name}", "",
-             ("What each augmentation op buys: `all` trains with the whole spec, `none` with no op (size and "
-              "normalisation kept), `-OP` with every op but OP."), "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines = [
+        f"# Ablation {name}",
+        "",
+        (
+            "What each augmentation op buys: `all` trains with the whole spec, `none` with no op (size and "
+            "normalisation kept), `-OP` with every op but OP."
+        ),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     for g in groups:
         mean, ref = _mean(g["acc"]), reference.get(g["others"])
         diff = "reference" if g["variant"] == "all" else _signed(None if mean is None or ref is None else mean - ref)
         n = len(_finite(g["acc"]))
         cells = [esc(v) for _, v in g["others"]] + [
-            esc(g["variant"]), esc(", ".join(g["ops"]) or "–"), _mean_std(g["acc"], 3), diff,
-            f"{n}" + ("" if n == g["planned"] else f" of {g['planned']}")]
+            esc(g["variant"]),
+            esc(", ".join(g["ops"]) or "–"),
+            _mean_std(g["acc"], 3),
+            diff,
+            f"{n}" + ("" if n == g["planned"] else f" of {g['planned']}"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", ("Test accuracy: mean ± sample standard deviation over seeds (n runs finished). A negative "
-                   "difference for `-OP`: the runs without OP scored lower, so OP helped.")]
+    lines += [
+        "",
+        (
+            "Test accuracy: mean ± sample standard deviation over seeds (n runs finished). A negative "
+            "difference for `-OP`: the runs without OP scored lower, so OP helped."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -880,8 +1007,7 @@ def plot_ablation(groups: list[dict], path, *, title: str = "") -> Path:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3, axis="y")
-        ax.set_title(", ".join(f"{k}={v}" for k, v in others) or "test accuracy: mean ± std over seeds",
-                     fontsize=9)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in others) or "test accuracy: mean ± std over seeds", fontsize=9)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="lower right")
     if title:
@@ -899,6 +1025,7 @@ def write_ablation(sweep_dir: Path, runs: list[PlannedRun]) -> str:
     table = ablation_table(sweep_dir.name, groups)
     write_atomic(sweep_dir / "ablation.md", table)
     if rows:
-        plot_ablation(groups, sweep_dir / "ablation.png",
-                      title=f"ablation {sweep_dir.name}: {len(rows)} of {len(runs)} run(s)")
+        plot_ablation(
+            groups, sweep_dir / "ablation.png", title=f"ablation {sweep_dir.name}: {len(rows)} of {len(runs)} run(s)"
+        )
     return table

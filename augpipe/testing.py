@@ -33,6 +33,7 @@ Models default to all the trainer lists, or only its default model when ``models
 callable (a large family such as timm's); activations to all of ``augpipe.config.ACTIVATIONS``,
 or those in the Trainer's ``activations`` attribute where it has one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,9 @@ import importlib
 import io
 import random
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -50,16 +52,32 @@ from torch import nn
 
 from augpipe.errors import AugpipeError
 
-__all__ = ["PluginCheckError", "check_augmentation", "check_callback", "check_optimizer", "check_plugin",
-           "check_scheduler", "check_trainer"]
+__all__ = [
+    "PluginCheckError",
+    "check_augmentation",
+    "check_callback",
+    "check_optimizer",
+    "check_plugin",
+    "check_scheduler",
+    "check_trainer",
+]
 
 
 class PluginCheckError(AssertionError):
     """A plugin that does not keep augpipe's contract. ``check`` names the check; ``kind``,
     ``name`` and ``plugin`` what failed it, ``model`` and ``activation`` where it applies."""
 
-    def __init__(self, check: str, *, kind: str, name: str, plugin: str, detail: str,
-                 model: str | None = None, activation: str | None = None):
+    def __init__(
+        self,
+        check: str,
+        *,
+        kind: str,
+        name: str,
+        plugin: str,
+        detail: str,
+        model: str | None = None,
+        activation: str | None = None,
+    ):
         self.check, self.kind, self.name, self.plugin = check, kind, name, plugin
         self.model, self.activation, self.detail = model, activation, detail
         where = f"plugin {plugin!r}" if kind == "plugin" else f"{kind} {name!r} of plugin {plugin!r}"
@@ -79,8 +97,9 @@ class _Subject:
     def fail(self, check: str, detail: str, err: BaseException | None = None, **where) -> NoReturn:
         if err is not None:
             detail = f"{detail}: {type(err).__name__}: {err}"
-        raise PluginCheckError(check, kind=self.kind, name=self.name, plugin=self.plugin, detail=detail,
-                               **where) from err
+        raise PluginCheckError(
+            check, kind=self.kind, name=self.name, plugin=self.plugin, detail=detail, **where
+        ) from err
 
     def call(self, check: str, what: str, fn, *args, **kwargs):
         """``fn(*args, **kwargs)``; whatever it raises is the plugin's failure of ``check``."""
@@ -107,8 +126,13 @@ def _resolve(registry, thing, kind: str) -> tuple[str, Any, _Subject]:
         if thing not in registry:
             from augpipe.plugin_manager import unknown_name_message
 
-            raise PluginCheckError("registered", kind=kind, name=thing, plugin="?",
-                                   detail=unknown_name_message(kind, thing, registry.names()))
+            raise PluginCheckError(
+                "registered",
+                kind=kind,
+                name=thing,
+                plugin="?",
+                detail=unknown_name_message(kind, thing, registry.names()),
+            )
         return thing, registry.get(thing), _Subject(kind, thing, registry.owner.get(thing, "?"))
     name = getattr(thing, "name", None) if kind == "trainer" else None
     name = name or getattr(thing, "__name__", None) or type(thing).__name__
@@ -152,8 +176,7 @@ def _through_checkpoint(state):
 
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
-            and torch.equal(a, b)
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -165,8 +188,16 @@ def _same(a, b) -> bool:
 
 # -- trainers ----------------------------------------------------------------------------------
 
-def check_trainer(trainer, *, models: Iterable[str] | None = None, activations: Iterable[str] | None = None,
-                  image_size: int | None = None, num_classes: int = 3, plugins=None) -> list[str]:
+
+def check_trainer(
+    trainer,
+    *,
+    models: Iterable[str] | None = None,
+    activations: Iterable[str] | None = None,
+    image_size: int | None = None,
+    num_classes: int = 3,
+    plugins=None,
+) -> list[str]:
     """Check a trainer (its registered name, or the ``Trainer`` itself) for each of ``models``
     at each of ``activations`` (module docstring). ``image_size`` overrides the trainer's
     input size (e.g. to check a 224 px model quickly). Returns the models checked."""
@@ -212,12 +243,25 @@ def _check_model(subject: _Subject, record, model: str, acts: list[str], size: i
 
     def build(activation, *, dropout=0.5, classes=num_classes, seed=0):
         torch.manual_seed(seed)
-        net = subject.call("build", "build_model", record.build_model, model=model, num_classes=classes,
-                           image_size=size, activation=activation, dropout=dropout,
-                           _model=model, _activation=activation)
+        net = subject.call(
+            "build",
+            "build_model",
+            record.build_model,
+            model=model,
+            num_classes=classes,
+            image_size=size,
+            activation=activation,
+            dropout=dropout,
+            _model=model,
+            _activation=activation,
+        )
         if not isinstance(net, nn.Module):
-            subject.fail("build", f"build_model returned {type(net).__name__}, not a torch.nn.Module",
-                         model=model, activation=activation)
+            subject.fail(
+                "build",
+                f"build_model returned {type(net).__name__}, not a torch.nn.Module",
+                model=model,
+                activation=activation,
+            )
         return net
 
     def forward(net, activation, *, train: bool, classes=num_classes):
@@ -226,14 +270,28 @@ def _check_model(subject: _Subject, record, model: str, acts: list[str], size: i
             try:
                 out = net(x)
             except Exception as err:
-                subject.fail("forward", f"forward of a {tuple(x.shape)} batch in {'train' if train else 'eval'} "
-                             f"mode raised", err, model=model, activation=activation)
+                subject.fail(
+                    "forward",
+                    f"forward of a {tuple(x.shape)} batch in {'train' if train else 'eval'} mode raised",
+                    err,
+                    model=model,
+                    activation=activation,
+                )
         if not isinstance(out, torch.Tensor):
-            subject.fail("forward", f"forward returned {type(out).__name__}, not a tensor of logits",
-                         model=model, activation=activation)
+            subject.fail(
+                "forward",
+                f"forward returned {type(out).__name__}, not a tensor of logits",
+                model=model,
+                activation=activation,
+            )
         if tuple(out.shape) != (2, classes):
-            subject.fail("num_classes", f"a batch of 2 gave outputs of shape {tuple(out.shape)}, expected "
-                         f"(2, {classes}) for num_classes={classes}", model=model, activation=activation)
+            subject.fail(
+                "num_classes",
+                f"a batch of 2 gave outputs of shape {tuple(out.shape)}, expected "
+                f"(2, {classes}) for num_classes={classes}",
+                model=model,
+                activation=activation,
+            )
         if not torch.isfinite(out).all():
             subject.fail("forward", "the outputs are not finite", model=model, activation=activation)
         return out
@@ -249,19 +307,24 @@ def _check_model(subject: _Subject, record, model: str, acts: list[str], size: i
         out = forward(net, act, train=False)  # before any train-mode pass moves batch-norm statistics
         for other, before in seen.items():
             if torch.equal(before, out):
-                subject.fail("activation", f"the outputs are exactly those with activation {other!r}: "
-                             f"the activation does not reach the network", **where)
+                subject.fail(
+                    "activation",
+                    f"the outputs are exactly those with activation {other!r}: "
+                    f"the activation does not reach the network",
+                    **where,
+                )
         seen[act] = out
         if not torch.equal(out, forward(net, act, train=False)):
-            subject.fail("dropout", "two forward passes in eval mode differ: eval mode must be deterministic",
-                         **where)
+            subject.fail("dropout", "two forward passes in eval mode differ: eval mode must be deterministic", **where)
         if torch.equal(forward(net, act, train=True), forward(net, act, train=True)):
-            subject.fail("dropout", "with dropout 0.5 two forward passes in train mode give the same outputs: "
-                         "dropout is ignored", **where)
+            subject.fail(
+                "dropout",
+                "with dropout 0.5 two forward passes in train mode give the same outputs: dropout is ignored",
+                **where,
+            )
         rates = [m.p for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
         if rates and 0.5 not in rates:
-            subject.fail("dropout", f"built with dropout 0.5, its dropout layers have p={sorted(set(rates))}",
-                         **where)
+            subject.fail("dropout", f"built with dropout 0.5, its dropout layers have p={sorted(set(rates))}", **where)
 
         net.train()
         net.zero_grad(set_to_none=True)
@@ -282,8 +345,9 @@ def _check_model(subject: _Subject, record, model: str, acts: list[str], size: i
         try:
             state = _through_checkpoint(net.state_dict())
         except Exception as err:
-            subject.fail("state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True)",
-                         err, **where)
+            subject.fail(
+                "state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True)", err, **where
+            )
         fresh = build(act, seed=1)
         try:
             fresh.load_state_dict(state)
@@ -292,20 +356,27 @@ def _check_model(subject: _Subject, record, model: str, acts: list[str], size: i
         again = forward(fresh, act, train=False)
         if not torch.allclose(ref, again, rtol=1e-5, atol=1e-6):
             diff = (ref - again).abs().max().item()
-            subject.fail("state_dict", f"a fresh model loaded with the state dict gives other outputs in eval mode "
-                         f"(largest difference {diff:.3g}): some of the model's state is not in its state dict",
-                         **where)
+            subject.fail(
+                "state_dict",
+                f"a fresh model loaded with the state dict gives other outputs in eval mode "
+                f"(largest difference {diff:.3g}): some of the model's state is not in its state dict",
+                **where,
+            )
 
         if i == 0:  # what does not depend on the activation, once per model
             classes = num_classes + 4  # a count the model can not have hard-coded by chance
             forward(build(act, classes=classes), act, train=False, classes=classes)
             plain = build(act, dropout=0.0)
             if not torch.equal(forward(plain, act, train=True), forward(plain, act, train=True)):
-                subject.fail("dropout", "with dropout 0 two forward passes in train mode differ: dropout 0 must "
-                             "mean no dropout", **where)
+                subject.fail(
+                    "dropout",
+                    "with dropout 0 two forward passes in train mode differ: dropout 0 must mean no dropout",
+                    **where,
+                )
 
 
 # -- optimizers and schedulers ---------------------------------------------------------------------
+
 
 def check_optimizer(optimizer, *, plugins=None, lr: float = 0.1) -> None:
     """Build the optimizer (its registered name, or the factory) as augpipe does,
@@ -345,8 +416,9 @@ def check_optimizer(optimizer, *, plugins=None, lr: float = 0.1) -> None:
         try:
             state = _through_checkpoint(opt.state_dict())
         except Exception as err:
-            subject.fail("state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True)",
-                         err)
+            subject.fail(
+                "state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True)", err
+            )
         twin_opt = make(twin)
         subject.call("state_dict", "load_state_dict", twin_opt.load_state_dict, state)
         for _ in range(2):
@@ -356,8 +428,9 @@ def check_optimizer(optimizer, *, plugins=None, lr: float = 0.1) -> None:
             subject.fail("state_dict", "an optimizer loaded with the state dict takes other steps than the original")
 
 
-def check_scheduler(scheduler, *, plugins=None, changes_lr: bool = True, steps_per_epoch: int = 3,
-                    epochs: int = 6) -> list[float]:
+def check_scheduler(
+    scheduler, *, plugins=None, changes_lr: bool = True, steps_per_epoch: int = 3, epochs: int = 6
+) -> list[float]:
     """Build the scheduler (its registered name, or the factory) as augpipe does,
     ``factory(optimizer, config=, steps_per_epoch=, epochs=, total_steps=)``, and step it as the
     loop does (every iteration, and once per epoch with a validation loss that never improves,
@@ -374,8 +447,16 @@ def check_scheduler(scheduler, *, plugins=None, changes_lr: bool = True, steps_p
     def make():
         model = _tiny_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        made = subject.call("build", "the factory", factory, opt, config=config, steps_per_epoch=steps_per_epoch,
-                            epochs=epochs, total_steps=total)
+        made = subject.call(
+            "build",
+            "the factory",
+            factory,
+            opt,
+            config=config,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            total_steps=total,
+        )
         try:
             return model, opt, as_schedule(made, name, subject.plugin)
         except AugpipeError as err:
@@ -400,22 +481,30 @@ def check_scheduler(scheduler, *, plugins=None, changes_lr: bool = True, steps_p
         if not all(np.isfinite(r) and r >= 0 for r in rates):
             subject.fail("lr", f"the learning rate became {next(r for r in rates if not (np.isfinite(r) and r >= 0))}")
         if changes_lr and all(r == first for r in rates):
-            subject.fail("lr", f"the learning rate stayed {first:g} through {epochs} epochs of {steps_per_epoch} "
-                         f"steps (a constant schedule: check it with changes_lr=False)")
+            subject.fail(
+                "lr",
+                f"the learning rate stayed {first:g} through {epochs} epochs of {steps_per_epoch} "
+                f"steps (a constant schedule: check it with changes_lr=False)",
+            )
         if not changes_lr and any(r != first for r in rates):
-            subject.fail("lr", f"a constant schedule changed the learning rate from {first:g} to "
-                         f"{next(r for r in rates if r != first):g}")
+            subject.fail(
+                "lr",
+                f"a constant schedule changed the learning rate from {first:g} to "
+                f"{next(r for r in rates if r != first):g}",
+            )
 
         half = total // 2
         model, opt, schedule = make()
         head: list[float] = []
         run(model, opt, schedule, 0, half, head)
         try:
-            saved = _through_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": schedule.state_dict()})
+            saved = _through_checkpoint(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": schedule.state_dict()}
+            )
         except Exception as err:
-            subject.fail("state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True)",
-                         err)
+            subject.fail(
+                "state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True)", err
+            )
         model, opt, schedule = make()  # what --resume does: build anew, then load
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -423,12 +512,16 @@ def check_scheduler(scheduler, *, plugins=None, changes_lr: bool = True, steps_p
         tail: list[float] = []
         run(model, opt, schedule, half, total, tail)
         if not np.allclose(head + tail, rates, rtol=1e-9, atol=0):
-            subject.fail("state_dict", f"restored at step {half} of {total}, the schedule continued with rates "
-                         f"{[f'{r:.4g}' for r in tail[:4]]} ... instead of {[f'{r:.4g}' for r in rates[half:half + 4]]} ...")
+            subject.fail(
+                "state_dict",
+                f"restored at step {half} of {total}, the schedule continued with rates "
+                f"{[f'{r:.4g}' for r in tail[:4]]} ... instead of {[f'{r:.4g}' for r in rates[half : half + 4]]} ...",
+            )
     return rates
 
 
 # -- augmentations and callbacks -------------------------------------------------------------------
+
 
 def check_augmentation(augmentation, *, params: dict | None = None, plugins=None) -> None:
     """Build the transform class (its registered name, or the class) with ``params`` and
@@ -473,16 +566,22 @@ def check_augmentation(augmentation, *, params: dict | None = None, plugins=None
     try:
         first = apply(pipeline(), 0, 1)
         if not all(np.array_equal(a, b) for a, b in zip(first, apply(pipeline(), 0, 2))):
-            subject.fail("seed", "two pipelines seeded alike gave different images: draw random numbers from "
-                         "self.py_random or self.random_generator, not from numpy's or Python's global state")
+            subject.fail(
+                "seed",
+                "two pipelines seeded alike gave different images: draw random numbers from "
+                "self.py_random or self.random_generator, not from numpy's or Python's global state",
+            )
         compose = pipeline()
         try:
             rebuilt = A.from_dict(A.to_dict(compose))
         except Exception as err:
             subject.fail("serialize", "Albumentations can not save and rebuild the transform (augment.yaml)", err)
         if not all(np.array_equal(a, b) for a, b in zip(apply(compose, 3, 1), apply(rebuilt, 3, 1))):
-            subject.fail("serialize", "rebuilt from its saved form, the transform gives other images: "
-                         "get_transform_init_args_names() must name every parameter")
+            subject.fail(
+                "serialize",
+                "rebuilt from its saved form, the transform gives other images: "
+                "get_transform_init_args_names() must name every parameter",
+            )
     finally:
         np.random.set_state(state[0])
         random.setstate(state[1])
@@ -520,15 +619,21 @@ def check_callback(callback, *, plugins=None, run_dir: str | Path | None = None)
         try:
             saved = _through_checkpoint(state)
         except Exception as err:
-            subject.fail("state_dict", "the state dict does not survive torch.save / torch.load(weights_only=True): "
-                         "keep plain values and tensors", err)
-        again = PluginCallback(subject.call("build", "the factory", factory, base / "resumed", config), name,
-                               subject.plugin)
+            subject.fail(
+                "state_dict",
+                "the state dict does not survive torch.save / torch.load(weights_only=True): "
+                "keep plain values and tensors",
+                err,
+            )
+        again = PluginCallback(
+            subject.call("build", "the factory", factory, base / "resumed", config), name, subject.plugin
+        )
         _plugin_hook(subject, again.load_state_dict, saved)
         restored = _plugin_hook(subject, again.state_dict)
         if not _same(restored, state):
-            subject.fail("state_dict", f"restored from its state dict, the callback's state is {restored!r}, "
-                         f"not {state!r}")
+            subject.fail(
+                "state_dict", f"restored from its state dict, the callback's state is {restored!r}, not {state!r}"
+            )
 
 
 def _plugin_hook(subject: _Subject, hook, *args):
@@ -540,10 +645,17 @@ def _plugin_hook(subject: _Subject, hook, *args):
 
 # -- a whole plugin ----------------------------------------------------------------------------------
 
-def check_plugin(plugin, *, models: dict[str, Iterable[str]] | Iterable[str] | None = None,
-                 activations: Iterable[str] | None = None, image_size: int | None = None, num_classes: int = 3,
-                 constant_schedulers: Iterable[str] = ("none",),
-                 augmentation_params: dict[str, dict] | None = None) -> dict[str, list[str]]:
+
+def check_plugin(
+    plugin,
+    *,
+    models: dict[str, Iterable[str]] | Iterable[str] | None = None,
+    activations: Iterable[str] | None = None,
+    image_size: int | None = None,
+    num_classes: int = 3,
+    constant_schedulers: Iterable[str] = ("none",),
+    augmentation_params: dict[str, dict] | None = None,
+) -> dict[str, list[str]]:
     """Run every check on whatever a plugin registers. ``plugin`` is an installed plugin's
     entry-point name, an importable module name, or the module (any object with hook
     implementations) itself. ``models`` limits the models checked, for every trainer (a list)
@@ -562,7 +674,9 @@ def check_plugin(plugin, *, models: dict[str, Iterable[str]] | Iterable[str] | N
             try:
                 plugin = importlib.import_module(plugin)
             except Exception as err:
-                subject.fail("load", f"no installed plugin is named {plugin!r} and importing it as a module failed", err)
+                subject.fail(
+                    "load", f"no installed plugin is named {plugin!r} and importing it as a module failed", err
+                )
     if manager is None:
         owner = getattr(plugin, "__name__", type(plugin).__name__)
         manager = Plugins(load_entry_points=False)
@@ -573,23 +687,36 @@ def check_plugin(plugin, *, models: dict[str, Iterable[str]] | Iterable[str] | N
     error = manager.info[owner].error
     if error:
         subject.fail("load", error)
-    registries = {"trainers": manager.trainers, "optimizers": manager.optimizers, "schedulers": manager.schedulers,
-                  "augmentations": manager.augmentations, "callbacks": manager.callbacks}
+    registries = {
+        "trainers": manager.trainers,
+        "optimizers": manager.optimizers,
+        "schedulers": manager.schedulers,
+        "augmentations": manager.augmentations,
+        "callbacks": manager.callbacks,
+    }
     error = manager.info[owner].error
     if error:  # a registration hook that raised
         subject.fail("register", error)
     owned = {kind: [n for n in reg.names() if reg.owner[n] == owner] for kind, reg in registries.items()}
-    observes = any(impl.plugin_name == owner for hook in (manager.pm.hook.augpipe_epoch_end,
-                                                          manager.pm.hook.augpipe_register_commands)
-                   for impl in hook.get_hookimpls())
+    observes = any(
+        impl.plugin_name == owner
+        for hook in (manager.pm.hook.augpipe_epoch_end, manager.pm.hook.augpipe_register_commands)
+        for impl in hook.get_hookimpls()
+    )
     if not any(owned.values()) and not observes:
         subject.fail("register", "the plugin registers nothing and implements no hook")
 
     constant = set(constant_schedulers)
     for name in owned["trainers"]:
         chosen = models.get(name) if isinstance(models, dict) else models
-        check_trainer(name, models=chosen, activations=activations, image_size=image_size,
-                      num_classes=num_classes, plugins=manager)
+        check_trainer(
+            name,
+            models=chosen,
+            activations=activations,
+            image_size=image_size,
+            num_classes=num_classes,
+            plugins=manager,
+        )
     for name in owned["optimizers"]:
         check_optimizer(name, plugins=manager)
     for name in owned["schedulers"]:

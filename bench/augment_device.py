@@ -10,6 +10,7 @@ batch 512), and the ratio to the Albumentations pipeline run image by image in t
 device rows include moving the uint8 batch to the device. Kornia is only a point of comparison
 here: augpipe does not depend on it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,14 @@ def kornia_fn(spec, size, batch, device):
         ops.append(K.ColorJitter(cj.brightness, cj.contrast, cj.saturation, cj.hue, p=cj.p))
     if spec.erase:
         er = spec.erase
-        ops.append(K.RandomErasing(scale=er.scale, ratio=er.ratio, value=0.0 if er.fill == "random" else
-                                   float(np.mean(er.fill)) / 255, p=er.p))
+        ops.append(
+            K.RandomErasing(
+                scale=er.scale,
+                ratio=er.ratio,
+                value=0.0 if er.fill == "random" else float(np.mean(er.fill)) / 255,
+                p=er.p,
+            )
+        )
     ops.append(K.Normalize(mean=torch.tensor(spec.normalize.mean), std=torch.tensor(spec.normalize.std)))
     pipe = K.AugmentationSequential(*ops).to(device)
 
@@ -113,11 +120,13 @@ def main(argv=None) -> None:
     aug = DeviceAugment(spec, args.size, device=device)
     rows.append((f"DeviceAugment ({args.preset})", timeit(lambda: aug(batch), device, min_time=args.min_time)))
     on_dev = batch.to(device).contiguous()
-    rows.append(("DeviceAugment, batch already on device, NCHW", timeit(lambda: aug(on_dev), device,
-                                                                        min_time=args.min_time)))
+    rows.append(
+        ("DeviceAugment, batch already on device, NCHW", timeit(lambda: aug(on_dev), device, min_time=args.min_time))
+    )
     for op in spec.active_ops():  # one op at a time (+ normalise)
-        one = DeviceAugment(AugmentSpec.from_dict({"size": spec.size, op: getattr(spec, op).__dict__}),
-                            args.size, device=device)
+        one = DeviceAugment(
+            AugmentSpec.from_dict({"size": spec.size, op: getattr(spec, op).__dict__}), args.size, device=device
+        )
         rows.append((f"  only {op}", timeit(lambda: one(on_dev), device, min_time=args.min_time)))
     none = DeviceAugment(AugmentSpec(), args.size, device=device)
     rows.append(("  only normalise", timeit(lambda: none(on_dev), device, min_time=args.min_time)))
@@ -128,10 +137,15 @@ def main(argv=None) -> None:
     else:
         rows.append(("kornia.augmentation (not installed)", float("nan")))
 
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
-             f"CPU, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"preset {args.preset}: batch {args.batch} x 3 x {side} x {side} uint8 -> {args.size} x {args.size}; "
-          f"device {device} ({where}); torch {torch.__version__}")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"preset {args.preset}: batch {args.batch} x 3 x {side} x {side} uint8 -> {args.size} x {args.size}; "
+        f"device {device} ({where}); torch {torch.__version__}"
+    )
     print(f"{'pipeline':50s} {'ms/batch':>10s} {'images/s':>12s} {'vs albu':>8s}")
     for name, sec in rows:
         if sec != sec:

@@ -13,6 +13,7 @@ augpipe / plain images per second; the goal is >= 0.95 (augpipe adds no more tha
     python bench/augment_throughput.py                # 10,000 CIFAR-10 train images if present
     python bench/augment_throughput.py --synthetic    # random 32x32 images
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,16 @@ import sys
 import time
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 
 import augpipe  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before albumentations is imported)
-import albumentations as A
-
 from augpipe.augment.cpu import build_train_transform
 from augpipe.augment.spec import AugmentSpec
+from augpipe.data.datasets import open_dataset
 from augpipe.data.images import ImageStore
 from augpipe.data.loader import AugmentedImages
 from augpipe.data.sources import ImageSource
-from augpipe.data.datasets import open_dataset
 
 CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10"
 GOAL = 0.95
@@ -54,8 +54,15 @@ def load_images(n: int, synthetic: bool, seed: int):
     rng = np.random.default_rng(seed)
     arrays = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.int64)
-    src = ImageSource("synthetic", Path("."), [str(c) for c in range(10)], [str(i) for i in range(n)], labels,
-                      [None] * n, arrays=arrays)
+    src = ImageSource(
+        "synthetic",
+        Path("."),
+        [str(c) for c in range(10)],
+        [str(i) for i in range(n)],
+        labels,
+        [None] * n,
+        arrays=arrays,
+    )
     store, _ = ImageStore.build(src)
     return store, labels, f"synthetic, {n:,} random 32x32 images"
 
@@ -63,12 +70,15 @@ def load_images(n: int, synthetic: bool, seed: int):
 def plain_compose(spec: AugmentSpec, size: int, seed: int) -> A.Compose:
     """The same ops with the same parameters, written out by hand."""
     c, j, e = spec.crop, spec.color_jitter, spec.erase
-    return A.Compose([
-        A.RandomResizedCrop(size=(size, size), scale=tuple(c.scale), ratio=tuple(c.ratio), p=c.p),
-        A.HorizontalFlip(p=spec.hflip.p),
-        A.ColorJitter(brightness=j.brightness, contrast=j.contrast, saturation=j.saturation, hue=j.hue, p=j.p),
-        A.Erasing(scale=tuple(e.scale), ratio=tuple(e.ratio), fill=e.fill, p=e.p),
-    ], seed=seed)
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(size, size), scale=tuple(c.scale), ratio=tuple(c.ratio), p=c.p),
+            A.HorizontalFlip(p=spec.hflip.p),
+            A.ColorJitter(brightness=j.brightness, contrast=j.contrast, saturation=j.saturation, hue=j.hue, p=j.p),
+            A.Erasing(scale=tuple(e.scale), ratio=tuple(e.ratio), fill=e.fill, p=e.p),
+        ],
+        seed=seed,
+    )
 
 
 def run_augpipe(dataset: AugmentedImages, start: int, stop: int) -> float:
@@ -115,8 +125,9 @@ def main(argv=None) -> int:
     images = np.stack([store[i] for i in range(len(store))])  # the same pixels, as a plain array
     size = 32
     spec = AugmentSpec.preset("standard")
-    dataset = AugmentedImages(store, np.arange(len(store)), labels,
-                              build_train_transform(spec, size, native=(32, 32), seed=args.seed))
+    dataset = AugmentedImages(
+        store, np.arange(len(store)), labels, build_train_transform(spec, size, native=(32, 32), seed=args.seed)
+    )
     plain = plain_compose(spec, size, args.seed)
 
     # Same output shape and type from both, and a warm-up pass of each (caches, lazy imports).
@@ -125,10 +136,14 @@ def main(argv=None) -> int:
     one_repeat(dataset, plain, images[:500], args.block, True)
 
     print(f"data:    {what}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}, "
-          f"albumentations {A.__version__}, numpy {np.__version__}")
-    print("ops:     RandomResizedCrop(scale 0.35-1) HorizontalFlip(0.5) ColorJitter(0.2,0.2,0.2,0.05; 0.8) "
-          "Erasing(0.02-0.2; 0.25), 32x32 uint8")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}, "
+        f"albumentations {A.__version__}, numpy {np.__version__}"
+    )
+    print(
+        "ops:     RandomResizedCrop(scale 0.35-1) HorizontalFlip(0.5) ColorJitter(0.2,0.2,0.2,0.05; 0.8) "
+        "Erasing(0.02-0.2; 0.25), 32x32 uint8"
+    )
     print()
     print(f"{'repeat':>6}  {'augpipe img/s':>14}  {'plain img/s':>12}  {'ratio':>6}")
     rows = []
@@ -139,8 +154,10 @@ def main(argv=None) -> int:
         rows.append((ours, theirs, ours / theirs))
         print(f"{r + 1:>6}  {ours:>14,.0f}  {theirs:>12,.0f}  {ours / theirs:>6.3f}")
     med = statistics.median(r[2] for r in rows)
-    print(f"{'median':>6}  {statistics.median(r[0] for r in rows):>14,.0f}  "
-          f"{statistics.median(r[1] for r in rows):>12,.0f}  {med:>6.3f}")
+    print(
+        f"{'median':>6}  {statistics.median(r[0] for r in rows):>14,.0f}  "
+        f"{statistics.median(r[1] for r in rows):>12,.0f}  {med:>6.3f}"
+    )
     ratios = [r[2] for r in rows]
     print(f"{'range':>6}  {'':>14}  {'':>12}  {min(ratios):.3f}-{max(ratios):.3f}")
     print()

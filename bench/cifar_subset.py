@@ -6,6 +6,7 @@ docs/lessons.md. The manifest points into ../shared; nothing is copied.
     python bench/cifar_subset.py --per-class 1000 --out /tmp/cifar10-10k.csv
     python bench/cifar_subset.py --per-class 200 --test-per-class 200 --out /tmp/cifar10-2k.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,9 @@ def main() -> None:
         w = csv.writer(f)
         w.writerow(["path", "label", "split"])
         w.writerows(rows)
-    print(f"wrote {args.out}: {sum(r[2] == 'train' for r in rows)} training, {sum(r[2] == 'test' for r in rows)} test images")
+    print(
+        f"wrote {args.out}: {sum(r[2] == 'train' for r in rows)} training, {sum(r[2] == 'test' for r in rows)} test images"
+    )
 
 
 if __name__ == "__main__":

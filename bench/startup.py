@@ -19,6 +19,7 @@ start (goal <= 0.05) and peak memory at the large size / at the small size (goal
     python bench/startup.py --sizes 2000,20000    # quicker
     python bench/startup.py --sizes 20000 --side 160 --data /tmp/bench-data   # larger pictures, kept
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def _write_block(task) -> int:
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     for i in range(lo, hi):
         a, b, c = rng.uniform(-4, 4, 3)
-        base = (np.sin(xx * a / 8 + c)[..., None] * rng.uniform(40, 120, 3)
-                + np.cos(yy * b / 8)[..., None] * rng.uniform(20, 80, 3) + rng.uniform(60, 190, 3))
+        base = (
+            np.sin(xx * a / 8 + c)[..., None] * rng.uniform(40, 120, 3)
+            + np.cos(yy * b / 8)[..., None] * rng.uniform(20, 80, 3)
+            + rng.uniform(60, 190, 3)
+        )
         img = np.clip(base + rng.normal(0, 12, (side, side, 3)), 0, 255).astype(np.uint8)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         buf.tofile(os.path.join(folder, f"{i:07d}.jpg"))
@@ -113,19 +117,46 @@ def child(args) -> None:
 
     module.augpipe_register_callbacks = augpipe_register_callbacks
     get_plugins().register(module, name="startup-bench", package="bench", version="0")
-    augpipe.train(plugin="cnn", model="cnn_small", data=args.child, epochs=1, batch_size=args.batch_size,
-                  cache_mb=args.cache_mb, workers=args.workers, out=args.runs, callbacks=["first_batch"],
-                  progress=False, aug="light")
+    augpipe.train(
+        plugin="cnn",
+        model="cnn_small",
+        data=args.child,
+        epochs=1,
+        batch_size=args.batch_size,
+        cache_mb=args.cache_mb,
+        workers=args.workers,
+        out=args.runs,
+        callbacks=["first_batch"],
+        progress=False,
+        aug="light",
+    )
     raise SystemExit("the run ended before the wanted batch")
 
 
-def start(data: Path, cache_dir: Path, runs: Path, cache_mb: float, batches: int, workers: int,
-          batch_size: int) -> dict:
+def start(
+    data: Path, cache_dir: Path, runs: Path, cache_mb: float, batches: int, workers: int, batch_size: int
+) -> dict:
     """One fresh process; its time to the first batch and its peak memory."""
     result = runs / f"result-{time.time_ns()}.json"
     env = dict(os.environ, AUGPIPE_CACHE_DIR=str(cache_dir))
-    cmd = [sys.executable, __file__, "--child", str(data), "--cache-mb", str(cache_mb), "--batches", str(batches),
-           "--workers", str(workers), "--batch-size", str(batch_size), "--runs", str(runs), "--result", str(result)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(data),
+        "--cache-mb",
+        str(cache_mb),
+        "--batches",
+        str(batches),
+        "--workers",
+        str(workers),
+        "--batch-size",
+        str(batch_size),
+        "--runs",
+        str(runs),
+        "--result",
+        str(result),
+    ]
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -135,9 +166,14 @@ def start(data: Path, cache_dir: Path, runs: Path, cache_mb: float, batches: int
     if proc.returncode != 0 or not result.exists():
         raise SystemExit(f"child failed ({proc.returncode}):\n{err[-3000:]}")
     got = json.loads(result.read_text())
-    return {"first_batch_s": got["first_batch"] - t0, "rss_mb": usage.ru_maxrss / 1024,
-            "data_s": got["data_end"] - got["data_start"], "python_s": got["imports"] - t0,
-            "to_data_s": got["data_start"] - t0, "after_data_s": got["first_batch"] - got["data_end"]}
+    return {
+        "first_batch_s": got["first_batch"] - t0,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "data_s": got["data_end"] - got["data_start"],
+        "python_s": got["imports"] - t0,
+        "to_data_s": got["data_start"] - t0,
+        "after_data_s": got["first_batch"] - got["data_end"],
+    }
 
 
 def main() -> None:
@@ -150,8 +186,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="second starts per size (the median is shown)")
     ap.add_argument("--tmp", default=None, help="where to generate (default: the system's temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated folders")
-    ap.add_argument("--data", default=None,
-                    help="generate the data sets here, once, and keep them (later runs reuse them)")
+    ap.add_argument(
+        "--data", default=None, help="generate the data sets here, once, and keep them (later runs reuse them)"
+    )
     # the child process
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--cache-mb", type=float, default=1024, help=argparse.SUPPRESS)
@@ -178,15 +215,24 @@ def main() -> None:
             runs.mkdir()
             cache = work / f"cache-{n}"
             first = start(data, cache, runs, 1024, 1, args.workers, args.batch_size)
-            seconds = sorted((start(data, cache, runs, 1024, 1, args.workers, args.batch_size)
-                              for _ in range(args.repeats)), key=lambda r: r["first_batch_s"])
+            seconds = sorted(
+                (start(data, cache, runs, 1024, 1, args.workers, args.batch_size) for _ in range(args.repeats)),
+                key=lambda r: r["first_batch_s"],
+            )
             second = seconds[len(seconds) // 2]
             memory = start(data, cache, runs, 0, args.batches, args.workers, args.batch_size)
-            row = {"images": n, "first_s": first["first_batch_s"], "second_s": second["first_batch_s"],
-                   "ratio": second["first_batch_s"] / first["first_batch_s"],
-                   "data_first_s": first["data_s"], "data_second_s": second["data_s"],
-                   "data_ratio": second["data_s"] / first["data_s"], "fixed_s": second["to_data_s"],
-                   "after_s": second["after_data_s"], "rss_mb": memory["rss_mb"]}
+            row = {
+                "images": n,
+                "first_s": first["first_batch_s"],
+                "second_s": second["first_batch_s"],
+                "ratio": second["first_batch_s"] / first["first_batch_s"],
+                "data_first_s": first["data_s"],
+                "data_second_s": second["data_s"],
+                "data_ratio": second["data_s"] / first["data_s"],
+                "fixed_s": second["to_data_s"],
+                "after_s": second["after_data_s"],
+                "rss_mb": memory["rss_mb"],
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
             if not args.keep and not args.data:
@@ -198,15 +244,21 @@ def main() -> None:
             print(f"kept {work}")
 
     print()
-    print("| images | first start (s) | second start (s) | second / first | data part, first (s) | "
-          "data part, second (s) | data second / first (goal <= 0.05) | peak RSS, --cache-mb 0 (MB) |")
+    print(
+        "| images | first start (s) | second start (s) | second / first | data part, first (s) | "
+        "data part, second (s) | data second / first (goal <= 0.05) | peak RSS, --cache-mb 0 (MB) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['images']:,} | {r['first_s']:.2f} | {r['second_s']:.2f} | {r['ratio']:.3f} | "
-              f"{r['data_first_s']:.2f} | {r['data_second_s']:.2f} | **{r['data_ratio']:.3f}** | {r['rss_mb']:.0f} |")
+        print(
+            f"| {r['images']:,} | {r['first_s']:.2f} | {r['second_s']:.2f} | {r['ratio']:.3f} | "
+            f"{r['data_first_s']:.2f} | {r['data_second_s']:.2f} | **{r['data_ratio']:.3f}** | {r['rss_mb']:.0f} |"
+        )
     if len(rows) >= 2:
-        print(f"\npeak memory {rows[-1]['images']:,} / {rows[0]['images']:,} images: "
-              f"**{rows[-1]['rss_mb'] / rows[0]['rss_mb']:.3f}** (goal <= 1.10)")
+        print(
+            f"\npeak memory {rows[-1]['images']:,} / {rows[0]['images']:,} images: "
+            f"**{rows[-1]['rss_mb'] / rows[0]['rss_mb']:.3f}** (goal <= 1.10)"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ after every epoch, against the training time spent so far (scoring time not coun
 Prints a row per epoch (training minutes, test accuracy), the accuracy reached within 5, 10 and
 15 minutes, and the run's peak memory (RSS, with its loader workers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ CIFAR = Path(os.environ.get("CIFAR10", ROOT.parent / "shared" / "data" / "cifar1
 class TestScore:
     """An augpipe callback: the test accuracy of the model after each epoch."""
 
-    def __init__(self, images, labels, spec, precision: str, target: float | None = None, batch: int = 500,
-                 tta: str = "none"):
+    def __init__(
+        self, images, labels, spec, precision: str, target: float | None = None, batch: int = 500, tta: str = "none"
+    ):
         import torch
 
         self.x = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -50,8 +52,8 @@ class TestScore:
         correct = 0
         with torch.no_grad(), autocast_for(device, self.precision):
             for i in range(0, len(self.y), self.batch):
-                logits = tta_logits(model, normalize(self.x[i:i + self.batch]), self.tta)
-                correct += int((logits.argmax(1).cpu() == self.y[i:i + self.batch]).sum())
+                logits = tta_logits(model, normalize(self.x[i : i + self.batch]), self.tta)
+                correct += int((logits.argmax(1).cpu() == self.y[i : i + self.batch]).sum())
         model.train()
         acc = correct / len(self.y)
         self.rows.append((epoch, self.train_seconds / 60, acc))
@@ -66,8 +68,8 @@ class TestScore:
 def main() -> None:
     import augpipe
     from augpipe.augment.spec import AugmentSpec
-    from augpipe.data.images import ImageStore
     from augpipe.data.datasets import open_dataset
+    from augpipe.data.images import ImageStore
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.settings import build_config
 
@@ -84,7 +86,9 @@ def main() -> None:
     ap.add_argument("--tta", help="test-time augmentation of the scores (default: the recipe's)")
     ap.add_argument("--data-on-device", help="auto, on or off (default: augpipe's)")
     ap.add_argument("--compile-mode", help="torch.compile's mode (default: the recipe's)")
-    ap.add_argument("--compile", type=lambda v: v not in ("off", "0", "false"), help="on or off (default: the recipe's)")
+    ap.add_argument(
+        "--compile", type=lambda v: v not in ("off", "0", "false"), help="on or off (default: the recipe's)"
+    )
     ap.add_argument("--device")
     ap.add_argument("--target", type=float, help="stop once the test accuracy reaches this")
     ap.add_argument("--keep", type=Path, help="keep the run directory here (default: a temporary one, deleted)")
@@ -99,8 +103,14 @@ def main() -> None:
     spec = AugmentSpec.load(cfg.aug)
     test_source = open_dataset(CIFAR / "test")
     store, _ = ImageStore.build(test_source)
-    scorer = TestScore(np.stack([store[i] for i in range(len(store))]), test_source.labels.copy(), spec, cfg.precision, target,
-                       tta=cfg.tta)
+    scorer = TestScore(
+        np.stack([store[i] for i in range(len(store))]),
+        test_source.labels.copy(),
+        spec,
+        cfg.precision,
+        target,
+        tta=cfg.tta,
+    )
     plugins = get_plugins()
 
     class Register:
@@ -116,9 +126,11 @@ def main() -> None:
             name = "tta"
         result = augpipe.train(cfg, out=out, name=name, callbacks=["bench-test-score"], progress=False)
     s = result.summary
-    print(f"\nrecipe {args.recipe if not args.plugin else '-'}: {cfg.plugin}/{cfg.model}, {cfg.epochs} epochs, "
-          f"batch {cfg.batch_size}, {cfg.precision}, seed {cfg.seed}, tta {cfg.tta}; final test accuracy (best "
-          f"weights) {s.get('test_acc', 0):.4f}; training {scorer.train_seconds / 60:.2f} min")
+    print(
+        f"\nrecipe {args.recipe if not args.plugin else '-'}: {cfg.plugin}/{cfg.model}, {cfg.epochs} epochs, "
+        f"batch {cfg.batch_size}, {cfg.precision}, seed {cfg.seed}, tta {cfg.tta}; final test accuracy (best "
+        f"weights) {s.get('test_acc', 0):.4f}; training {scorer.train_seconds / 60:.2f} min"
+    )
     for budget in (5, 10, 15):
         reached = [acc for _, minutes, acc in scorer.rows if minutes <= budget]
         print(f"within {budget:2d} min: {max(reached) if reached else float('nan'):.4f}")
@@ -126,15 +138,19 @@ def main() -> None:
     if len(sec) > 1:
         # epoch 1 pays for warm-up (compilation, cuDNN's kernel choice): counted as a later epoch's
         steady = sum(sec[1:]) + float(np.median(sec[1:]))
-        print(f"training {sum(sec):.2f} s: epoch 1 {sec[0]:.2f} s, epochs 2-{len(sec)} {sum(sec[1:]):.2f} s; "
-              f"without warm-up {steady:.2f} s (epoch 1 at the median later epoch's time), warm-up "
-              f"{sec[0] - float(np.median(sec[1:])):.2f} s")
+        print(
+            f"training {sum(sec):.2f} s: epoch 1 {sec[0]:.2f} s, epochs 2-{len(sec)} {sum(sec[1:]):.2f} s; "
+            f"without warm-up {steady:.2f} s (epoch 1 at the median later epoch's time), warm-up "
+            f"{sec[0] - float(np.median(sec[1:])):.2f} s"
+        )
     if s.get("peak_device_memory_mb") is not None:
         print(f"peak device memory: {s['peak_device_memory_mb']:.0f} MB; data on the device: {s.get('data_on_device')}")
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS: {peak_self:.0f} MB (this process, which also holds the test set), "
-          f"{peak_children:.0f} MB (largest child process)")
+    print(
+        f"peak RSS: {peak_self:.0f} MB (this process, which also holds the test set), "
+        f"{peak_children:.0f} MB (largest child process)"
+    )
 
 
 if __name__ == "__main__":

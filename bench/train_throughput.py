@@ -11,6 +11,7 @@ hand-written PyTorch + Albumentations loop, all measured in one run on one machi
 Prints images/s for each and the ratios augpipe / bound (goal >= 0.90) and augpipe /
 hand-written (goal >= 1.0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 
 def load_images(limit: int | None, seed: int):
     """CIFAR-10 train images as one uint8 NHWC array (or random images without ../shared)."""
-    from augpipe.data.images import ImageStore
     from augpipe.data.datasets import open_dataset
+    from augpipe.data.images import ImageStore
 
     if CIFAR.is_dir():
         source = open_dataset(CIFAR / "train")
@@ -47,9 +48,20 @@ def augpipe_epoch(npz: Path, args) -> tuple[float, dict]:
     import augpipe
 
     with tempfile.TemporaryDirectory() as out:
-        result = augpipe.train(data=str(npz), epochs=args.epochs, val=0.0001, test=0.0001, out=out, name="bench",
-                               seed=args.seed, workers=args.workers, threads=args.threads, scheduler="none",
-                               progress=False, **settings(args))
+        result = augpipe.train(
+            data=str(npz),
+            epochs=args.epochs,
+            val=0.0001,
+            test=0.0001,
+            out=out,
+            name="bench",
+            seed=args.seed,
+            workers=args.workers,
+            threads=args.threads,
+            scheduler="none",
+            progress=False,
+            **settings(args),
+        )
         # the first epoch pays for warm-up (cuDNN's choice of kernels, compilation): the best
         # later epoch is the loop's steady rate
         rates = [e["images_per_s"] for e in result.history.epochs]
@@ -72,8 +84,9 @@ def model_and_optimizer(args, num_classes: int):
     model = build_model(plugins, cfg, num_classes, 32)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(args.device, memory_format=fmt)
-    opt = plugins.optimizers.get(cfg.optimizer)(model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
-                                                momentum=cfg.resolved_momentum)
+    opt = plugins.optimizers.get(cfg.optimizer)(
+        model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum
+    )
     loss = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device = torch.device(args.device)
     return model, opt, loss, fmt, lambda: autocast_for(device, cfg.precision)
@@ -86,10 +99,17 @@ def resolved(args):
 
 
 def settings(args) -> dict:
-    out = {"recipe": args.recipe, "plugin": args.plugin, "model": args.model, "batch_size": args.batch_size,
-           "precision": args.precision, "device": args.device, "data_on_device": args.data_on_device,
-           "compile": None if args.compile is None else args.compile != "off",
-           "compile_mode": None if args.compile in (None, "on", "off") else args.compile}
+    out = {
+        "recipe": args.recipe,
+        "plugin": args.plugin,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "device": args.device,
+        "data_on_device": args.data_on_device,
+        "compile": None if args.compile is None else args.compile != "off",
+        "compile_mode": None if args.compile in (None, "on", "off") else args.compile,
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -104,7 +124,7 @@ def compute_bound(images, labels, args, iterations: int) -> float:
     x = torch.from_numpy(images[: b * 4]).permute(0, 3, 1, 2).float().div(255).sub(0.45).div(0.25)
     x = x.to(args.device).contiguous(memory_format=fmt)
     y = torch.from_numpy(labels[: b * 4]).long().to(args.device)
-    batches = [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(4)]
+    batches = [(x[i * b : (i + 1) * b], y[i * b : (i + 1) * b]) for i in range(4)]
 
     def step(xb, yb):
         with autocast():
@@ -132,11 +152,16 @@ def handwritten_loop(images, labels, args) -> float:
     from albumentations.pytorch import ToTensorV2
 
     torch.set_num_threads(args.threads or os.cpu_count())
-    transform = A.Compose([
-        A.RandomResizedCrop(size=(32, 32), scale=(0.35, 1.0)), A.HorizontalFlip(p=0.5),
-        A.ColorJitter(0.2, 0.2, 0.2, 0.05, p=0.8), A.Erasing(scale=(0.02, 0.2), p=0.25),
-        A.Normalize(), ToTensorV2(),
-    ])
+    transform = A.Compose(
+        [
+            A.RandomResizedCrop(size=(32, 32), scale=(0.35, 1.0)),
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(0.2, 0.2, 0.2, 0.05, p=0.8),
+            A.Erasing(scale=(0.02, 0.2), p=0.25),
+            A.Normalize(),
+            ToTensorV2(),
+        ]
+    )
 
     class Images(torch.utils.data.Dataset):
         def __len__(self):
@@ -146,8 +171,9 @@ def handwritten_loop(images, labels, args) -> float:
             return transform(image=images[i])["image"], int(labels[i])
 
     model, opt, loss_fn, fmt, autocast = model_and_optimizer(args, int(labels.max()) + 1)
-    loader = torch.utils.data.DataLoader(Images(), batch_size=resolved(args).batch_size, shuffle=True,
-                                         num_workers=args.handwritten_workers)
+    loader = torch.utils.data.DataLoader(
+        Images(), batch_size=resolved(args).batch_size, shuffle=True, num_workers=args.handwritten_workers
+    )
     model.train()
     start = time.perf_counter()
     n = 0
@@ -178,12 +204,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--epochs", type=int, default=1, help="augpipe's epochs; the best after the first is reported")
     ap.add_argument("--data-on-device", default=None, help="auto, on or off (default: augpipe's)")
-    ap.add_argument("--compile", default=None, help="off, on, or a torch.compile mode (reduce-overhead, max-autotune-no-cudagraphs, ...); default: the recipe's")
+    ap.add_argument(
+        "--compile",
+        default=None,
+        help="off, on, or a torch.compile mode (reduce-overhead, max-autotune-no-cudagraphs, ...); default: the recipe's",
+    )
     args = ap.parse_args()
 
     images, labels, what = load_images(args.limit, args.seed)
-    print(f"data: {what}, {len(images)} images; settings {settings(args) or '(defaults)'}; "
-          f"{os.cpu_count()} cores", flush=True)
+    print(
+        f"data: {what}, {len(images)} images; settings {settings(args) or '(defaults)'}; {os.cpu_count()} cores",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "train.npz"
         np.savez(npz, x=images, y=labels)

@@ -1,4 +1,5 @@
 """``augpipe cache info`` and ``augpipe cache clear``: the image index beside the user's cache."""
+
 from __future__ import annotations
 
 import click

@@ -1,4 +1,5 @@
 """``augpipe split`` and ``augpipe preview``."""
+
 from __future__ import annotations
 
 import functools
@@ -9,8 +10,10 @@ import click
 
 from augpipe.data.images import DEFAULT_MAX_PIXELS
 
-MAX_PIXELS_HELP = ("Skip images with more pixels than this (read from the header, before decoding); "
-                   "the default is Pillow's decompression-bomb limit.")
+MAX_PIXELS_HELP = (
+    "Skip images with more pixels than this (read from the header, before decoding); "
+    "the default is Pillow's decompression-bomb limit."
+)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -26,14 +29,17 @@ def _same_file(a: Path, b: Path) -> bool:
 def data_source(required: bool):
     """SOURCE as the command's argument or as ``--data``, the flag train, sweep and lr-find take,
     so that either spelling works everywhere a data set is read. The command gets ``source``."""
+
     def decorate(fn):
         @functools.wraps(fn)
         def command(*args, source, data, **kwargs):
             return fn(*args, source=_one_source(source, data, required), **kwargs)
 
-        command = click.option("--data", type=click.Path(path_type=Path),
-                               help="The data set, as SOURCE (give one of the two).")(command)
+        command = click.option(
+            "--data", type=click.Path(path_type=Path), help="The data set, as SOURCE (give one of the two)."
+        )(command)
         return click.argument("source", required=False, type=click.Path(path_type=Path))(command)
+
     return decorate
 
 
@@ -49,13 +55,28 @@ def _one_source(source: Path | None, data: Path | None, required: bool) -> Path 
 @click.command()
 @data_source(required=True)
 @click.option("--val", default=0.1, show_default=True, type=float, help="Validation fraction of the training pool.")
-@click.option("--test", default=0.1, show_default=True, type=float, help="Test fraction (unused where the source has a test split).")
+@click.option(
+    "--test",
+    default=0.1,
+    show_default=True,
+    type=float,
+    help="Test fraction (unused where the source has a test split).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the hash order.")
-@click.option("--out", default="split.csv", show_default=True, type=click.Path(path_type=Path), help="Manifest to write.")
-@click.option("--split-file", type=click.Path(path_type=Path), help="Earlier manifest: its items keep their split (its seed and ratios are reused).")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable image or exact duplicate instead of skipping it.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
-              help=MAX_PIXELS_HELP)
+@click.option(
+    "--out", default="split.csv", show_default=True, type=click.Path(path_type=Path), help="Manifest to write."
+)
+@click.option(
+    "--split-file",
+    type=click.Path(path_type=Path),
+    help="Earlier manifest: its items keep their split (its seed and ratios are reused).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Stop at the first unreadable image or exact duplicate instead of skipping it."
+)
+@click.option(
+    "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help=MAX_PIXELS_HELP
+)
 def split(source, val, test, seed, out, split_file, strict, max_pixels):
     """Split SOURCE into train / val / test and write the manifest."""
     import time
@@ -75,8 +96,9 @@ def split(source, val, test, seed, out, split_file, strict, max_pixels):
     if _same_file(out, source):  # the manifest would replace the data set it lists
         raise DataError(f"--out {out}: is the data set {source} itself; choose another file name")
     start = time.perf_counter()
-    data = prepare_data(source, val=val, test=test, seed=seed, split_file=split_file, strict=strict,
-                        cache_mb=0, max_pixels=max_pixels)
+    data = prepare_data(
+        source, val=val, test=test, seed=seed, split_file=split_file, strict=strict, cache_mb=0, max_pixels=max_pixels
+    )
     write_manifest(out, data.source, data.assignment, seed=data.seed, val=data.val, test=data.test)
     click.echo(split_table(data.class_names, data.source.labels, data.assignment))
     click.echo(describe_duplicates(data.duplicates))
@@ -88,16 +110,24 @@ def split(source, val, test, seed, out, split_file, strict, max_pixels):
 @click.command()
 @data_source(required=False)
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=1), help="Source images, one row each.")
-@click.option("--variants", default=6, show_default=True, type=click.IntRange(min=0), help="Augmented versions per image.")
+@click.option(
+    "--variants", default=6, show_default=True, type=click.IntRange(min=0), help="Augmented versions per image."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--aug", default="standard", show_default=True,
-              help="Preset (none, light, standard, strong, cifar-translate, timm-a1, cifar-modern) or a spec .yaml.")
+@click.option(
+    "--aug",
+    default="standard",
+    show_default=True,
+    help="Preset (none, light, standard, strong, cifar-translate, timm-a1, cifar-modern) or a spec .yaml.",
+)
 @click.option("--out", default="preview.png", show_default=True, type=click.Path(path_type=Path))
 @click.option("--per-transform", is_flag=True, help="One column per transform, each applied alone.")
-@click.option("--describe", is_flag=True, help="Print what --aug does, op by op with every parameter, and its YAML; "
-              "draw nothing.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
-              help=MAX_PIXELS_HELP)
+@click.option(
+    "--describe", is_flag=True, help="Print what --aug does, op by op with every parameter, and its YAML; draw nothing."
+)
+@click.option(
+    "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help=MAX_PIXELS_HELP
+)
 def preview(source, n, variants, seed, aug, out, per_transform, describe, max_pixels):
     """Draw augmented versions of images from SOURCE (default: the bundled sample data), or with
     --describe print what the augmentation does."""
@@ -109,8 +139,9 @@ def preview(source, n, variants, seed, aug, out, per_transform, describe, max_pi
         return
     from augpipe.report import preview as draw
 
-    path = draw(source, n=n, variants=variants, seed=seed, aug=aug, out=out, per_transform=per_transform,
-                max_pixels=max_pixels)
+    path = draw(
+        source, n=n, variants=variants, seed=seed, aug=aug, out=out, per_transform=per_transform, max_pixels=max_pixels
+    )
     click.echo(str(path))
 
 

@@ -3,6 +3,7 @@
 Heavy libraries (torch, timm, albumentations) are imported inside the commands that use them,
 so that ``augpipe --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,7 +64,9 @@ class AugpipeGroup(click.Group):
 @click.group(cls=AugpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="augpipe", prog_name="augpipe")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars, and no progress lines where stderr is not a terminal.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bars, and no progress lines where stderr is not a terminal."
+)
 def main(verbose: bool, quiet: bool) -> None:
     """Train image classifiers with data augmentation at the centre."""
     from augpipe.progress import set_quiet
@@ -73,11 +76,25 @@ def main(verbose: bool, quiet: bool) -> None:
 
 
 def _register_commands() -> None:
-    from augpipe.cli import (cache_commands, data_commands, lr_find_commands, model_commands, shard_commands,
-                             sweep_commands, train_commands)
+    from augpipe.cli import (
+        cache_commands,
+        data_commands,
+        lr_find_commands,
+        model_commands,
+        shard_commands,
+        sweep_commands,
+        train_commands,
+    )
 
-    for module in (data_commands, shard_commands, cache_commands, train_commands, sweep_commands, lr_find_commands,
-                   model_commands):
+    for module in (
+        data_commands,
+        shard_commands,
+        cache_commands,
+        train_commands,
+        sweep_commands,
+        lr_find_commands,
+        model_commands,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
     from augpipe.plugin_manager import get_plugins

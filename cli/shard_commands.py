@@ -1,4 +1,5 @@
 """``augpipe shard``: the split data set as WebDataset tar shards."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,19 +12,46 @@ from augpipe.data.images import DEFAULT_MAX_PIXELS
 
 @click.command()
 @data_source(required=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Folder for the shards: new, empty, or an earlier shard set (replaced).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the shards: new, empty, or an earlier shard set (replaced).",
+)
 @click.option("--val", default=0.1, show_default=True, type=float, help="Validation fraction of the training pool.")
-@click.option("--test", default=0.1, show_default=True, type=float, help="Test fraction (unused where the source has a test split).")
+@click.option(
+    "--test",
+    default=0.1,
+    show_default=True,
+    type=float,
+    help="Test fraction (unused where the source has a test split).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the hash order.")
-@click.option("--split-file", type=click.Path(path_type=Path), help="Earlier manifest: its items keep their split (its seed and ratios are reused).")
-@click.option("--max-count", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Images per shard at most (more, smaller shards deal more evenly to ranks and workers).")
-@click.option("--max-size-mb", default=1024.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Image bytes per shard at most (a shard is closed once it reaches this).")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable image or exact duplicate instead of skipping it.")
-@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
-              help=MAX_PIXELS_HELP)
+@click.option(
+    "--split-file",
+    type=click.Path(path_type=Path),
+    help="Earlier manifest: its items keep their split (its seed and ratios are reused).",
+)
+@click.option(
+    "--max-count",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per shard at most (more, smaller shards deal more evenly to ranks and workers).",
+)
+@click.option(
+    "--max-size-mb",
+    default=1024.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Image bytes per shard at most (a shard is closed once it reaches this).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Stop at the first unreadable image or exact duplicate instead of skipping it."
+)
+@click.option(
+    "--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1), help=MAX_PIXELS_HELP
+)
 def shard(source, out, val, test, seed, split_file, max_count, max_size_mb, strict, max_pixels):
     """Split SOURCE and write it as WebDataset tar shards in OUT (one series a split, shards.json last)."""
     import time
@@ -35,8 +63,9 @@ def shard(source, out, val, test, seed, split_file, max_count, max_size_mb, stri
     check_ratios(val, test)
     check_out_dir(out, source)  # before the decoding, which can take minutes
     start = time.perf_counter()
-    data = prepare_data(source, val=val, test=test, seed=seed, split_file=split_file, strict=strict,
-                        cache_mb=0, max_pixels=max_pixels)
+    data = prepare_data(
+        source, val=val, test=test, seed=seed, split_file=split_file, strict=strict, cache_mb=0, max_pixels=max_pixels
+    )
     written = write_shards(data, out, max_count=max_count, max_size=max(1, int(max_size_mb * 2**20)))
     click.echo(split_table(data.class_names, data.source.labels, data.assignment))
     click.echo(describe_duplicates(data.duplicates))

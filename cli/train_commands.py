@@ -2,6 +2,7 @@
 
 Every field of ``TrainConfig`` is a ``train`` flag, generated from the dataclass and the comment
 beside each field, so the config file, the flags and the Python API never drift apart."""
+
 from __future__ import annotations
 
 import inspect
@@ -47,8 +48,9 @@ def config_options(comma_lists: bool = False, help_overrides: dict | None = None
                 option = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_text)
             elif annotation.startswith("list["):
                 kind = float if "float" in annotation else str
-                option = click.option(flag, name, type=kind, multiple=True, default=None,
-                                      help=help_text + " (repeatable)")
+                option = click.option(
+                    flag, name, type=kind, multiple=True, default=None, help=help_text + " (repeatable)"
+                )
             elif comma_lists:
                 option = click.option(flag, name, default=None, metavar="V[,V...]", help=help_text)
             else:
@@ -72,14 +74,30 @@ def _set_quiet(ctx, param, value):
 
 
 # Also a flag of the commands themselves, where people put it: augpipe train ... --quiet
-quiet_option = click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_quiet,
-                            help="No progress bars, and no progress lines where stderr is not a terminal.")
+quiet_option = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_quiet,
+    help="No progress bars, and no progress lines where stderr is not a terminal.",
+)
 
 
 @click.command(context_settings={"max_content_width": 110})
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML file of settings (config.yaml of a run works); flags override it.")
-@click.option("--resume", "resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
-              help="Continue an interrupted run from its last.pt, exactly (only --device, --threads, --devices, --dist-timeout and the logger flags may be given with it).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="YAML file of settings (config.yaml of a run works); flags override it.",
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(path_type=Path),
+    metavar="RUN_DIR",
+    help="Continue an interrupted run from its last.pt, exactly (only --device, --threads, --devices, --dist-timeout and the logger flags may be given with it).",
+)
 @quiet_option
 @_config_options
 def train(config_file, resume, **flags):
@@ -111,24 +129,37 @@ def train(config_file, resume, **flags):
         raise SystemExit(EXIT_CODES.get(s["interrupted"], 130))
     if result.failed:
         # A run that fails in its first epoch has no checkpoint: do not promise one.
-        kept = (f"best checkpoint kept in {result.run_dir}" if (Path(result.run_dir) / "best.pt").is_file()
-                else f"no epoch completed, no checkpoint in {result.run_dir}")
+        kept = (
+            f"best checkpoint kept in {result.run_dir}"
+            if (Path(result.run_dir) / "best.pt").is_file()
+            else f"no epoch completed, no checkpoint in {result.run_dir}"
+        )
         raise click.ClickException(f"{s['stop_reason']} ({kept})")
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Data set to score (default: the run's).")
-@click.option("--checkpoint", default=None, help="best.pt or last.pt (default: the one the run scored, best.pt unless it ran with --no-restore-best).")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="best.pt or last.pt (default: the one the run scored, best.pt unless it ran with --no-restore-best).",
+)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--tta", type=click.Choice(["none", "flip", "flip-translate"]), default=None,
-              help="Test-time augmentation (default: the run's own).")
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip", "flip-translate"]),
+    default=None,
+    help="Test-time augmentation (default: the run's own).",
+)
 def evaluate(run_dir, data, checkpoint, device, tta):
     """Rescore a run's checkpoint on the test split."""
     from augpipe.training.run import evaluate as run_evaluate
 
     result = run_evaluate(run_dir, data=data, checkpoint=checkpoint, device=device, tta=tta)
-    click.echo(f"test accuracy: {result['acc']:.4f} on {result['n']} images ({result['checkpoint']}, epoch {result['epoch']})")
+    click.echo(
+        f"test accuracy: {result['acc']:.4f} on {result['n']} images ({result['checkpoint']}, epoch {result['epoch']})"
+    )
     click.echo(f"test loss: {result['loss']:.4f}")
     width = max(len(n) for n in result["class_names"])
     for name, acc in result["per_class_acc"].items():
@@ -141,8 +172,13 @@ def list_plugins():
     from augpipe.plugin_manager import get_plugins
 
     plugins = get_plugins()
-    kinds = {"trainers": plugins.trainers, "optimizers": plugins.optimizers, "schedulers": plugins.schedulers,
-             "augmentations": plugins.augmentations, "callbacks": plugins.callbacks}
+    kinds = {
+        "trainers": plugins.trainers,
+        "optimizers": plugins.optimizers,
+        "schedulers": plugins.schedulers,
+        "augmentations": plugins.augmentations,
+        "callbacks": plugins.callbacks,
+    }
     for name, info in sorted(plugins.info.items()):
         version = f" {info.version}" if info.version else ""
         click.echo(f"{name}  ({info.package}{version})")
@@ -158,7 +194,9 @@ def list_plugins():
                     trainer = registry.get(t)
                     models = trainer.model_names()
                     shown = ", ".join(models[:8]) + (f" ... ({len(models)} models)" if len(models) > 8 else "")
-                    click.echo(f"    trainer {t}: {trainer.description}; models: {shown} (default {trainer.default_model})")
+                    click.echo(
+                        f"    trainer {t}: {trainer.description}; models: {shown} (default {trainer.default_model})"
+                    )
                     if trainer.defaults:
                         click.echo("      defaults: " + ", ".join(f"{k}={v}" for k, v in trainer.defaults.items()))
             else:

@@ -1,4 +1,5 @@
 """Built-in optimizers and learning-rate schedulers, registered like any plugin's."""
+
 from augpipe.plugin import hookimpl
 
 

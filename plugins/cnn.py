@@ -1,5 +1,6 @@
 """A small, fast convolutional net for 32x32 images on a CPU, in the style of the fast CIFAR-10
 training nets (airbench): a stem, three conv-pool-norm groups, global max-pooling."""
+
 from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 # widths of the stem and the three groups
@@ -29,12 +30,24 @@ def build_cnn(*, model: str, num_classes: int, image_size: int, activation: str,
 
 @hookimpl
 def augpipe_register_trainers(register):
-    register(Trainer(
-        name="cnn", build_model=build_cnn, models=list(WIDTHS), default_model="cnn",
-        # lr 0.02: at 0.05 these nets (global max-pooling, no output scaling) sit at the edge of
-        # divergence (validation loss jumping to 35-80, results that depend on the seed). Batch 32
-        # gives twice the steps for the same CPU time: 6 epochs of the bundled data are 480 steps.
-        defaults={"optimizer": "nesterov", "lr": 0.02, "scheduler": "onecycle", "batch_size": 32,
-                  "label_smoothing": 0.1, "epochs": 6},
-        description="small conv nets for 32x32 images", input_size=32,
-    ))
+    register(
+        Trainer(
+            name="cnn",
+            build_model=build_cnn,
+            models=list(WIDTHS),
+            default_model="cnn",
+            # lr 0.02: at 0.05 these nets (global max-pooling, no output scaling) sit at the edge of
+            # divergence (validation loss jumping to 35-80, results that depend on the seed). Batch 32
+            # gives twice the steps for the same CPU time: 6 epochs of the bundled data are 480 steps.
+            defaults={
+                "optimizer": "nesterov",
+                "lr": 0.02,
+                "scheduler": "onecycle",
+                "batch_size": 32,
+                "label_smoothing": 0.1,
+                "epochs": 6,
+            },
+            description="small conv nets for 32x32 images",
+            input_size=32,
+        )
+    )

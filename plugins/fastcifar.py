@@ -6,12 +6,13 @@ layer scaled by 1/9.
 A trainer of its own rather than a model of ``cnn``: a Trainer's ``defaults`` are per trainer, and
 this network wants settings (GELU, momentum 0.85, label smoothing 0.2) that the ``cnn`` models do not.
 """
+
 from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 MODELS = ("airbench",)
 WIDTHS = (64, 256, 256)
 WHITEN_PATCH = 2
-BN_MOMENTUM = 0.4   # torch's meaning: airbench's 0.6 is the weight of the old statistics
+BN_MOMENTUM = 0.4  # torch's meaning: airbench's 0.6 is the weight of the old statistics
 BN_EPS = 1e-12
 OUTPUT_SCALE = 1 / 9
 WHITEN_BIAS_EPOCHS = 3  # airbench94 trains the whitening layer's bias for the first 3 epochs only
@@ -105,7 +106,7 @@ def _airbench_class():
         def __init__(self, *, num_classes: int, activation: str = "gelu", dropout: float = 0.0):
             super().__init__()
             act = activation_layer(activation)
-            width = 2 * 3 * WHITEN_PATCH ** 2
+            width = 2 * 3 * WHITEN_PATCH**2
             self.whiten = nn.Conv2d(3, width, WHITEN_PATCH, padding=0, bias=True)
             with torch.no_grad():
                 self.whiten.bias.zero_()
@@ -137,10 +138,11 @@ def _airbench_class():
             """Fit the whitening layer to training images (uint8 NCHW, at the model's input
             size, not augmented), normalised with ``mean`` and ``std`` (per channel, in [0, 1]
             units) exactly as the training batches are. airbench uses 5,000 images."""
-            if images_uint8_nchw.dtype != torch.uint8 or images_uint8_nchw.ndim != 4 \
-                    or images_uint8_nchw.shape[1] != 3:
-                raise ValueError(f"expected uint8 images of shape (N, 3, H, W), got {images_uint8_nchw.dtype} "
-                                 f"of shape {tuple(images_uint8_nchw.shape)}")
+            if images_uint8_nchw.dtype != torch.uint8 or images_uint8_nchw.ndim != 4 or images_uint8_nchw.shape[1] != 3:
+                raise ValueError(
+                    f"expected uint8 images of shape (N, 3, H, W), got {images_uint8_nchw.dtype} "
+                    f"of shape {tuple(images_uint8_nchw.shape)}"
+                )
             weight = self.whiten.weight
             m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
             s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
@@ -153,11 +155,25 @@ def _airbench_class():
 
 @hookimpl
 def augpipe_register_trainers(register):
-    register(Trainer(
-        name="fastcifar", build_model=build_fastcifar, models=list(MODELS), default_model="airbench",
-        # airbench's own choices where augpipe's loop has them: GELU, Nesterov at momentum 0.85,
-        # label smoothing 0.2, a one-cycle schedule.
-        defaults={"activation": "gelu", "optimizer": "nesterov", "momentum": 0.85, "lr": 0.2,
-                  "scheduler": "onecycle", "label_smoothing": 0.2, "batch_size": 64, "epochs": 8},
-        description="airbench94's fast CIFAR-10 net, whitening first layer", input_size=32,
-    ))
+    register(
+        Trainer(
+            name="fastcifar",
+            build_model=build_fastcifar,
+            models=list(MODELS),
+            default_model="airbench",
+            # airbench's own choices where augpipe's loop has them: GELU, Nesterov at momentum 0.85,
+            # label smoothing 0.2, a one-cycle schedule.
+            defaults={
+                "activation": "gelu",
+                "optimizer": "nesterov",
+                "momentum": 0.85,
+                "lr": 0.2,
+                "scheduler": "onecycle",
+                "label_smoothing": 0.2,
+                "batch_size": 64,
+                "epochs": 8,
+            },
+            description="airbench94's fast CIFAR-10 net, whitening first layer",
+            input_size=32,
+        )
+    )

@@ -3,11 +3,34 @@
 # Activation modules by lower-cased class name (torch's and timm's), and the names that count as
 # each of augpipe's activations. Sigmoid gates (squeeze-excitation, efficientnet) gate features
 # rather than activate them, so they are not counted.
-_ACTIVATION_CLASS_NAMES = {"relu", "relu6", "leakyrelu", "prelu", "elu", "celu", "selu", "gelu", "gelutanh",
-                           "quickgelu", "silu", "swish", "hardswish", "mish", "tanh"}
-_SAME_FUNCTION = {"relu": {"relu"}, "leaky_relu": {"leakyrelu"}, "prelu": {"prelu"}, "elu": {"elu"},
-                  "selu": {"selu"}, "gelu": {"gelu"}, "silu": {"silu", "swish"}, "sigmoid": set(),
-                  "tanh": {"tanh"}}
+_ACTIVATION_CLASS_NAMES = {
+    "relu",
+    "relu6",
+    "leakyrelu",
+    "prelu",
+    "elu",
+    "celu",
+    "selu",
+    "gelu",
+    "gelutanh",
+    "quickgelu",
+    "silu",
+    "swish",
+    "hardswish",
+    "mish",
+    "tanh",
+}
+_SAME_FUNCTION = {
+    "relu": {"relu"},
+    "leaky_relu": {"leakyrelu"},
+    "prelu": {"prelu"},
+    "elu": {"elu"},
+    "selu": {"selu"},
+    "gelu": {"gelu"},
+    "silu": {"silu", "swish"},
+    "sigmoid": set(),
+    "tanh": {"tanh"},
+}
 
 
 def activation_layer(name: str):
@@ -32,8 +55,17 @@ def activation_layer(name: str):
         def __init__(self, num_parameters: int = 1, init: float = 0.25, inplace: bool = False):
             super().__init__(num_parameters, init)
 
-    classes = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "silu": nn.SiLU,
-               "gelu": GELU, "prelu": PReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+    classes = {
+        "relu": nn.ReLU,
+        "leaky_relu": nn.LeakyReLU,
+        "elu": nn.ELU,
+        "selu": nn.SELU,
+        "silu": nn.SiLU,
+        "gelu": GELU,
+        "prelu": PReLU,
+        "sigmoid": Sigmoid,
+        "tanh": Tanh,
+    }
     return classes[name]
 
 
@@ -46,12 +78,14 @@ def check_activation(model, activation: str, what: str):
     from augpipe.errors import PluginError
 
     accepted = _SAME_FUNCTION.get(activation, {activation})
-    stray = Counter(type(m).__name__ for m in model.modules()
-                    if type(m).__name__.lower() in _ACTIVATION_CLASS_NAMES - accepted)
+    stray = Counter(
+        type(m).__name__ for m in model.modules() if type(m).__name__.lower() in _ACTIVATION_CLASS_NAMES - accepted
+    )
     if stray:
         found = ", ".join(f"{n} {name}" for name, n in sorted(stray.items()))
-        raise PluginError(f"{what} keeps activations that --activation {activation} does not reach ({found}): "
-                          f"choose another model")
+        raise PluginError(
+            f"{what} keeps activations that --activation {activation} does not reach ({found}): choose another model"
+        )
     return model
 
 
@@ -88,6 +122,8 @@ def create_timm_model(model: str, *, pretrained: bool, **kwargs):
         raise
     except Exception as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise PluginError(f"the pretrained weights of {model!r} can not be fetched ({type(err).__name__}"
-                          f"{': ' + first if first else ''}); with no network, download them elsewhere "
-                          f"and give --weights FILE") from None
+        raise PluginError(
+            f"the pretrained weights of {model!r} can not be fetched ({type(err).__name__}"
+            f"{': ' + first if first else ''}); with no network, download them elsewhere "
+            f"and give --weights FILE"
+        ) from None

@@ -1,5 +1,6 @@
 """Fully connected networks on the flattened image, with dropout between the hidden layers:
 the lecture's setting for activations and dropout."""
+
 from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 HIDDEN = {"mlp_small": (256,), "mlp": (512, 256), "mlp_large": (1024, 512, 256)}
@@ -21,11 +22,22 @@ def build_mlp(*, model: str, num_classes: int, image_size: int, activation: str,
 
 @hookimpl
 def augpipe_register_trainers(register):
-    register(Trainer(
-        name="mlp", build_model=build_mlp, models=list(HIDDEN), default_model="mlp",
-        defaults={"optimizer": "adam", "lr": 1e-3, "scheduler": "cosine", "batch_size": 128, "epochs": 20,
-                  "weight_decay": 0.0},
-        description="multi-layer perceptrons with dropout",
-        # every pixel is an input: 32 px are 3,072 inputs, 224 px would be 150,528
-        input_size=32,
-    ))
+    register(
+        Trainer(
+            name="mlp",
+            build_model=build_mlp,
+            models=list(HIDDEN),
+            default_model="mlp",
+            defaults={
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "scheduler": "cosine",
+                "batch_size": 128,
+                "epochs": 20,
+                "weight_decay": 0.0,
+            },
+            description="multi-layer perceptrons with dropout",
+            # every pixel is an input: 32 px are 3,072 inputs, 224 px would be 150,528
+            input_size=32,
+        )
+    )

@@ -2,8 +2,17 @@
 variants) and the CIFAR ResNets of He et al. (resnet20 ... resnet110: three stages of 16, 32 and
 64 channels), all built with timm's ResNet class and randomly initialised. Images of 64 px or
 less get the CIFAR stem (3x3 convolution, no max-pool)."""
-from augpipe.plugin import (PluginError, Trainer, activation_layer, check_activation, create_timm_model, hookimpl,
-                            timm_input_size, unknown_name_message)
+
+from augpipe.plugin import (
+    PluginError,
+    Trainer,
+    activation_layer,
+    check_activation,
+    create_timm_model,
+    hookimpl,
+    timm_input_size,
+    unknown_name_message,
+)
 
 # basic blocks per stage: 6n + 2 layers
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
@@ -19,8 +28,9 @@ def resnet_input_size(model: str) -> int | None:
     return 32 if model in CIFAR_RESNETS else timm_input_size(model)
 
 
-def build_resnet(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float,
-                 pretrained: bool = False):
+def build_resnet(
+    *, model: str, num_classes: int, image_size: int, activation: str, dropout: float, pretrained: bool = False
+):
     import timm
     from torch import nn
 
@@ -29,14 +39,25 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
         from timm.models.resnet import BasicBlock, ResNet
 
         if pretrained:
-            raise PluginError(f"there are no pretrained weights for {model!r} (a CIFAR ResNet); use --weights FILE "
-                              f"or an ImageNet ResNet such as resnet18")
+            raise PluginError(
+                f"there are no pretrained weights for {model!r} (a CIFAR ResNet); use --weights FILE "
+                f"or an ImageNet ResNet such as resnet18"
+            )
         n = CIFAR_RESNETS[model]
         # A 'deep' stem of width 8 makes the stem end at 16 channels, as the CIFAR ResNets do.
         # zero_init_last=False: timm zeroes each block's last batch-norm scale (right for its long
         # ImageNet schedules), which left these short-trained CIFAR nets near chance for epochs.
-        net = ResNet(BasicBlock, layers=(n, n, n), channels=(16, 32, 64), stem_type="deep", stem_width=8,
-                     num_classes=num_classes, drop_rate=dropout, act_layer=act, zero_init_last=False)
+        net = ResNet(
+            BasicBlock,
+            layers=(n, n, n),
+            channels=(16, 32, 64),
+            stem_type="deep",
+            stem_width=8,
+            num_classes=num_classes,
+            drop_rate=dropout,
+            act_layer=act,
+            zero_init_last=False,
+        )
         net.layer4 = nn.Identity()  # timm's forward runs layer1..layer4; these nets have three stages
     elif model in timm.list_models(module="resnet"):
         net = create_timm_model(model, pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, act_layer=act)
@@ -53,10 +74,22 @@ def build_resnet(*, model: str, num_classes: int, image_size: int, activation: s
 
 @hookimpl
 def augpipe_register_trainers(register):
-    register(Trainer(
-        name="resnet", build_model=build_resnet, models=resnet_models, default_model="resnet20",
-        # 10 epochs of the bundled data's 2,560 training images (400 steps): about a minute on 2 cores.
-        defaults={"optimizer": "nesterov", "lr": 0.1, "scheduler": "onecycle", "batch_size": 64, "epochs": 10,
-                  "label_smoothing": 0.1},
-        description="timm's ResNet family, with the CIFAR ResNets", input_size=resnet_input_size,
-    ))
+    register(
+        Trainer(
+            name="resnet",
+            build_model=build_resnet,
+            models=resnet_models,
+            default_model="resnet20",
+            # 10 epochs of the bundled data's 2,560 training images (400 steps): about a minute on 2 cores.
+            defaults={
+                "optimizer": "nesterov",
+                "lr": 0.1,
+                "scheduler": "onecycle",
+                "batch_size": 64,
+                "epochs": 10,
+                "label_smoothing": 0.1,
+            },
+            description="timm's ResNet family, with the CIFAR ResNets",
+            input_size=resnet_input_size,
+        )
+    )

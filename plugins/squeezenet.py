@@ -4,14 +4,21 @@ comparison (Misra 2019, SqueezeNet, Adam 1e-3, batch 128, 50 epochs), where the 
 decides how well gradients flow. Images of 64 px or less get a 3x3 stride-1 first convolution,
 as CIFAR adaptations of the network do, so a 32 px image is not shrunk to 7 px before the first
 Fire module."""
+
 from augpipe.plugin import PluginError, Trainer, activation_layer, hookimpl, unknown_name_message
 
 # (squeeze, expand) per Fire module and where the max-pools go ("M"), after torchvision.
 LAYOUTS = {
-    "squeezenet1_0": (96, 7, ["M", (16, 64), (16, 64), (32, 128), "M", (32, 128), (48, 192), (48, 192),
-                              (64, 256), "M", (64, 256)]),
-    "squeezenet1_1": (64, 3, ["M", (16, 64), (16, 64), "M", (32, 128), (32, 128), "M", (48, 192), (48, 192),
-                              (64, 256), (64, 256)]),
+    "squeezenet1_0": (
+        96,
+        7,
+        ["M", (16, 64), (16, 64), (32, 128), "M", (32, 128), (48, 192), (48, 192), (64, 256), "M", (64, 256)],
+    ),
+    "squeezenet1_1": (
+        64,
+        3,
+        ["M", (16, 64), (16, 64), "M", (32, 128), (32, 128), "M", (48, 192), (48, 192), (64, 256), (64, 256)],
+    ),
 }
 
 
@@ -36,8 +43,10 @@ def build_squeezenet(*, model: str, num_classes: int, image_size: int, activatio
 
     stem_width, stem_kernel, layout = LAYOUTS[model]
     small = image_size <= 64
-    layers = [nn.Conv2d(3, stem_width, 3 if small else stem_kernel, stride=1 if small else 2,
-                        padding=1 if small else 0), act(inplace=True)]
+    layers = [
+        nn.Conv2d(3, stem_width, 3 if small else stem_kernel, stride=1 if small else 2, padding=1 if small else 0),
+        act(inplace=True),
+    ]
     width = stem_width
     for item in layout:
         if item == "M":
@@ -48,8 +57,13 @@ def build_squeezenet(*, model: str, num_classes: int, image_size: int, activatio
             width = 2 * expand
     # The classifier is a 1x1 convolution followed by the activation and global average pooling,
     # as in the paper: the activation reaches the logits too.
-    classifier = [nn.Dropout(dropout), nn.Conv2d(width, num_classes, 1), act(inplace=True),
-                  nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    classifier = [
+        nn.Dropout(dropout),
+        nn.Conv2d(width, num_classes, 1),
+        act(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ]
     net = nn.Sequential(nn.Sequential(*layers), nn.Sequential(*classifier))
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
@@ -64,10 +78,22 @@ def build_squeezenet(*, model: str, num_classes: int, image_size: int, activatio
 
 @hookimpl
 def augpipe_register_trainers(register):
-    register(Trainer(
-        name="squeezenet", build_model=build_squeezenet, models=list(LAYOUTS), default_model="squeezenet1_1",
-        defaults={"optimizer": "adam", "lr": 1e-3, "scheduler": "none", "batch_size": 128, "epochs": 50,
-                  "dropout": 0.5, "weight_decay": 0.0},
-        description="SqueezeNet without batch norm: the network of the CIFAR-10 activation comparison",
-        input_size=32,  # the comparison's CIFAR-10 images; --image-size 224 for ImageNet-sized photos
-    ))
+    register(
+        Trainer(
+            name="squeezenet",
+            build_model=build_squeezenet,
+            models=list(LAYOUTS),
+            default_model="squeezenet1_1",
+            defaults={
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "scheduler": "none",
+                "batch_size": 128,
+                "epochs": 50,
+                "dropout": 0.5,
+                "weight_decay": 0.0,
+            },
+            description="SqueezeNet without batch norm: the network of the CIFAR-10 activation comparison",
+            input_size=32,  # the comparison's CIFAR-10 images; --image-size 224 for ImageNet-sized photos
+        )
+    )

@@ -1,7 +1,16 @@
 """Any timm model by name (``--model convnext_atto``, ``--model vit_tiny_patch16_224`` ...),
 randomly initialised, with the activation passed as timm's ``act_layer``."""
-from augpipe.plugin import (PluginError, Trainer, activation_layer, check_activation, create_timm_model, hookimpl,
-                            timm_input_size, unknown_name_message)
+
+from augpipe.plugin import (
+    PluginError,
+    Trainer,
+    activation_layer,
+    check_activation,
+    create_timm_model,
+    hookimpl,
+    timm_input_size,
+    unknown_name_message,
+)
 
 
 def timm_models() -> list[str]:
@@ -10,14 +19,16 @@ def timm_models() -> list[str]:
     return timm.list_models()
 
 
-def build_timm(*, model: str, num_classes: int, image_size: int, activation: str, dropout: float,
-               pretrained: bool = False):
+def build_timm(
+    *, model: str, num_classes: int, image_size: int, activation: str, dropout: float, pretrained: bool = False
+):
     import timm
 
     if not timm.is_model(model):
         raise PluginError(unknown_name_message("model", model, timm_models(), " for plugin 'timm'"))
-    kwargs = dict(pretrained=pretrained, num_classes=num_classes, drop_rate=dropout,
-                  act_layer=activation_layer(activation))
+    kwargs = dict(
+        pretrained=pretrained, num_classes=num_classes, drop_rate=dropout, act_layer=activation_layer(activation)
+    )
     try:
         net = create_timm_model(model, img_size=image_size, **kwargs)
     except TypeError as err:
@@ -32,8 +43,14 @@ def build_timm(*, model: str, num_classes: int, image_size: int, activation: str
 
 @hookimpl
 def augpipe_register_trainers(register):
-    register(Trainer(
-        name="timm", build_model=build_timm, models=timm_models, default_model="resnet18",
-        defaults={"optimizer": "adamw", "lr": 1e-3, "scheduler": "cosine", "weight_decay": 0.05},
-        description="any timm model by name", input_size=timm_input_size,
-    ))
+    register(
+        Trainer(
+            name="timm",
+            build_model=build_timm,
+            models=timm_models,
+            default_model="resnet18",
+            defaults={"optimizer": "adamw", "lr": 1e-3, "scheduler": "cosine", "weight_decay": 0.05},
+            description="any timm model by name",
+            input_size=timm_input_size,
+        )
+    )

@@ -18,6 +18,7 @@ fixed class/index order.  Only numpy and OpenCV are used.
     python sample_data/generate.py [--out sample_data/shapes] [--seed 0]
                                    [--per-class 400] [--size 32]
 """
+
 import argparse
 import shutil
 from pathlib import Path

@@ -3,6 +3,7 @@
 Every image written here has its own seeded random pixels, so exact-duplicate detection only
 fires where a test copies a file on purpose.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -98,11 +99,23 @@ def _make_cifar10(root, per_batch=4, n_test=6, n_classes=10, seed=0) -> Path:
     rng = np.random.default_rng(seed)
     names = [("train", f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test", "test_batch", n_test)]
     for _, fname, n in names:
-        _dump(root / fname, {b"batch_label": fname.encode(), b"data": cifar_rows(rng, n),
-                             b"labels": [int(v) for v in rng.integers(0, n_classes, n)],
-                             b"filenames": [f"{fname}_{i}.png".encode() for i in range(n)]})
-    _dump(root / "batches.meta", {b"label_names": [f"class{c}".encode() for c in range(n_classes)],
-                                  b"num_cases_per_batch": per_batch, b"num_vis": 3072})
+        _dump(
+            root / fname,
+            {
+                b"batch_label": fname.encode(),
+                b"data": cifar_rows(rng, n),
+                b"labels": [int(v) for v in rng.integers(0, n_classes, n)],
+                b"filenames": [f"{fname}_{i}.png".encode() for i in range(n)],
+            },
+        )
+    _dump(
+        root / "batches.meta",
+        {
+            b"label_names": [f"class{c}".encode() for c in range(n_classes)],
+            b"num_cases_per_batch": per_batch,
+            b"num_vis": 3072,
+        },
+    )
     return root
 
 
@@ -112,12 +125,19 @@ def _make_cifar100(root, n_train=12, n_test=5, n_fine=7, seed=0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for fname, n in (("train", n_train), ("test", n_test)):
-        _dump(root / fname, {b"data": cifar_rows(rng, n),
-                             b"fine_labels": [int(v) for v in rng.integers(0, n_fine, n)],
-                             # a second label list, so that picking the wrong one shows
-                             b"coarse_labels": [0] * n})
-    _dump(root / "meta", {b"fine_label_names": [f"fine{c}".encode() for c in range(n_fine)],
-                          b"coarse_label_names": [b"coarse0"]})
+        _dump(
+            root / fname,
+            {
+                b"data": cifar_rows(rng, n),
+                b"fine_labels": [int(v) for v in rng.integers(0, n_fine, n)],
+                # a second label list, so that picking the wrong one shows
+                b"coarse_labels": [0] * n,
+            },
+        )
+    _dump(
+        root / "meta",
+        {b"fine_label_names": [f"fine{c}".encode() for c in range(n_fine)], b"coarse_label_names": [b"coarse0"]},
+    )
     return root
 
 
@@ -178,7 +198,7 @@ def pytest_collection_modifyitems(config, items):
 # A trainer plugin written as a third party would write it, used by the training tests: a linear
 # model that can turn its logits to NaN after a number of training steps (model "nan_after_N"),
 # and that records the images it trains on, one list per epoch (a new list at each .train()).
-PROBE_PLUGIN = '''
+PROBE_PLUGIN = """
 import torch
 from augpipe.hookspecs import Trainer, hookimpl
 
@@ -217,7 +237,7 @@ def augpipe_register_trainers(register):
     register(Trainer(name="probe", build_model=build, models=["linear", "nan_after_0", "nan_after_4"],
                      default_model="linear", defaults={"optimizer": "sgd", "lr": 0.01, "scheduler": "none"},
                      description="a linear probe for tests"))
-'''
+"""
 
 
 @pytest.fixture
@@ -306,4 +326,3 @@ def private_image_index(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("augpipe-cache")
     monkeypatch.setenv("AUGPIPE_CACHE_DIR", str(folder))
     yield folder
-

@@ -1,5 +1,6 @@
 """``augpipe sweep --ablate``: the variants of a spec (all, none, -OP), the grid they make with
 the other axes, one real tiny ablation sweep and its report, and the errors."""
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,20 @@ from augpipe.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", "--workers", "0", "--threads", "1",
-        "--batch-size", "8"]
+FAST = [
+    "--plugin",
+    "mlp",
+    "--model",
+    "mlp_small",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--batch-size",
+    "8",
+]
 
 
 def differing_keys(a: dict, b: dict) -> set:
@@ -44,9 +57,15 @@ def test_standard_is_taken_apart_op_by_op_in_running_order():
 def test_extras_and_batch_ops_are_ops_of_their_own():
     from augpipe.sweeps import ablation_specs
 
-    aug = {"size": 24, "hflip": {"p": 0.5}, "erase": True, "mixup": {"alpha": 0.4, "p": 0.5},
-           "cutmix": {"alpha": 1.0, "p": 0.5}, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3},
-           "extra": [{"name": "GaussianBlur", "p": 0.1, "blur_limit": [3, 5]}, {"name": "ToGray", "p": 0.2}]}
+    aug = {
+        "size": 24,
+        "hflip": {"p": 0.5},
+        "erase": True,
+        "mixup": {"alpha": 0.4, "p": 0.5},
+        "cutmix": {"alpha": 1.0, "p": 0.5},
+        "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "extra": [{"name": "GaussianBlur", "p": 0.1, "blur_limit": [3, 5]}, {"name": "ToGray", "p": 0.2}],
+    }
     variants = ablation_specs(aug)
     # The extras run after the flip and before erase; the batch ops last.
     assert list(variants) == ["all", "none", "-hflip", "-GaussianBlur", "-ToGray", "-erase", "-mixup", "-cutmix"]
@@ -73,7 +92,9 @@ def test_one_op_gives_all_and_none_and_no_op_is_an_error():
 
 
 OP_VALUES = {
-    "crop": st.fixed_dictionaries({"scale": st.sampled_from([[0.08, 1.0], [0.5, 0.9]]), "p": st.sampled_from([0.5, 1.0])}),
+    "crop": st.fixed_dictionaries(
+        {"scale": st.sampled_from([[0.08, 1.0], [0.5, 0.9]]), "p": st.sampled_from([0.5, 1.0])}
+    ),
     "translate": st.fixed_dictionaries({"pad": st.integers(0, 4), "mode": st.sampled_from(["reflect", "constant"])}),
     "hflip": st.sampled_from([{"p": 0.5}, {"p": 0.5, "alternate": True}, True]),
     "color_jitter": st.just(True),
@@ -129,12 +150,17 @@ def test_the_variants_are_the_aug_axis_combined_with_seeds_and_other_axes(tmp_pa
     from augpipe.sweeps import ablation_specs, plan_sweep
 
     variants = ablation_specs("standard")
-    runs = plan_sweep(plugin="mlp", data=str(tiny_data), aug="standard", ablate=True, seeds=2,
-                      activation=["relu", "tanh"])
+    runs = plan_sweep(
+        plugin="mlp", data=str(tiny_data), aug="standard", ablate=True, seeds=2, activation=["relu", "tanh"]
+    )
     assert len(runs) == len(variants) * 2 * 2
     assert runs[0].name == "activation=relu,aug=all,seed=0"
-    assert [r.name for r in runs[:4]] == ["activation=relu,aug=all,seed=0", "activation=relu,aug=none,seed=0",
-                                          "activation=relu,aug=-crop,seed=0", "activation=relu,aug=-hflip,seed=0"]
+    assert [r.name for r in runs[:4]] == [
+        "activation=relu,aug=all,seed=0",
+        "activation=relu,aug=none,seed=0",
+        "activation=relu,aug=-crop,seed=0",
+        "activation=relu,aug=-hflip,seed=0",
+    ]
     for run in runs:
         label = run.labels["aug"]
         assert re.fullmatch(rf"activation=(relu|tanh),aug={re.escape(label)},seed=[01]", run.name)
@@ -155,8 +181,10 @@ def test_ablate_refuses_a_comma_list_of_augmentations():
 
 
 ERRORS = {
-    "a comma list": (["--aug", "light,standard"], ("--ablate takes one --aug (a preset or a spec file) and makes "
-                                                   "its ops the axis, got 2: light,standard")),
+    "a comma list": (
+        ["--aug", "light,standard"],
+        ("--ablate takes one --aug (a preset or a spec file) and makes its ops the axis, got 2: light,standard"),
+    ),
     "an unknown preset": (["--aug", "standrad"], "unknown augmentation 'standrad' (did you mean standard?)"),
     "no ops": (["--aug", "none"], "--ablate: the augmentation 'none' has no ops to remove"),
 }
@@ -183,8 +211,12 @@ def test_an_ablation_sweep_writes_its_report_and_resumes(tmp_path, cli, tiny_dat
     table = (sweep_dir / "ablation.md").read_text()
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")]
     assert rows[0] == ["| variant", "ops used", "test acc", "difference from all", "n |"]
-    assert [(r[0], r[1]) for r in rows[1:]] == [("| all", "crop, hflip"), ("| none", "–"), ("| -crop", "hflip"),
-                                               ("| -hflip", "crop")]
+    assert [(r[0], r[1]) for r in rows[1:]] == [
+        ("| all", "crop, hflip"),
+        ("| none", "–"),
+        ("| -crop", "hflip"),
+        ("| -hflip", "crop"),
+    ]
     with open(sweep_dir / "sweep.csv", newline="") as fh:
         accs = {}
         for row in csv.DictReader(fh):

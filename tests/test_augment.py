@@ -1,11 +1,17 @@
 """Each augmentation does what its name says; specs and pipelines round-trip; seeds repeat."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from augpipe.augment.cpu import (build_eval_transform, build_train_transform, load_pipeline, save_pipeline,
-                                 seed_transform)
+from augpipe.augment.cpu import (
+    build_eval_transform,
+    build_train_transform,
+    load_pipeline,
+    save_pipeline,
+    seed_transform,
+)
 from augpipe.augment.spec import PRESETS, AugmentSpec
 from augpipe.errors import ConfigError
 
@@ -56,15 +62,16 @@ def test_flip_probability_is_used():
 def test_erasing_fills_one_rectangle_with_the_fill_value(fill):
     size, scale = 64, (0.1, 0.3)
     img = image(size, low=1, high=255)  # no pixel equals either fill value
-    t = build_train_transform(only("erase", p=1.0, scale=list(scale), ratio=[0.5, 2.0], fill=fill), size,
-                              native=(size, size), seed=3)
+    t = build_train_transform(
+        only("erase", p=1.0, scale=list(scale), ratio=[0.5, 2.0], fill=fill), size, native=(size, size), seed=3
+    )
     for out in outputs(t, img, 30):
         filled = (out == fill).all(axis=-1)
         assert filled.any()
         rows, cols = np.flatnonzero(filled.any(axis=1)), np.flatnonzero(filled.any(axis=0))
         h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
         box = np.zeros_like(filled)
-        box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
         assert np.array_equal(filled, box)  # one solid rectangle
         assert np.array_equal(out[~box], img[~box])  # the rest untouched
         # The area is drawn from ``scale`` and the sides rounded to whole pixels.
@@ -74,8 +81,9 @@ def test_erasing_fills_one_rectangle_with_the_fill_value(fill):
 
 def test_erasing_random_fill_is_not_constant():
     img = np.full((32, 32, 3), 7, np.uint8)
-    t = build_train_transform(only("erase", p=1.0, scale=[0.2, 0.3], ratio=[0.5, 2.0], fill="random"), 32,
-                              native=(32, 32), seed=0)
+    t = build_train_transform(
+        only("erase", p=1.0, scale=[0.2, 0.3], ratio=[0.5, 2.0], fill="random"), 32, native=(32, 32), seed=0
+    )
     out = t(image=img)["image"]
     changed = (out != 7).any(axis=-1)
     assert changed.sum() > 0.15 * 32 * 32
@@ -104,8 +112,9 @@ def test_crop_probability_is_used():
 
 def test_brightness_moves_the_mean():
     img = smooth_image()
-    t = build_train_transform(only("color_jitter", brightness=0.4, contrast=0, saturation=0, hue=0, p=1.0), 32,
-                              native=(32, 32), seed=0)
+    t = build_train_transform(
+        only("color_jitter", brightness=0.4, contrast=0, saturation=0, hue=0, p=1.0), 32, native=(32, 32), seed=0
+    )
     means = np.array([o.mean() for o in outputs(t, img, 30)])
     assert np.abs(means - img.mean()).max() > 15
     assert means.std() > 5
@@ -114,8 +123,9 @@ def test_brightness_moves_the_mean():
 
 def test_contrast_moves_the_spread():
     img = smooth_image()
-    t = build_train_transform(only("color_jitter", brightness=0, contrast=0.4, saturation=0, hue=0, p=1.0), 32,
-                              native=(32, 32), seed=0)
+    t = build_train_transform(
+        only("color_jitter", brightness=0, contrast=0.4, saturation=0, hue=0, p=1.0), 32, native=(32, 32), seed=0
+    )
     stds = np.array([o.astype(np.float32).std() for o in outputs(t, img, 30)])
     base = img.astype(np.float32).std()
     assert (stds > base * 1.05).any() and (stds < base * 0.95).any()
@@ -123,8 +133,9 @@ def test_contrast_moves_the_spread():
 
 def test_saturation_moves_the_channel_spread():
     img = smooth_image()
-    t = build_train_transform(only("color_jitter", brightness=0, contrast=0, saturation=0.6, hue=0, p=1.0), 32,
-                              native=(32, 32), seed=0)
+    t = build_train_transform(
+        only("color_jitter", brightness=0, contrast=0, saturation=0.6, hue=0, p=1.0), 32, native=(32, 32), seed=0
+    )
 
     def chroma(x):
         return x.astype(np.float32).std(axis=-1).mean()
@@ -166,13 +177,17 @@ def test_spec_yaml_round_trip(tmp_path, preset):
 
 
 def test_custom_spec_yaml_round_trip_gives_the_same_pipeline(tmp_path):
-    spec = AugmentSpec.from_dict({
-        "size": 20, "crop": {"scale": [0.5, 0.9], "ratio": [0.8, 1.25], "p": 0.7}, "hflip": {"p": 0.3},
-        "color_jitter": {"brightness": 0.1, "contrast": 0.3, "saturation": 0.0, "hue": 0.02, "p": 0.5},
-        "erase": {"scale": [0.05, 0.1], "ratio": [0.5, 2.0], "fill": "random", "p": 0.9},
-        "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-        "extra": [{"name": "GaussianBlur", "p": 0.5, "blur_limit": [3, 5]}],
-    })
+    spec = AugmentSpec.from_dict(
+        {
+            "size": 20,
+            "crop": {"scale": [0.5, 0.9], "ratio": [0.8, 1.25], "p": 0.7},
+            "hflip": {"p": 0.3},
+            "color_jitter": {"brightness": 0.1, "contrast": 0.3, "saturation": 0.0, "hue": 0.02, "p": 0.5},
+            "erase": {"scale": [0.05, 0.1], "ratio": [0.5, 2.0], "fill": "random", "p": 0.9},
+            "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            "extra": [{"name": "GaussianBlur", "p": 0.5, "blur_limit": [3, 5]}],
+        }
+    )
     path = tmp_path / "custom.yml"
     spec.save(path)
     back = AugmentSpec.load(str(path))
@@ -183,12 +198,16 @@ def test_custom_spec_yaml_round_trip_gives_the_same_pipeline(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("spec", [
-    AugmentSpec.preset("standard"),
-    AugmentSpec.preset("strong"),
-    AugmentSpec.from_dict({"crop": {"p": 0.3, "scale": [0.3, 0.6]}, "hflip": {"p": 0.5}}),
-    AugmentSpec.from_dict({"hflip": {"p": 0.5}, "extra": [{"name": "GaussianBlur", "p": 0.5}]}),
-], ids=["standard", "strong", "crop-p0.3", "extra"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        AugmentSpec.preset("standard"),
+        AugmentSpec.preset("strong"),
+        AugmentSpec.from_dict({"crop": {"p": 0.3, "scale": [0.3, 0.6]}, "hflip": {"p": 0.5}}),
+        AugmentSpec.from_dict({"hflip": {"p": 0.5}, "extra": [{"name": "GaussianBlur", "p": 0.5}]}),
+    ],
+    ids=["standard", "strong", "crop-p0.3", "extra"],
+)
 def test_albumentations_pipeline_round_trip(tmp_path, spec):
     img = image(32)
     t = build_train_transform(spec, 16, native=(32, 32), seed=4)
@@ -206,35 +225,41 @@ def test_load_pipeline_missing_file(tmp_path):
 
 
 # -- validation ----------------------------------------------------------------------------
-@pytest.mark.parametrize("d, message", [
-    ({"hflp": {"p": 1}}, "unknown key 'hflp' in augmentation spec; did you mean 'hflip'?"),
-    ({"colour_jitter": {}}, "did you mean 'color_jitter'?"),
-    ({"crop": {"scal": [0.2, 1.0]}}, "unknown key 'scal' in crop; did you mean 'scale'?"),
-    ({"erase": {"probability": 0.5}}, "unknown key 'probability' in erase"),
-    ({"zzz": 1}, "unknown key 'zzz' in augmentation spec .valid: size, crop"),
-])
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"hflp": {"p": 1}}, "unknown key 'hflp' in augmentation spec; did you mean 'hflip'?"),
+        ({"colour_jitter": {}}, "did you mean 'color_jitter'?"),
+        ({"crop": {"scal": [0.2, 1.0]}}, "unknown key 'scal' in crop; did you mean 'scale'?"),
+        ({"erase": {"probability": 0.5}}, "unknown key 'probability' in erase"),
+        ({"zzz": 1}, "unknown key 'zzz' in augmentation spec .valid: size, crop"),
+    ],
+)
 def test_unknown_keys_rejected_with_a_suggestion(d, message):
     with pytest.raises(ConfigError, match=message):
         AugmentSpec.from_dict(d)
 
 
-@pytest.mark.parametrize("d, message", [
-    ({"size": 0}, "size must be a positive integer"),
-    ({"size": 12.5}, "size must be a positive integer"),
-    ({"hflip": {"p": 1.5}}, r"hflip.p must be in \[0, 1\]"),
-    ({"hflip": {"p": "high"}}, r"hflip.p must be"),
-    ({"crop": {"scale": 0.5}}, "crop.scale must be"),
-    ({"crop": {"scale": [0.5]}}, "crop.scale must be"),
-    ({"crop": {"scale": [0.9, 0.5]}}, "crop.scale must be"),
-    ({"crop": {"scale": ["a", "b"]}}, "crop.scale must be"),
-    ({"erase": {"ratio": [0, 2]}}, "erase.ratio must be"),
-    ({"erase": {"fill": "grey"}}, "erase.fill must be"),
-    ({"color_jitter": {"brightness": 1.5}}, "color_jitter.brightness"),
-    ({"color_jitter": {"hue": "x"}}, "color_jitter.hue"),
-    ({"normalize": {"std": [0.2, 0.2, 0]}}, "positive standard deviations"),
-    ({"hflip": 3}, "hflip must be a mapping"),
-    ({"extra": [{"p": 0.5}]}, "needs a name"),
-])
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"size": 0}, "size must be a positive integer"),
+        ({"size": 12.5}, "size must be a positive integer"),
+        ({"hflip": {"p": 1.5}}, r"hflip.p must be in \[0, 1\]"),
+        ({"hflip": {"p": "high"}}, r"hflip.p must be"),
+        ({"crop": {"scale": 0.5}}, "crop.scale must be"),
+        ({"crop": {"scale": [0.5]}}, "crop.scale must be"),
+        ({"crop": {"scale": [0.9, 0.5]}}, "crop.scale must be"),
+        ({"crop": {"scale": ["a", "b"]}}, "crop.scale must be"),
+        ({"erase": {"ratio": [0, 2]}}, "erase.ratio must be"),
+        ({"erase": {"fill": "grey"}}, "erase.fill must be"),
+        ({"color_jitter": {"brightness": 1.5}}, "color_jitter.brightness"),
+        ({"color_jitter": {"hue": "x"}}, "color_jitter.hue"),
+        ({"normalize": {"std": [0.2, 0.2, 0]}}, "positive standard deviations"),
+        ({"hflip": 3}, "hflip must be a mapping"),
+        ({"extra": [{"p": 0.5}]}, "needs a name"),
+    ],
+)
 def test_bad_values_rejected(d, message):
     with pytest.raises(ConfigError, match=message):
         AugmentSpec.from_dict(d)

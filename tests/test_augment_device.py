@@ -7,6 +7,7 @@ Albumentations' functional ops must give the device's pixels). Everything is see
 results are deterministic; the thresholds are those a true difference would cross (see
 ``test_ks_detects_a_wrong_distribution``).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def ks(a, b) -> float:
     """Two-sample Kolmogorov-Smirnov statistic (ties handled: CDFs compared at every value)."""
     a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
     grid = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b))))
+    return float(
+        np.max(np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)))
+    )
 
 
 def alb_runs(spec, img, n, size=32, seed=123):
@@ -103,7 +106,8 @@ def test_crop_parameters_match_albumentations(shape):
     for name, col in {
         "area": lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]),
         "aspect": lambda b: (b[:, 2] - b[:, 0]) / (b[:, 3] - b[:, 1]),
-        "x_min": lambda b: b[:, 0], "y_min": lambda b: b[:, 1],
+        "x_min": lambda b: b[:, 0],
+        "y_min": lambda b: b[:, 1],
     }.items():
         assert ks(col(d), col(a)) < KS_MAX, name
     h, w = shape
@@ -277,8 +281,10 @@ def test_jitter_probability_and_orders():
     assert abs(np.mean(["ColorJitter" in p for p in alb]) - applied.mean()) < 0.05
     assert np.allclose(out[~applied], img.astype(np.float32), atol=1e-3)
     # every image has its own order of the four ops, uniform over the 24, as in Albumentations
-    for orders in (Counter(tuple(o) for o in prm["jitter_order"].tolist()),
-                   Counter(tuple(p["ColorJitter"]["order"]) for p in alb if "ColorJitter" in p)):
+    for orders in (
+        Counter(tuple(o) for o in prm["jitter_order"].tolist()),
+        Counter(tuple(p["ColorJitter"]["order"]) for p in alb if "ColorJitter" in p),
+    ):
         assert len(orders) == 24
         total = sum(orders.values())
         assert max(orders.values()) < 1.6 * total / 24 and min(orders.values()) > 0.5 * total / 24
@@ -290,8 +296,12 @@ def test_jitter_pixels_replay_albumentations_functional_ops():
     ops in its own order."""
     from albumentations.augmentations.pixel import functional as fp
 
-    fns = [fp.adjust_brightness_torchvision, fp.adjust_contrast_torchvision,
-           fp.adjust_saturation_torchvision, fp.adjust_hue_torchvision]
+    fns = [
+        fp.adjust_brightness_torchvision,
+        fp.adjust_contrast_torchvision,
+        fp.adjust_saturation_torchvision,
+        fp.adjust_hue_torchvision,
+    ]
     spec = jitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.3, p=0.9)
     rng = np.random.default_rng(5)
     imgs = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8)
@@ -411,7 +421,9 @@ def test_seeds_repeat_and_differ():
 
 def test_output_shape_dtype_layout_and_normalisation():
     spec = AugmentSpec.preset("standard")
-    batch = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 40, 48, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (4, 40, 48, 3), dtype=np.uint8)).permute(
+        0, 3, 1, 2
+    )
     out = DeviceAugment(spec, 24)(batch)
     assert out.shape == (4, 3, 24, 24) and out.dtype == torch.float32 and out.is_contiguous()
     out = DeviceAugment(spec, 24, channels_last=True, dtype=torch.bfloat16)(batch)
@@ -429,7 +441,9 @@ def test_output_shape_dtype_layout_and_normalisation():
 
 def test_empty_spec_is_only_normalisation():
     spec = AugmentSpec.preset("none")
-    batch = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)).permute(
+        0, 3, 1, 2
+    )
     got = DeviceAugment(spec, 32)(batch)
     ref = BatchNormalizer(spec.normalize.mean, spec.normalize.std)(batch)
     assert torch.allclose(got, ref, atol=1e-5)
@@ -443,9 +457,14 @@ def test_spec_with_extra_transforms_is_refused():
         DeviceAugment(spec, 32)
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(2, 32, 32, 3, dtype=torch.uint8),  # NHWC
-                                 torch.zeros(2, 1, 32, 32, dtype=torch.uint8),  # gray
-                                 torch.zeros(2, 3, 32, 32)])  # float
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.zeros(2, 32, 32, 3, dtype=torch.uint8),  # NHWC
+        torch.zeros(2, 1, 32, 32, dtype=torch.uint8),  # gray
+        torch.zeros(2, 3, 32, 32),
+    ],
+)  # float
 def test_bad_input_is_refused(bad):
     with pytest.raises(ValueError, match="uint8 NCHW"):
         DeviceAugment(AugmentSpec(), 32)(bad)
@@ -468,7 +487,9 @@ def test_standard_preset_statistics_are_close_to_albumentations():
 @pytest.mark.cuda
 def test_cuda_backend_runs_the_same_contract():
     spec = AugmentSpec.preset("strong")
-    batch = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (64, 36, 36, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.random.default_rng(4).integers(0, 256, (64, 36, 36, 3), dtype=np.uint8)).permute(
+        0, 3, 1, 2
+    )
     a = DeviceAugment(spec, 32, device="cuda", generator_seed=1)
     out = a(batch.pin_memory())
     assert out.device.type == "cuda" and out.shape == (64, 3, 32, 32) and torch.isfinite(out).all()

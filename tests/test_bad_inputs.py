@@ -1,6 +1,7 @@
 """The bad-input table of the README, as tests: each input a hostile or careless user can give
 ends in one ``Error:`` line (exit 1, or 2 for a malformed command line), with no traceback, no
 run directory and no side effect; and the contracts that used to break quietly hold."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import pickle
 
 import pytest
 import torch
-
 from conftest import _make_folder, error_line
 from test_config_properties import BOMB
 from test_train_cli import FAST
@@ -24,29 +24,33 @@ def config_file(tmp_path, text: str | bytes, name="bad.yaml"):
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("strict: 'false'\n", "--strict must be true or false, got 'false'"),
-    ("channels_last: 'false'\n", "--channels-last must be true or false"),
-    ("batch_size: true\n", "--batch-size must be a whole number, got True"),
-    ("plugin: 5\n", "--plugin must be text, got 5"),
-    ("name: [a, b]\n", "--name must be text or null"),
-    ("out: 7\n", "--out must be text, got 7"),
-    ("seed: 1e20\n", "--seed must be a whole number in [0, 2**32)"),
-    ("seed: banana\n", "--seed must be a whole number, got 'banana'"),
-    ("weight_decay: .nan\n", "--weight-decay must be a finite number"),
-    ("lr: .inf\n", "--lr must be a finite number"),
-    ("epochs: 2.5\n", "--epochs must be a whole number"),
-    ("milestones: [a]\n", "--milestones must be a number"),
-    ("device: tpu\n", "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
-    ("callbacks: oops\n", "--callbacks must be a list"),
-    ("aug: 5\n", "--aug must be text or a mapping or null"),
-    ("- a list\n", "must be a mapping of settings"),
-    (b"plugin: cnn\nname: \xff\xfe\n", "not a UTF-8 text file"),
-    (BOMB, "alias expansion"),
-    ("a: &a [*a]\n", "refers to the value that contains it"),
-    ("plugin: cnn\n" + "#" * (1 << 20), "too large for a config file"),
-    ("plugin: [\n", "not valid YAML"),
-], ids=lambda v: None)
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("strict: 'false'\n", "--strict must be true or false, got 'false'"),
+        ("channels_last: 'false'\n", "--channels-last must be true or false"),
+        ("batch_size: true\n", "--batch-size must be a whole number, got True"),
+        ("plugin: 5\n", "--plugin must be text, got 5"),
+        ("name: [a, b]\n", "--name must be text or null"),
+        ("out: 7\n", "--out must be text, got 7"),
+        ("seed: 1e20\n", "--seed must be a whole number in [0, 2**32)"),
+        ("seed: banana\n", "--seed must be a whole number, got 'banana'"),
+        ("weight_decay: .nan\n", "--weight-decay must be a finite number"),
+        ("lr: .inf\n", "--lr must be a finite number"),
+        ("epochs: 2.5\n", "--epochs must be a whole number"),
+        ("milestones: [a]\n", "--milestones must be a number"),
+        ("device: tpu\n", "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ("callbacks: oops\n", "--callbacks must be a list"),
+        ("aug: 5\n", "--aug must be text or a mapping or null"),
+        ("- a list\n", "must be a mapping of settings"),
+        (b"plugin: cnn\nname: \xff\xfe\n", "not a UTF-8 text file"),
+        (BOMB, "alias expansion"),
+        ("a: &a [*a]\n", "refers to the value that contains it"),
+        ("plugin: cnn\n" + "#" * (1 << 20), "too large for a config file"),
+        ("plugin: [\n", "not valid YAML"),
+    ],
+    ids=lambda v: None,
+)
 def test_a_bad_config_file_is_one_line_and_leaves_nothing(tmp_path, cli, tiny_data, text, message):
     path = config_file(tmp_path, text)
     line = error_line(cli("train", "--config", path, "--data", tiny_data, *FAST))
@@ -54,16 +58,20 @@ def test_a_bad_config_file_is_one_line_and_leaves_nothing(tmp_path, cli, tiny_da
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flags, message, code", [
-    (["--threads", "-1"], "--threads must be at least 1", 1),
-    (["--seed", "1e20"], "'1e20' is not a valid integer", 2),
-    (["--seed", str(2**40)], "--seed must be a whole number in [0, 2**32)", 1),
-    (["--weight-decay", "nan"], "--weight-decay must be a finite number", 1),
-    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N", 1),
-    (["--name", "../escape"], "--name must be a folder name without slashes", 1),
-    (["--max-pixels", "0"], "--max-pixels must be at least 1", 1),
-    (["--val", "0", "--patience", "3"], "there is no validation split", 1),
-], ids=lambda v: None)
+@pytest.mark.parametrize(
+    "flags, message, code",
+    [
+        (["--threads", "-1"], "--threads must be at least 1", 1),
+        (["--seed", "1e20"], "'1e20' is not a valid integer", 2),
+        (["--seed", str(2**40)], "--seed must be a whole number in [0, 2**32)", 1),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number", 1),
+        (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N", 1),
+        (["--name", "../escape"], "--name must be a folder name without slashes", 1),
+        (["--max-pixels", "0"], "--max-pixels must be at least 1", 1),
+        (["--val", "0", "--patience", "3"], "there is no validation split", 1),
+    ],
+    ids=lambda v: None,
+)
 def test_a_bad_flag_is_one_line_and_leaves_nothing(tmp_path, cli, tiny_data, flags, message, code):
     result = cli("train", "--data", tiny_data, *TRAIN, *flags)
     assert result.exit_code == code
@@ -79,8 +87,22 @@ def test_a_data_set_of_one_class_is_refused(tmp_path, cli):
 
 def test_an_image_size_the_model_can_not_take_is_one_line(tmp_path, cli):
     data = _make_folder(tmp_path / "tiny", {"a": 8, "b": 8}, size=4)
-    line = error_line(cli("train", "--data", data, "--plugin", "timm", "--model", "test_vit", "--image-size", "8",
-                          "--aug", "none", *FAST))
+    line = error_line(
+        cli(
+            "train",
+            "--data",
+            data,
+            "--plugin",
+            "timm",
+            "--model",
+            "test_vit",
+            "--image-size",
+            "8",
+            "--aug",
+            "none",
+            *FAST,
+        )
+    )
     assert "can not take 8x8 images" in line and "divisible by patch size" in line and "--image-size" in line
     assert not (tmp_path / "runs").exists()
 
@@ -149,8 +171,22 @@ def test_evaluate_with_a_checkpoint_of_another_model_is_one_line(tmp_path, cli, 
 
 
 def test_evaluate_prints_exactly_the_runs_test_accuracy_for_a_bf16_run(tmp_path, cli, tiny_data):
-    result = cli("train", "--data", tiny_data, "--plugin", "cnn", "--model", "cnn_small", "--epochs", "2",
-                 "--precision", "bf16", "--name", "b", *FAST)
+    result = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "cnn",
+        "--model",
+        "cnn_small",
+        "--epochs",
+        "2",
+        "--precision",
+        "bf16",
+        "--name",
+        "b",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     import augpipe
 
@@ -191,8 +227,7 @@ def test_a_train_config_instance_trains_as_the_same_keywords_do(tiny_data):
     assert build_config(cfg).epochs == 4
 
 
-def test_config_yaml_keeps_absolute_data_paths_so_a_run_evaluates_from_anywhere(tmp_path, cli, trained,
-                                                                                monkeypatch):
+def test_config_yaml_keeps_absolute_data_paths_so_a_run_evaluates_from_anywhere(tmp_path, cli, trained, monkeypatch):
     import yaml
 
     saved = yaml.safe_load((trained / "config.yaml").read_text())
@@ -219,8 +254,8 @@ def test_a_nan_weight_decay_can_not_end_in_a_nan_score_and_exit_0(tmp_path, tiny
                     for p in group["params"]:
                         p.mul_(float("nan"))
 
-    from augpipe.plugin_manager import Plugins
     from augpipe.hookspecs import hookimpl
+    from augpipe.plugin_manager import Plugins
 
     class Plugin:
         @hookimpl
@@ -229,8 +264,20 @@ def test_a_nan_weight_decay_can_not_end_in_a_nan_score_and_exit_0(tmp_path, tiny
 
     plugins = Plugins()
     plugins.register(Plugin(), name="nandecay")
-    result = train(data=str(tiny_data), plugin="mlp", model="mlp_small", optimizer="nandecay", lr=0.1, epochs=2,
-                   batch_size=64, workers=0, threads=1, out=str(tmp_path / "runs"), name="n", plugins=plugins)
+    result = train(
+        data=str(tiny_data),
+        plugin="mlp",
+        model="mlp_small",
+        optimizer="nandecay",
+        lr=0.1,
+        epochs=2,
+        batch_size=64,
+        workers=0,
+        threads=1,
+        out=str(tmp_path / "runs"),
+        name="n",
+        plugins=plugins,
+    )
     assert result.failed and "the validation loss became nan" in result.summary["stop_reason"]
 
 
@@ -247,21 +294,45 @@ def test_a_scheduler_plugin_may_return_a_plain_torch_scheduler(tmp_path, tiny_da
             def factory(optimizer, *, config, steps_per_epoch, epochs, total_steps):
                 seen["total_steps"] = total_steps
                 return torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.0, total_iters=total_steps)
+
             register("straight-line", factory)
 
             def plateau(optimizer, **kw):
                 return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
+
             register("myplateau", plateau)
 
     plugins = Plugins()
     plugins.register(Plugin(), name="sched")
-    result = train(data=str(tiny_data), plugin="mlp", model="mlp_small", scheduler="straight-line", epochs=2, batch_size=8,
-                   workers=0, threads=1, out=str(tmp_path / "runs"), name="l", plugins=plugins)
+    result = train(
+        data=str(tiny_data),
+        plugin="mlp",
+        model="mlp_small",
+        scheduler="straight-line",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        out=str(tmp_path / "runs"),
+        name="l",
+        plugins=plugins,
+    )
     assert not result.failed and seen["total_steps"] == 2 * 4
     lrs = [e["lr"] for e in result.history.epochs]
     assert lrs[1] < lrs[0]
-    result = train(data=str(tiny_data), plugin="mlp", model="mlp_small", scheduler="myplateau", epochs=2,
-                   batch_size=8, workers=0, threads=1, out=str(tmp_path / "runs"), name="p", plugins=plugins)
+    result = train(
+        data=str(tiny_data),
+        plugin="mlp",
+        model="mlp_small",
+        scheduler="myplateau",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        out=str(tmp_path / "runs"),
+        name="p",
+        plugins=plugins,
+    )
     assert not result.failed
 
 

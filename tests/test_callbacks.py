@@ -1,4 +1,5 @@
 """Early stopping, checkpoints and the metrics file, alone and inside the training loop."""
+
 from __future__ import annotations
 
 import math
@@ -28,21 +29,24 @@ def drive(stopper, values, monitor="val_loss"):
     return None, model
 
 
-@pytest.mark.parametrize("settings,values,stop,best", [
-    # patience 2: best at 2, epochs 3 and 4 do not improve
-    (dict(patience=2), [1.0, 0.8, 0.9, 0.85, 0.7], 4, 2),
-    # patience 0 stops at the first epoch without improvement
-    (dict(patience=0), [1.0, 0.8, 0.9, 0.7], 3, 2),
-    # an equal value is no improvement
-    (dict(patience=1), [1.0, 1.0, 0.5], 2, 1),
-    # min_delta: 0.95 and 0.92 are not better than 1.0 by more than 0.1
-    (dict(patience=2, min_delta=0.1), [1.0, 0.95, 0.92, 0.5], 3, 1),
-    (dict(patience=2, min_delta=0.1), [1.0, 0.85, 0.80, 0.76], 4, 2),  # 0.8, 0.76: not by 0.1
-    # start_from_epoch 2: epochs 1 and 2 are not looked at, however good
-    (dict(patience=2, start_from_epoch=2), [0.1, 0.2, 1.0, 1.1, 1.2], 5, 3),
-    # without patience it never stops, yet tracks the best
-    (dict(patience=None), [1.0, 0.5, 0.9, 0.9, 0.9, 0.9], None, 2),
-])
+@pytest.mark.parametrize(
+    "settings,values,stop,best",
+    [
+        # patience 2: best at 2, epochs 3 and 4 do not improve
+        (dict(patience=2), [1.0, 0.8, 0.9, 0.85, 0.7], 4, 2),
+        # patience 0 stops at the first epoch without improvement
+        (dict(patience=0), [1.0, 0.8, 0.9, 0.7], 3, 2),
+        # an equal value is no improvement
+        (dict(patience=1), [1.0, 1.0, 0.5], 2, 1),
+        # min_delta: 0.95 and 0.92 are not better than 1.0 by more than 0.1
+        (dict(patience=2, min_delta=0.1), [1.0, 0.95, 0.92, 0.5], 3, 1),
+        (dict(patience=2, min_delta=0.1), [1.0, 0.85, 0.80, 0.76], 4, 2),  # 0.8, 0.76: not by 0.1
+        # start_from_epoch 2: epochs 1 and 2 are not looked at, however good
+        (dict(patience=2, start_from_epoch=2), [0.1, 0.2, 1.0, 1.1, 1.2], 5, 3),
+        # without patience it never stops, yet tracks the best
+        (dict(patience=None), [1.0, 0.5, 0.9, 0.9, 0.9, 0.9], None, 2),
+    ],
+)
 def test_early_stopping_on_a_scripted_loss(settings, values, stop, best):
     stopper = EarlyStopping(monitor="val_loss", mode="min", **settings)
     stopped, model = drive(stopper, values)
@@ -112,6 +116,7 @@ def test_best_weights_of_a_compiled_model_restore_into_the_plain_one():
 
 # -- checkpoints and the metrics file -------------------------------------------------------------
 
+
 def test_checkpoints_keep_last_every_epoch_and_best_on_improvement(tmp_path):
     tracker = EarlyStopping(patience=None)
     ckpt = Checkpoints(tmp_path, lambda epoch: {"epoch": epoch}, tracker)
@@ -151,6 +156,7 @@ def test_metrics_file_writes_a_row_per_epoch(tmp_path):
 
 # -- inside the loop ---------------------------------------------------------------------------------
 
+
 class ScriptedValLoss(nn.Module):
     """Trains as a linear model; evaluated, its loss on class 0 is the scripted value of the
     current epoch (an epoch begins at each .train()). ``nan_epoch``: its training output turns
@@ -180,9 +186,21 @@ def run_fit(model, epochs, callbacks, tracker=None):
     val = DataLoader(TensorDataset(torch.randn(4, 4), torch.zeros(4, dtype=torch.long)), batch_size=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = SCHEDULERS["none"](opt, config=TrainConfig(), steps_per_epoch=len(train), epochs=epochs)
-    return fit(model, train, val, prepare_train=lambda x: x, prepare_eval=lambda x: x, optimizer=opt,
-               schedule=schedule, loss_fn=nn.CrossEntropyLoss(), epochs=epochs, device=torch.device("cpu"),
-               num_classes=2, callbacks=callbacks, tracker=tracker)
+    return fit(
+        model,
+        train,
+        val,
+        prepare_train=lambda x: x,
+        prepare_eval=lambda x: x,
+        optimizer=opt,
+        schedule=schedule,
+        loss_fn=nn.CrossEntropyLoss(),
+        epochs=epochs,
+        device=torch.device("cpu"),
+        num_classes=2,
+        callbacks=callbacks,
+        tracker=tracker,
+    )
 
 
 class Snapshots:

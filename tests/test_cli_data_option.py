@@ -1,5 +1,6 @@
 """One way to say the same thing: the data set as SOURCE or as --data, and MixUp with CutMix
 switching 0.5 / 0.5 where a spec gives both without p."""
+
 import csv
 
 import pytest
@@ -25,8 +26,9 @@ def test_split_reads_the_data_set_from_data_as_from_source(cli, tiny_data, tmp_p
 
 
 def test_preview_takes_data(cli, tiny_data, tmp_path):
-    result = cli("preview", "--data", tiny_data, "--n", 2, "--variants", 1, "--aug", "light",
-                 "--out", tmp_path / "p.png")
+    result = cli(
+        "preview", "--data", tiny_data, "--n", 2, "--variants", 1, "--aug", "light", "--out", tmp_path / "p.png"
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.png").stat().st_size > 1000
 

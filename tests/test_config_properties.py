@@ -1,6 +1,7 @@
 """Property-based tests of the entry points every setting passes through: whatever mapping a
 config file, a flag or a spec file holds, augpipe either accepts it or answers with its own
 error (AugpipeError, one line), never another exception."""
+
 from __future__ import annotations
 
 import math
@@ -15,12 +16,19 @@ from augpipe.files import parse_yaml
 
 FIELDS = TrainConfig.field_names()
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["relu", "cnn", "sgd", "cosine", "cpu", "auto", "1e-3",
-                                                           "false", "true", "standard", "0.1", "5"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["relu", "cnn", "sgd", "cosine", "cpu", "auto", "1e-3", "false", "true", "standard", "0.1", "5"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 configs = st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=8)), values, max_size=6)
 
 
@@ -57,12 +65,20 @@ def test_a_run_config_read_back_is_accepted_or_an_augpipe_error(mapping):
         pass
 
 
-spec_ops = st.dictionaries(st.sampled_from(["scale", "ratio", "p", "fill", "brightness", "contrast", "saturation",
-                                            "hue", "mean", "std", "bogus"]), values, max_size=4)
-specs = st.dictionaries(st.sampled_from(["size", "crop", "hflip", "color_jitter", "erase", "normalize", "extra", "x"]),
-                        st.one_of(values, spec_ops, st.lists(st.dictionaries(st.sampled_from(["name", "p"]),
-                                                                             values, max_size=2), max_size=2)),
-                        max_size=5)
+spec_ops = st.dictionaries(
+    st.sampled_from(
+        ["scale", "ratio", "p", "fill", "brightness", "contrast", "saturation", "hue", "mean", "std", "bogus"]
+    ),
+    values,
+    max_size=4,
+)
+specs = st.dictionaries(
+    st.sampled_from(["size", "crop", "hflip", "color_jitter", "erase", "normalize", "extra", "x"]),
+    st.one_of(
+        values, spec_ops, st.lists(st.dictionaries(st.sampled_from(["name", "p"]), values, max_size=2), max_size=2)
+    ),
+    max_size=5,
+)
 
 
 @settings(max_examples=300, deadline=None)

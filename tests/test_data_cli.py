@@ -3,6 +3,7 @@
 Every bad input must end in exit code 1 or 2 with one ``Error:`` line that says what is wrong,
 no traceback, and no output file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
-from conftest import write_image
-from conftest import error_line
+from conftest import error_line, write_image
 
 
 def manifest_rows(path):
@@ -393,7 +392,6 @@ def bad_preview_zero_rows(tmp_path, mf):
     return ["preview", "ds", "--n", "0"], "Invalid value for '--n'"
 
 
-
 def bad_class_all_unreadable(tmp_path, mf):
     root = _ds(tmp_path, mf)
     for p in (root / "b").iterdir():
@@ -402,15 +400,24 @@ def bad_class_all_unreadable(tmp_path, mf):
 
 
 def bad_npz_class_name_without_images(tmp_path, mf):
-    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 3), np.uint8), y=np.arange(8) % 2,
-             class_names=np.array(["cat", "dog", "truck"]))
+    np.savez(
+        tmp_path / "d.npz",
+        x=np.zeros((8, 8, 8, 3), np.uint8),
+        y=np.arange(8) % 2,
+        class_names=np.array(["cat", "dog", "truck"]),
+    )
     return ["split", "d.npz"], "class 'truck' has no images"
 
 
 def bad_too_large_strict(tmp_path, mf):
     _ds(tmp_path, mf)  # 8x8 images: 64 pixels
-    return ["split", "ds", "--strict", "--max-pixels", "63"], \
-        "12 image(s): 12 larger than --max-pixels (63 pixels), first: ds/a/0000.png"
+    return [
+        "split",
+        "ds",
+        "--strict",
+        "--max-pixels",
+        "63",
+    ], "12 image(s): 12 larger than --max-pixels (63 pixels), first: ds/a/0000.png"
 
 
 def bad_max_pixels_zero(tmp_path, mf):

@@ -1,6 +1,7 @@
 """Decoding that survives hostile and unusual files: decompression bombs, JPEGs with data after
 the end marker, truncated progressive JPEGs, EXIF thumbnails; a cache that keeps what fits; and
 the data-set checks around them (empty classes, too few classes, --out over the source)."""
+
 from __future__ import annotations
 
 import struct
@@ -9,13 +10,20 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-
-from augpipe.data.images import (DEFAULT_MAX_PIXELS, TOO_LARGE, UNREADABLE, ImageStore, decode_file,
-                                 jpeg_structure, read_image)
-from augpipe.data.prepare import prepare_data
-from augpipe.data.datasets import open_dataset
-from augpipe.errors import DataError
 from conftest import random_image, write_image
+
+from augpipe.data.datasets import open_dataset
+from augpipe.data.images import (
+    DEFAULT_MAX_PIXELS,
+    TOO_LARGE,
+    UNREADABLE,
+    ImageStore,
+    decode_file,
+    jpeg_structure,
+    read_image,
+)
+from augpipe.data.prepare import prepare_data
+from augpipe.errors import DataError
 
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -25,8 +33,12 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 def fake_huge_png(width=60000, height=60000) -> bytes:
     """A valid PNG stream of ~75 bytes whose header claims width x height 1-bit pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def photo(rng, h=48, w=64) -> np.ndarray:
@@ -45,8 +57,12 @@ def jpeg_bytes(img, progressive=False) -> bytes:
 def with_exif_thumbnail(jpeg: bytes, thumbnail: bytes) -> bytes:
     """``jpeg`` with an APP1 EXIF segment holding ``thumbnail`` (IFD1's JPEGInterchangeFormat)."""
     ifd0 = struct.pack(">H", 0) + struct.pack(">I", 14)  # no entries; IFD1 at offset 14
-    ifd1 = struct.pack(">H", 2) + struct.pack(">HHII", 0x0201, 4, 1, 44) + struct.pack(">HHII", 0x0202, 4, 1, len(thumbnail)) \
+    ifd1 = (
+        struct.pack(">H", 2)
+        + struct.pack(">HHII", 0x0201, 4, 1, 44)
+        + struct.pack(">HHII", 0x0202, 4, 1, len(thumbnail))
         + struct.pack(">I", 0)
+    )
     tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + ifd0 + ifd1 + thumbnail
     assert tiff.index(thumbnail) == 44
     payload = b"Exif\x00\x00" + tiff
@@ -73,8 +89,11 @@ def test_max_pixels_is_read_from_the_header_of_each_format(tmp_path, ext):
 
 def test_a_bomb_beyond_pillows_own_error_limit_is_too_large(tmp_path):
     # A BMP header claiming 30000 x 30000: Pillow raises DecompressionBombError for it.
-    header = b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24,
-                                                                        0, 0, 0, 0, 0, 0)
+    header = (
+        b"BM"
+        + struct.pack("<IHHI", 54, 0, 0, 54)
+        + struct.pack("<IiiHHIIiiII", 40, 30000, 30000, 1, 24, 0, 0, 0, 0, 0, 0)
+    )
     (tmp_path / "bomb.bmp").write_bytes(header)
     assert read_image(tmp_path / "bomb.bmp") == (None, TOO_LARGE)
 
@@ -82,6 +101,7 @@ def test_a_bomb_beyond_pillows_own_error_limit_is_too_large(tmp_path):
 def test_any_decoder_exception_makes_the_file_unreadable(tmp_path, monkeypatch):
     path = write_image(tmp_path / "x.png", random_image(np.random.default_rng(0), 8))
     for err in (cv2.error("boom"), MemoryError(), ValueError("bad")):
+
         def fail(*args, err=err):
             raise err
 
@@ -112,8 +132,9 @@ def test_split_and_preview_skip_a_fake_huge_png(tmp_path, cli, make_folder):
     (root / "a" / "bomb.png").write_bytes(fake_huge_png())
     res = cli("split", "ds", "--out", "m.csv")
     assert res.exit_code == 0, res.output
-    assert (f"warning: skipped 1 image(s): 1 larger than --max-pixels ({DEFAULT_MAX_PIXELS:,} pixels), "
-            "first: ds/a/bomb.png") in res.output
+    assert (
+        f"warning: skipped 1 image(s): 1 larger than --max-pixels ({DEFAULT_MAX_PIXELS:,} pixels), first: ds/a/bomb.png"
+    ) in res.output
     assert "a/bomb.png" not in (tmp_path / "m.csv").read_text()
     res = cli("split", "ds", "--out", "small.csv", "--max-pixels", 255)  # a's 16x16 images are 256
     assert res.exit_code == 1 and "Error: class 'a' has no readable images (all 7 were skipped)" in res.output
@@ -133,7 +154,7 @@ def test_jpeg_with_bytes_after_the_end_marker_decodes(tmp_path):
     data = jpeg_bytes(img)
     tail = bytearray(rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes())
     for at in (10, 5000, 50_000):
-        tail[at:at + 2] = b"\xff\xd9"
+        tail[at : at + 2] = b"\xff\xd9"
     tail[-10_000:] = tail[-10_000:].replace(b"\xff", b"\xfe")  # no EOI-like bytes near the end
     (tmp_path / "motion.jpg").write_bytes(data + bytes(tail))
     (tmp_path / "plain.jpg").write_bytes(data)
@@ -147,10 +168,15 @@ def test_truncated_jpeg_is_unreadable_wherever_it_is_cut(tmp_path, progressive):
     assert jpeg_structure(data) == (True, (64, 48))
     (tmp_path / "whole.jpg").write_bytes(data)
     assert decode_file(tmp_path / "whole.jpg").shape == (48, 64, 3)
-    sos = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"]
+    sos = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
     assert len(sos) > (1 if progressive else 0)
-    cuts = {"in the header": 30, "just after SOS": sos[0] + 14, "mid-scan": (sos[0] + len(data)) // 2,
-            "just before EOI": len(data) - 2, "inside EOI": len(data) - 1}
+    cuts = {
+        "in the header": 30,
+        "just after SOS": sos[0] + 14,
+        "mid-scan": (sos[0] + len(data)) // 2,
+        "just before EOI": len(data) - 2,
+        "inside EOI": len(data) - 1,
+    }
     if progressive:
         cuts["in the last scan"] = (sos[-1] + len(data)) // 2
         cuts["before the last scan"] = sos[-1]

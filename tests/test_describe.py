@@ -1,6 +1,7 @@
 """``describe_spec`` and ``augpipe preview --describe``: every op in running order with every
 parameter, the policy tables where augpipe.augment.policies has them, the YAML that reproduces
 the spec, and no picture drawn."""
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,17 @@ EVERY_OP = {
     "cutmix": {"alpha": 0.8, "p": 0.55},
     "normalize": {"mean": [0.51, 0.41, 0.31], "std": [0.21, 0.26, 0.29]},
 }
-RUNNING_ORDER = ["crop", "translate", "hflip", "color_jitter", "rand_augment", "GaussianBlur", "erase",
-                 "mixup", "cutmix"]
+RUNNING_ORDER = [
+    "crop",
+    "translate",
+    "hflip",
+    "color_jitter",
+    "rand_augment",
+    "GaussianBlur",
+    "erase",
+    "mixup",
+    "cutmix",
+]
 
 
 def shown(v) -> str:
@@ -72,8 +82,9 @@ def test_every_op_and_every_parameter_is_described_in_running_order(no_policies)
 
 
 def test_defaults_are_filled_in():
-    words, _ = split_text(describe_spec(AugmentSpec.from_dict({"trivial_augment": True, "auto_augment": "svhn",
-                                                                "erase": {"p": 0.5}})))
+    words, _ = split_text(
+        describe_spec(AugmentSpec.from_dict({"trivial_augment": True, "auto_augment": "svhn", "erase": {"p": 0.5}}))
+    )
     assert "num_magnitude_bins=31" in words and "policy=svhn" in words
     assert "scale=[0.02, 0.2], ratio=[0.3, 3.3], fill=0, p=0.5" in words
     assert "none: every image trains with its own label" in words
@@ -84,11 +95,12 @@ def test_a_policy_shows_the_op_table_of_the_policies_module(monkeypatch):
 
     def policy_table(name, op=None):
         calls.append((name, op.n))
-        return [{"op": "Rotate", "albumentations": "A.Rotate", "magnitude": "±30°", "signed": True},
-                {"op": "Posterize", "albumentations": "posterize", "magnitude": "4..8 bits", "signed": False}]
+        return [
+            {"op": "Rotate", "albumentations": "A.Rotate", "magnitude": "±30°", "signed": True},
+            {"op": "Posterize", "albumentations": "posterize", "magnitude": "4..8 bits", "signed": False},
+        ]
 
-    monkeypatch.setitem(sys.modules, "augpipe.augment.policies",
-                        types.SimpleNamespace(policy_table=policy_table))
+    monkeypatch.setitem(sys.modules, "augpipe.augment.policies", types.SimpleNamespace(policy_table=policy_table))
     words, _ = split_text(describe_spec(AugmentSpec.from_dict({"rand_augment": {"n": 3, "m": 5}})))
     assert calls == [("rand_augment", 3)]
     lines = words.splitlines()
@@ -116,8 +128,12 @@ def test_every_preset_describes_itself(preset):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.sampled_from(["crop", "translate", "hflip", "color_jitter", "trivial_augment", "erase",
-                                 "mixup", "cutmix"]), unique=True))
+@given(
+    st.lists(
+        st.sampled_from(["crop", "translate", "hflip", "color_jitter", "trivial_augment", "erase", "mixup", "cutmix"]),
+        unique=True,
+    )
+)
 def test_any_combination_of_ops_is_described(ops):
     aug = {op: True for op in ops}
     if "mixup" in ops and "cutmix" in ops:

@@ -1,6 +1,7 @@
 """Training in several processes with torch.distributed (gloo on the CPU): launched by
 ``--devices N`` and by torchrun, one run directory, the same training as one process with the
 same global batch, checkpoints that a single process loads, and ranks that die."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import colour_classes, error_line
+
 from augpipe.training.callbacks import read_metrics
 from augpipe.training.run import evaluate as run_evaluate
 from augpipe.training.run import train as run_train
@@ -25,8 +26,22 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # An MLP without batch norm or dropout, no augmentation: 2 processes of batch 8 average their
 # gradients into exactly the gradient of one process with batch 16 over the same 16 images.
 # Processes on the CPU (gloo), also where there is a GPU: what is compared is exact there.
-EXACT = dict(plugin="mlp", model="mlp_small", aug="none", optimizer="sgd", lr=0.05, scheduler="none",
-             weight_decay=0.0, epochs=3, workers=0, threads=1, seed=3, val=0.25, test=0.25, device="cpu")
+EXACT = dict(
+    plugin="mlp",
+    model="mlp_small",
+    aug="none",
+    optimizer="sgd",
+    lr=0.05,
+    scheduler="none",
+    weight_decay=0.0,
+    epochs=3,
+    workers=0,
+    threads=1,
+    seed=3,
+    val=0.25,
+    test=0.25,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +57,9 @@ def runs(colour_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     one = run_train(data=str(colour_data), out=str(out / "one"), name="r", batch_size=16, progress=False, **EXACT)
     start = time.perf_counter()
-    two = run_train(data=str(colour_data), out=str(out / "two"), name="r", batch_size=8, devices=2, progress=False,
-                    **EXACT)
+    two = run_train(
+        data=str(colour_data), out=str(out / "two"), name="r", batch_size=8, devices=2, progress=False, **EXACT
+    )
     return one, two, time.perf_counter() - start
 
 
@@ -103,9 +119,24 @@ def test_torchrun_launches_the_cli(colour_data, tmp_path):
     """torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR ...) is all augpipe needs."""
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "runs"
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "augpipe", "train", "--data", str(colour_data),
-           "--out", str(out), "--name", "tr", "--batch-size", "8",
-           *[f"--{k.replace('_', '-')}={v}" for k, v in EXACT.items()]]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "augpipe",
+        "train",
+        "--data",
+        str(colour_data),
+        "--out",
+        str(out),
+        "--name",
+        "tr",
+        "--batch-size",
+        "8",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in EXACT.items()],
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test accuracy:") == 1  # rank 0 alone reports
@@ -124,7 +155,7 @@ def test_more_devices_than_the_machine_has_is_one_error_line(cli, tmp_path, colo
 
 # A callback, installed as a third-party package would be, that kills the rank named in the
 # environment at the end of its first epoch, as an out-of-memory kill would.
-KILLER = '''
+KILLER = """
 import os, signal
 from augpipe.hookspecs import hookimpl
 from augpipe.training.callbacks import Callback
@@ -137,7 +168,7 @@ class KillRank(Callback):
 @hookimpl
 def augpipe_register_callbacks(register):
     register("kill_rank", lambda run_dir, config: KillRank())
-'''
+"""
 
 
 def test_a_rank_that_dies_stops_the_others_and_is_named(plugin_package, colour_data, tmp_path, monkeypatch):
@@ -149,8 +180,17 @@ def test_a_rank_that_dies_stops_the_others_and_is_named(plugin_package, colour_d
 
     # The launcher ends the other rank at once; the collective timeout only bounds the test.
     with pytest.raises(DistributedError, match=r"^rank 0 was killed by SIGKILL; the other ranks were stopped"):
-        run_train(data=str(colour_data), out=str(tmp_path / "runs"), name="k", batch_size=8, devices=2,
-                  callbacks=["kill_rank"], progress=False, dist_timeout=120, **EXACT)
+        run_train(
+            data=str(colour_data),
+            out=str(tmp_path / "runs"),
+            name="k",
+            batch_size=8,
+            devices=2,
+            callbacks=["kill_rank"],
+            progress=False,
+            dist_timeout=120,
+            **EXACT,
+        )
     # What rank 0 saved before it died resumes in one process.
     run_dir = tmp_path / "runs" / "k"
     assert (run_dir / "last.pt").is_file() and not (run_dir / "summary.json").exists()
@@ -159,7 +199,7 @@ def test_a_rank_that_dies_stops_the_others_and_is_named(plugin_package, colour_d
     assert len(read_metrics(run_dir / "metrics.csv")) == 3
 
 
-RANK_SCRIPT = '''
+RANK_SCRIPT = """
 import os, sys
 from augpipe.training.run import train
 from augpipe.errors import AugpipeError
@@ -169,7 +209,7 @@ try:
 except AugpipeError as err:
     print("augpipe error:", err, flush=True)
     sys.exit(1)
-'''
+"""
 
 
 def test_a_rank_left_alone_gives_up_with_a_clear_message(colour_data, tmp_path):
@@ -184,10 +224,24 @@ def test_a_rank_left_alone_gives_up_with_a_clear_message(colour_data, tmp_path):
     script.write_text(RANK_SCRIPT.replace("{EXACT}", repr(EXACT)))
     procs = []
     for rank in (0, 1):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, str(script), str(colour_data), str(tmp_path / "runs")],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(colour_data), str(tmp_path / "runs")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     run_dir = tmp_path / "runs" / "m"
     deadline = time.time() + 120
     while not (run_dir / "last.pt").exists() and time.time() < deadline:

@@ -3,6 +3,7 @@ of its own, and used by augpipe in fresh processes (entry points are read from i
 metadata, so nothing short of a real install tests the packaging). Beside it, a wheel whose plugin
 module fails to import, which must not take augpipe down. No network: the builds use the
 setuptools of this environment and install from the wheel files only."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "augpipe-example-plugin"
 
-BROKEN_PYPROJECT = '''
+BROKEN_PYPROJECT = """
 [build-system]
 requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
@@ -31,7 +32,7 @@ broken = "augpipe_broken_plugin"
 
 [tool.setuptools]
 packages = ["augpipe_broken_plugin"]
-'''
+"""
 
 # the data flags of a one-epoch run on the tiny folder
 RUN = ["--epochs", "1", "--workers", "0", "--threads", "1", "--batch-size", "8", "--seed", "0"]
@@ -42,8 +43,9 @@ def run(*args, path: Path | None = None, cwd: Path, timeout: int = 180) -> subpr
     env.pop("PYTHONPATH", None)
     if path is not None:
         env["PYTHONPATH"] = str(path)
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     return result
 
 
@@ -58,16 +60,32 @@ def installed(tmp_path_factory):
     and installed into one target folder, as pip leaves them in site-packages; yields it."""
     work = tmp_path_factory.mktemp("wheels")
     example = work / "src" / "example"
-    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__",
-                                                                        ".pytest_cache"))
+    shutil.copytree(
+        EXAMPLE, example, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache")
+    )
     broken = work / "src" / "broken"
     (broken / "augpipe_broken_plugin").mkdir(parents=True)
     (broken / "pyproject.toml").write_text(BROKEN_PYPROJECT)
     (broken / "augpipe_broken_plugin" / "__init__.py").write_text(
-        "import augpipe_dependency_that_is_not_installed  # what a missing optional dependency looks like\n")
+        "import augpipe_dependency_that_is_not_installed  # what a missing optional dependency looks like\n"
+    )
     wheels = work / "wheels"
-    ok(run("-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", wheels,
-           example, broken, cwd=work))
+    ok(
+        run(
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            wheels,
+            example,
+            broken,
+            cwd=work,
+        )
+    )
     found = sorted(wheels.glob("*.whl"))
     assert [w.name.split("-")[0] for w in found] == ["augpipe_broken_plugin", "augpipe_example_plugin"], found
     site = work / "site"
@@ -89,13 +107,19 @@ def test_plugins_lists_the_wheels_plugin_and_reports_the_broken_one(installed, t
 
     listing = ok(run("-m", "augpipe", "plugins", path=installed, cwd=tmp_path)).splitlines()
     assert "example  (augpipe-example-plugin 0.1.0)" in listing
-    assert any(line.startswith("    trainer example: a small VGG-style conv net for any image size; models: "
-                               "example_tiny, example (default example)") for line in listing), listing
+    assert any(
+        line.startswith(
+            "    trainer example: a small VGG-style conv net for any image size; models: "
+            "example_tiny, example (default example)"
+        )
+        for line in listing
+    ), listing
     assert "    augmentations: RandomDesaturate" in listing
     # the broken wheel: listed with the reason, and nothing else is missing
     assert "broken  (augpipe-broken-plugin 0.2.0)" in listing
-    assert ("    failed to load: ModuleNotFoundError: No module named "
-            "'augpipe_dependency_that_is_not_installed'") in listing
+    assert (
+        "    failed to load: ModuleNotFoundError: No module named 'augpipe_dependency_that_is_not_installed'"
+    ) in listing
     assert sum(line.startswith("    failed to load") for line in listing) == 1, listing
     assert any(line.startswith("cnn  (augpipe ") for line in listing), listing
 
@@ -103,9 +127,30 @@ def test_plugins_lists_the_wheels_plugin_and_reports_the_broken_one(installed, t
 def test_the_wheels_trainer_and_a_builtin_train_beside_the_broken_plugin(installed, tiny_folder, tmp_path):
     spec = tmp_path / "aug.yaml"
     spec.write_text("hflip: {p: 0.5}\nextra: [{name: RandomDesaturate, amount: [0.3, 0.9], p: 1.0}]\n")
-    out = ok(run("-m", "augpipe", "train", "--plugin", "example", "--model", "example_tiny", "--data", tiny_folder,
-                 "--aug", spec, "--aug-device", "cpu", "--out", tmp_path / "runs", "--name", "ex", *RUN,
-                 path=installed, cwd=tmp_path))
+    out = ok(
+        run(
+            "-m",
+            "augpipe",
+            "train",
+            "--plugin",
+            "example",
+            "--model",
+            "example_tiny",
+            "--data",
+            tiny_folder,
+            "--aug",
+            spec,
+            "--aug-device",
+            "cpu",
+            "--out",
+            tmp_path / "runs",
+            "--name",
+            "ex",
+            *RUN,
+            path=installed,
+            cwd=tmp_path,
+        )
+    )
     run_dir = tmp_path / "runs" / "ex"
     assert str(run_dir) in out and "Traceback" not in out
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -114,9 +159,28 @@ def test_the_wheels_trainer_and_a_builtin_train_beside_the_broken_plugin(install
     assert "augpipe_example_plugin.transforms.RandomDesaturate" in (run_dir / "augment.yaml").read_text()
     assert (run_dir / "best.pt").is_file() and (run_dir / "metrics.csv").is_file()
 
-    out = ok(run("-m", "augpipe", "train", "--plugin", "cnn", "--model", "cnn_small", "--data", tiny_folder,
-                 "--aug", "none", "--out", tmp_path / "runs", "--name", "cnn", *RUN, path=installed,
-                 cwd=tmp_path))
+    out = ok(
+        run(
+            "-m",
+            "augpipe",
+            "train",
+            "--plugin",
+            "cnn",
+            "--model",
+            "cnn_small",
+            "--data",
+            tiny_folder,
+            "--aug",
+            "none",
+            "--out",
+            tmp_path / "runs",
+            "--name",
+            "cnn",
+            *RUN,
+            path=installed,
+            cwd=tmp_path,
+        )
+    )
     assert "Traceback" not in out
     summary = json.loads((tmp_path / "runs" / "cnn" / "summary.json").read_text())
     assert (summary["plugin"], summary["epochs_run"]) == ("cnn", 1)
@@ -124,7 +188,17 @@ def test_the_wheels_trainer_and_a_builtin_train_beside_the_broken_plugin(install
 
 def test_the_examples_own_tests_pass_against_the_installed_wheel(installed, tmp_path):
     # Run from tmp_path: the example folder is not on sys.path, so the tests import the wheel.
-    result = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", EXAMPLE / "tests", path=installed,
-                 cwd=tmp_path, timeout=300)
+    result = run(
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+        EXAMPLE / "tests",
+        path=installed,
+        cwd=tmp_path,
+        timeout=300,
+    )
     out = ok(result)
     assert " passed" in out and "skipped" not in out and "failed" not in out, out

@@ -1,4 +1,5 @@
 """The fastcifar trainer: airbench94's network and its patch-whitening first layer."""
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(num_classes=10, activation="gelu", dropout=0.0, seed=0):
     torch.manual_seed(seed)
-    return build_fastcifar(model="airbench", num_classes=num_classes, image_size=32, activation=activation,
-                           dropout=dropout)
+    return build_fastcifar(
+        model="airbench", num_classes=num_classes, image_size=32, activation=activation, dropout=dropout
+    )
 
 
 @pytest.fixture
@@ -49,6 +51,7 @@ def second_moment(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # -- the network ---------------------------------------------------------------------------------
+
 
 def test_parameter_count_matches_airbench94():
     net = build(10)
@@ -83,8 +86,10 @@ def test_batch_norm_and_output_scale_as_in_airbench():
     net = build(10)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == 6
-    assert all(m.momentum == pytest.approx(0.4) and m.eps == 1e-12 and not m.weight.requires_grad
-               and m.bias.requires_grad for m in norms)
+    assert all(
+        m.momentum == pytest.approx(0.4) and m.eps == 1e-12 and not m.weight.requires_grad and m.bias.requires_grad
+        for m in norms
+    )
     net.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -119,6 +124,7 @@ def test_registered_as_a_built_in_entry_point():
 
 # -- patch whitening -----------------------------------------------------------------------------
 
+
 def test_whitened_patches_have_identity_covariance():
     x = smooth_images()
     raw = second_moment(x, torch.eye(12).view(12, 3, 2, 2))
@@ -127,8 +133,9 @@ def test_whitened_patches_have_identity_covariance():
     assert w.shape == (24, 3, 2, 2) and w.dtype == torch.float32
     eye = torch.eye(12, dtype=torch.float64)
     # The filters and their negatives: [[I, -I], [-I, I]].
-    torch.testing.assert_close(second_moment(x, w), torch.cat([torch.cat([eye, -eye], 1), torch.cat([-eye, eye], 1)]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        second_moment(x, w), torch.cat([torch.cat([eye, -eye], 1), torch.cat([-eye, eye], 1)]), atol=1e-4, rtol=0
+    )
 
 
 def test_eps_shrinks_each_direction_by_its_eigenvalue():
@@ -176,10 +183,13 @@ def test_init_from_data_whitens_the_normalised_training_images():
     from augpipe.data.loader import BatchNormalizer
 
     x = BatchNormalizer(mean, std)(images)
-    torch.testing.assert_close(net.whiten.weight, patch_whitening_weights(x).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(
+        net.whiten.weight, patch_whitening_weights(x).contiguous(memory_format=torch.channels_last)
+    )
     eigenvalues = torch.linalg.eigvalsh(second_moment(x, torch.eye(12).view(12, 3, 2, 2))).flip(0)
-    torch.testing.assert_close(second_moment(x, net.whiten.weight[:12]),
-                               torch.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        second_moment(x, net.whiten.weight[:12]), torch.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-4, rtol=0
+    )
     with pytest.raises(ValueError, match="uint8"):
         net.init_from_data(x, mean, std)
 
@@ -187,14 +197,26 @@ def test_init_from_data_whitens_the_normalised_training_images():
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_training_run_fits_the_first_layer_to_its_training_images(tmp_path):
     import numpy as np
-
     from conftest import colour_classes
+
     from augpipe.data.prepare import prepare_data
     from augpipe.training.run import train
 
     data = colour_classes(tmp_path / "data", per_class=10, size=32)
-    result = train(data=str(data), plugin="fastcifar", epochs=1, batch_size=8, workers=0, threads=1,
-                   progress=False, out=str(tmp_path / "runs"), name="w", aug="none", val=0.2, test=0.2)
+    result = train(
+        data=str(data),
+        plugin="fastcifar",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name="w",
+        aug="none",
+        val=0.2,
+        test=0.2,
+    )
     state = torch.load(result.run_dir / "last.pt", map_location="cpu", weights_only=True)
     # The filters of the training images the run used (its own split), normalised as it normalised them.
     prepared = prepare_data(data, split_file=result.run_dir / "split.csv")
@@ -202,8 +224,9 @@ def test_a_training_run_fits_the_first_layer_to_its_training_images(tmp_path):
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1) * 255
     std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1) * 255
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
-    torch.testing.assert_close(state["model"]["whiten.weight"].float(), patch_whitening_weights(x),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        state["model"]["whiten.weight"].float(), patch_whitening_weights(x), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_whitening_bias_trains_for_three_epochs_then_stays():
@@ -218,7 +241,7 @@ def test_whitening_bias_trains_for_three_epochs_then_stays():
         opt.step()
         biases.append(model.whiten.bias.detach().clone())
     assert model.whiten.bias.grad is None
-    assert not torch.equal(biases[1], biases[2])      # epoch 3 still moves it
+    assert not torch.equal(biases[1], biases[2])  # epoch 3 still moves it
     assert torch.equal(biases[2], biases[3]) and torch.equal(biases[3], biases[4])  # 4 and 5 do not, momentum neither
     assert not torch.equal(model.groups[0].conv1.weight, build().groups[0].conv1.weight)  # the rest trains on
 
@@ -240,11 +263,24 @@ def test_the_cifar_recipes_resolve(name):
 @pytest.mark.usefixtures("one_torch_thread")
 def test_the_cifar10_94_recipe_trains_with_fast_norm_shifts(tmp_path):
     from conftest import colour_classes
+
     from augpipe.training.run import train
 
     data = colour_classes(tmp_path / "data", per_class=10, size=32)
-    result = train(recipe="cifar10-94", data=str(data), epochs=1, batch_size=8, workers=0, threads=1,
-                   precision="fp32", progress=False, out=str(tmp_path / "runs"), name="r", val=0.2, test=0.2)
+    result = train(
+        recipe="cifar10-94",
+        data=str(data),
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        precision="fp32",
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name="r",
+        val=0.2,
+        test=0.2,
+    )
     state = torch.load(result.run_dir / "last.pt", map_location="cpu", weights_only=True)
     groups = state["optimizer"]["param_groups"]
     peaks = sorted({g["initial_lr"] for g in groups})

@@ -1,5 +1,6 @@
 """The model decides the input size (as timm's models do), and the first epoch says how long it
 will take."""
+
 import logging
 
 import pytest
@@ -12,8 +13,17 @@ def _train(tmp_path, data, caplog, **flags):
     import augpipe
 
     caplog.set_level(logging.INFO, logger="augpipe")
-    settings = dict(data=str(data), epochs=1, val=0.2, test=0.2, out=str(tmp_path / "runs"), threads=1,
-                    workers=0, aug="light", batch_size=4)
+    settings = dict(
+        data=str(data),
+        epochs=1,
+        val=0.2,
+        test=0.2,
+        out=str(tmp_path / "runs"),
+        threads=1,
+        workers=0,
+        aug="light",
+        batch_size=4,
+    )
     settings.update(flags)
     return augpipe.train(**settings)
 
@@ -38,8 +48,9 @@ def test_image_size_flag_and_spec_size_come_first(tmp_path, make_folder, caplog)
     assert result.summary["image_size"] == 40
     assert "--image-size" in _size_line(caplog)
     caplog.clear()
-    result = _train(tmp_path, data, caplog, plugin="cnn", model="cnn_small", name="spec",
-                    aug={"size": 24, "hflip": {"p": 0.5}})
+    result = _train(
+        tmp_path, data, caplog, plugin="cnn", model="cnn_small", name="spec", aug={"size": 24, "hflip": {"p": 0.5}}
+    )
     assert result.summary["image_size"] == 24
     assert "the augmentation spec's size" in _size_line(caplog)
 
@@ -52,10 +63,18 @@ def test_a_trainer_that_names_no_size_trains_at_the_datas_size(tmp_path, make_fo
     assert "the data's own size" in _size_line(caplog)
 
 
-@pytest.mark.parametrize("plugin, model, size", [
-    ("cnn", "cnn", 32), ("mlp", "mlp", 32), ("squeezenet", "squeezenet1_1", 32), ("resnet", "resnet20", 32),
-    ("resnet", "resnet10t", 176), ("resnet", "resnet18", 224), ("timm", "test_vit", 160),
-])
+@pytest.mark.parametrize(
+    "plugin, model, size",
+    [
+        ("cnn", "cnn", 32),
+        ("mlp", "mlp", 32),
+        ("squeezenet", "squeezenet1_1", 32),
+        ("resnet", "resnet20", 32),
+        ("resnet", "resnet10t", 176),
+        ("resnet", "resnet18", 224),
+        ("timm", "test_vit", 160),
+    ],
+)
 def test_built_in_trainers_name_their_models_sizes(plugin, model, size):
     from augpipe.plugin_manager import get_plugins
 

@@ -1,5 +1,6 @@
 """The image index (augpipe/data/index.py) and the lazily filled shared cache (images.py): a
 second open decodes nothing, changes are seen, a broken index never stops a command."""
+
 from __future__ import annotations
 
 import logging
@@ -13,11 +14,11 @@ import pytest
 from conftest import random_image, write_image
 
 from augpipe.data import images as images_module
+from augpipe.data.datasets import open_dataset
 from augpipe.data.images import ImageStore, decode_file, pixel_digest
 from augpipe.data.index import INDEX_NAME, clear_index, index_info
 from augpipe.data.loader import AugmentedImages, EpochLoader
 from augpipe.data.prepare import decode_data
-from augpipe.data.datasets import open_dataset
 
 
 @pytest.fixture
@@ -62,8 +63,7 @@ def test_a_second_open_decodes_nothing(tmp_path, make_folder, decodes):
     assert again.shapes_equal and again.native_size() == (12, 12) and again.cached and again.cached_count == 9
 
 
-def test_a_changed_file_is_decoded_again_a_removed_one_is_gone_an_added_one_is_decoded(
-        tmp_path, make_folder, decodes):
+def test_a_changed_file_is_decoded_again_a_removed_one_is_gone_an_added_one_is_decoded(tmp_path, make_folder, decodes):
     root = make_folder(tmp_path / "ds", {"a": 4, "b": 4}, size=8)
     build(root)
     rng = np.random.default_rng(9)
@@ -209,8 +209,13 @@ def test_a_forked_scan_after_opencv_used_its_threads_does_not_hang(tmp_path, mak
     import subprocess
 
     root = make_folder(tmp_path / "ds", {"a": 20, "b": 20}, size=6)
-    done = subprocess.run([sys.executable, "-c", _SCAN_AFTER_OPENCV_THREADS, str(root)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCAN_AFTER_OPENCV_THREADS, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["40"]
 
@@ -269,8 +274,9 @@ def test_the_index_is_not_used_for_array_sources(tmp_path, make_cifar10):
 
 
 def test_cache_info_and_clear(tmp_path, make_folder, private_image_index):
-    from augpipe.cli.cache_commands import cache
     from click.testing import CliRunner
+
+    from augpipe.cli.cache_commands import cache
 
     root = make_folder(tmp_path / "ds", {"a": 3, "b": 4}, size=8)
     runner = CliRunner()

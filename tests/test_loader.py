@@ -1,4 +1,5 @@
 """The loader: uint8 NCHW batches, ceil(N / batch) per epoch, reshuffled, reproducible."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,7 @@ import torch
 from augpipe.augment.cpu import build_train_transform
 from augpipe.augment.spec import AugmentSpec
 from augpipe.data.images import ImageStore
-from augpipe.data.loader import (AugmentedImages, BatchNormalizer, EpochLoader, collate_uint8,
-                                 iterations_per_epoch)
+from augpipe.data.loader import AugmentedImages, BatchNormalizer, EpochLoader, collate_uint8, iterations_per_epoch
 from augpipe.data.prepare import prepare_data
 from augpipe.errors import ConfigError
 
@@ -124,8 +124,9 @@ def test_batch_normalizer_matches_the_formula(channels_last):
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 3, 5, 4), dtype=np.uint8))
     out = BatchNormalizer(mean, std, channels_last=channels_last)(x)
-    expected = (x.double() / 255 - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) \
-        / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    expected = (x.double() / 255 - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        std, dtype=torch.float64
+    ).view(1, 3, 1, 1)
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert torch.allclose(out.double(), expected, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

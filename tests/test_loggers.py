@@ -1,5 +1,6 @@
 """Experiment loggers: a short fake run is logged, then read back with TensorBoard's own reader
 (and its HParams plugin's backend, what the HParams view shows) and MLflow's client."""
+
 from __future__ import annotations
 
 import json
@@ -25,21 +26,41 @@ def _step_values(step: int, lr: float) -> dict:
 
 def _epoch_metrics(epoch: int) -> dict:
     # As loop.fit makes them; epoch 1's images/s is NaN (no step timed) and must be skipped.
-    return {"epoch": epoch, "train_loss": 1.5 / epoch, "train_acc": 0.3 * epoch, "val_loss": 1.4 / epoch,
-            "val_acc": 0.25 * epoch, "lr": 0.1 / epoch, "seconds": 2.0 + epoch,
-            "images_per_s": float("nan") if epoch == 1 else 250.0}
+    return {
+        "epoch": epoch,
+        "train_loss": 1.5 / epoch,
+        "train_acc": 0.3 * epoch,
+        "val_loss": 1.4 / epoch,
+        "val_acc": 0.25 * epoch,
+        "lr": 0.1 / epoch,
+        "seconds": 2.0 + epoch,
+        "images_per_s": float("nan") if epoch == 1 else 250.0,
+    }
 
 
 def _image(h=20, w=30, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def fake_run(logger, *, lr=0.1, seed=0, status="FINISHED", steps=range(1, STEPS_PER_EPOCH * EPOCHS + 1),
-             epochs=range(1, EPOCHS + 1), start=True, finish=True, close=True, test_acc=None):
+def fake_run(
+    logger,
+    *,
+    lr=0.1,
+    seed=0,
+    status="FINISHED",
+    steps=range(1, STEPS_PER_EPOCH * EPOCHS + 1),
+    epochs=range(1, EPOCHS + 1),
+    start=True,
+    finish=True,
+    close=True,
+    test_acc=None,
+):
     """start, one log_step per step, on_epoch_end at each epoch's last step, two images, finish."""
     if start:
-        logger.start({"plugin": "cnn", "lr": lr, "seed": seed, "aug": {"size": 32}, "milestones": [0.5]},
-                     {"plugin": "cnn", "lr": lr, "seed": seed, "pretrained": False, "patience": None})
+        logger.start(
+            {"plugin": "cnn", "lr": lr, "seed": seed, "aug": {"size": 32}, "milestones": [0.5]},
+            {"plugin": "cnn", "lr": lr, "seed": seed, "pretrained": False, "patience": None},
+        )
     for step in steps:
         logger.log_step(step, _step_values(step, lr))
         if step % STEPS_PER_EPOCH == 0 and step // STEPS_PER_EPOCH in epochs:
@@ -47,8 +68,16 @@ def fake_run(logger, *, lr=0.1, seed=0, status="FINISHED", steps=range(1, STEPS_
     if finish:
         logger.log_image("preview", _image(20, 30, seed))
         logger.log_image("confusion", _image(12, 16, seed + 1), step=2)
-        logger.finish({"test_acc": test_acc if test_acc is not None else 0.5 + lr, "test_loss": 0.7,
-                       "best_value": 0.7, "failed": False, "stop_reason": "completed"}, status)
+        logger.finish(
+            {
+                "test_acc": test_acc if test_acc is not None else 0.5 + lr,
+                "test_loss": 0.7,
+                "best_value": 0.7,
+                "failed": False,
+                "stop_reason": "completed",
+            },
+            status,
+        )
     if close:
         logger.close()
 
@@ -84,11 +113,32 @@ def test_check_loggers_normalises_names():
 
 def test_values_kept_and_skipped():
     torch = pytest.importorskip("torch")
-    got = L.finite_scalars({"a": 1, "b": np.float32(0.5), "c": torch.tensor(2.0), "nan": float("nan"),
-                            "inf": float("inf"), "flag": True, "none": None, "text": "x", "vec": [1.0]})
+    got = L.finite_scalars(
+        {
+            "a": 1,
+            "b": np.float32(0.5),
+            "c": torch.tensor(2.0),
+            "nan": float("nan"),
+            "inf": float("inf"),
+            "flag": True,
+            "none": None,
+            "text": "x",
+            "vec": [1.0],
+        }
+    )
     assert got == {"a": 1.0, "b": 0.5, "c": 2.0}
-    hp = L.hparams_from_config({"plugin": "cnn", "lr": 0.1, "aug": {"size": 32}, "out": "runs", "seed": 3,
-                                "patience": None, "milestones": [0.5], "pretrained": False})
+    hp = L.hparams_from_config(
+        {
+            "plugin": "cnn",
+            "lr": 0.1,
+            "aug": {"size": 32},
+            "out": "runs",
+            "seed": 3,
+            "patience": None,
+            "milestones": [0.5],
+            "pretrained": False,
+        }
+    )
     assert hp == {"plugin": "cnn", "lr": 0.1, "aug": "custom", "seed": 3, "pretrained": False}
 
 
@@ -124,16 +174,29 @@ def hparams_view(logdir):
     mux = plugin_event_multiplexer.EventMultiplexer()
     mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
-    tb = base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
-                               data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)))
+    tb = base_plugin.TBContext(
+        logdir=str(logdir), multiplexer=mux, data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir))
+    )
     ctx = backend_context.Context(tb)
     request = context.RequestContext()
     experiment = get_experiment.Handler(request, ctx, "", api_pb2.GetExperimentRequest(include_metrics=True)).run()
-    groups = list_session_groups.Handler(request, ctx, "", api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=100, allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS,
-                                                          api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING],
-        col_params=[api_pb2.ColParams(hparam=h.name) for h in experiment.hparam_infos]
-        + [api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos])).run()
+    groups = list_session_groups.Handler(
+        request,
+        ctx,
+        "",
+        api_pb2.ListSessionGroupsRequest(
+            start_index=0,
+            slice_size=100,
+            allowed_statuses=[
+                api_pb2.STATUS_UNKNOWN,
+                api_pb2.STATUS_SUCCESS,
+                api_pb2.STATUS_FAILURE,
+                api_pb2.STATUS_RUNNING,
+            ],
+            col_params=[api_pb2.ColParams(hparam=h.name) for h in experiment.hparam_infos]
+            + [api_pb2.ColParams(metric=m.name) for m in experiment.metric_infos],
+        ),
+    ).run()
     rows = {}
     for group in groups.session_groups:
         hp = {k: (v.WhichOneof("kind"), getattr(v, v.WhichOneof("kind"))) for k, v in group.hparams.items()}
@@ -154,9 +217,20 @@ def test_tensorboard_fake_run_reads_back(tmp_path):
     acc = _accumulator(run_dir)
     tags = acc.Tags()
     assert set(tags["scalars"]) == {
-        "iteration/loss", "iteration/lr", "iteration/images_per_s",
-        "epoch/train_loss", "epoch/train_acc", "epoch/val_loss", "epoch/val_acc", "epoch/lr", "epoch/seconds",
-        "epoch/images_per_s", "final/test_acc", "final/test_loss", "final/best_value"}
+        "iteration/loss",
+        "iteration/lr",
+        "iteration/images_per_s",
+        "epoch/train_loss",
+        "epoch/train_acc",
+        "epoch/val_loss",
+        "epoch/val_acc",
+        "epoch/lr",
+        "epoch/seconds",
+        "epoch/images_per_s",
+        "final/test_acc",
+        "final/test_loss",
+        "final/best_value",
+    }
     steps = range(1, 11)
     assert _scalars(acc, "iteration/loss") == [(s, pytest.approx(2.0 / s, rel=1e-6)) for s in steps]
     assert _scalars(acc, "iteration/lr") == [(s, pytest.approx(0.1 * (1 - s / 20), rel=1e-6)) for s in steps]
@@ -179,8 +253,12 @@ def test_tensorboard_fake_run_reads_back(tmp_path):
     assert {h.name for h in experiment.hparam_infos} == {"plugin", "lr", "seed", "pretrained"}  # None left out
     assert {m.name.tag for m in experiment.metric_infos} >= {"final/test_acc", "final/test_loss", "epoch/val_acc"}
     (row,) = rows.values()
-    assert row["hparams"] == {"plugin": ("string_value", "cnn"), "lr": ("number_value", 0.1),
-                              "seed": ("number_value", 0.0), "pretrained": ("string_value", "False")}
+    assert row["hparams"] == {
+        "plugin": ("string_value", "cnn"),
+        "lr": ("number_value", 0.1),
+        "seed": ("number_value", 0.0),
+        "pretrained": ("string_value", "False"),
+    }
     assert row["metrics"]["final/test_acc"] == pytest.approx(0.6)
     assert row["metrics"]["epoch/val_acc"] == pytest.approx(0.5)
     assert row["status"] == [api_pb2.STATUS_SUCCESS]
@@ -365,8 +443,9 @@ def test_three_runs_one_tensorboard_directory_one_mlflow_experiment(tmp_path, ml
     pytest.importorskip("tensorboard")
     lrs = {"lr=0.1": 0.1, "lr=0.01": 0.01, "lr=0.001": 0.001}
     for run_name, lr in lrs.items():
-        for logger in L.make_loggers(["tensorboard", "mlflow"], root=tmp_path, run_name=run_name,
-                                     experiment="lr-sweep"):
+        for logger in L.make_loggers(
+            ["tensorboard", "mlflow"], root=tmp_path, run_name=run_name, experiment="lr-sweep"
+        ):
             fake_run(logger, lr=lr, test_acc=lr * 5)
     assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == sorted(lrs)
     experiment, rows = hparams_view(tmp_path / "tensorboard")
@@ -379,8 +458,9 @@ def test_three_runs_one_tensorboard_directory_one_mlflow_experiment(tmp_path, ml
     experiment = client.get_experiment_by_name("lr-sweep")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(lrs)
-    assert {r.data.params["lr"]: r.data.metrics["final/test_acc"] for r in runs} == \
-        {str(lr): pytest.approx(lr * 5) for lr in lrs.values()}
+    assert {r.data.params["lr"]: r.data.metrics["final/test_acc"] for r in runs} == {
+        str(lr): pytest.approx(lr * 5) for lr in lrs.values()
+    }
     assert client.get_experiment_by_name("augpipe") is None
 
 
@@ -416,13 +496,36 @@ def test_mlflow_sends_nothing_and_leaves_home_alone(tmp_path):
     pytest.importorskip("mlflow")
     home = tmp_path / "home"
     home.mkdir()
-    ci_vars = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE", "TF_BUILD",
-               "CIRCLECI", "TRAVIS", "TEAMCITY_VERSION", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN"}
-    env = {k: v for k, v in os.environ.items() if k not in ci_vars and not k.startswith("MLFLOW_")
-           and k not in ("DO_NOT_TRACK", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    ci_vars = {
+        "PYTEST_CURRENT_TEST",
+        "CI",
+        "GITHUB_ACTIONS",
+        "GITLAB_CI",
+        "JENKINS_URL",
+        "BUILDKITE",
+        "TF_BUILD",
+        "CIRCLECI",
+        "TRAVIS",
+        "TEAMCITY_VERSION",
+        "BITBUCKET_BUILD_NUMBER",
+        "CODEBUILD_BUILD_ARN",
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ci_vars
+        and not k.startswith("MLFLOW_")
+        and k not in ("DO_NOT_TRACK", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")
+    }
     env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path / "out")], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
     assert list(home.rglob("*")) == []
@@ -430,8 +533,22 @@ def test_mlflow_sends_nothing_and_leaves_home_alone(tmp_path):
 
 
 # -- through augpipe train and augpipe sweep --------------------------------------------------------
-TRAIN = ["--plugin", "mlp", "--model", "mlp_small", "--batch-size", "8", "--workers", "0", "--threads", "1",
-         "--aug", "light", "--epochs", "2"]
+TRAIN = [
+    "--plugin",
+    "mlp",
+    "--model",
+    "mlp_small",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--aug",
+    "light",
+    "--epochs",
+    "2",
+]
 
 
 def test_augpipe_train_logs_steps_epochs_hparams_and_images_to_tensorboard(cli, tiny_data, tmp_path):
@@ -445,8 +562,9 @@ def test_augpipe_train_logs_steps_epochs_hparams_and_images_to_tensorboard(cli, 
     assert [s for s, _ in _scalars(acc, "iteration/loss")] == list(range(1, steps + 1))
     # The per-step losses are the ones the run recorded (its curves come from the same list).
     state = torch_load(tmp_path / "runs/t/last.pt")
-    assert [round(v, 5) for _, v in _scalars(acc, "iteration/loss")] == \
-        [round(v, 5) for v in state["history"]["iteration_losses"]]
+    assert [round(v, 5) for _, v in _scalars(acc, "iteration/loss")] == [
+        round(v, 5) for v in state["history"]["iteration_losses"]
+    ]
     assert [s for s, _ in _scalars(acc, "epoch/val_acc")] == [1, 2]
     assert _scalars(acc, "final/test_acc")[0][1] == pytest.approx(summary["test_acc"])
     images = acc.Tags()["images"]
@@ -463,11 +581,23 @@ def torch_load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_a_sweep_lands_in_one_tensorboard_directory_and_one_mlflow_experiment(cli, tiny_data, tmp_path,
-                                                                              mlflow_env):
+def test_a_sweep_lands_in_one_tensorboard_directory_and_one_mlflow_experiment(cli, tiny_data, tmp_path, mlflow_env):
     pytest.importorskip("tensorboard")
-    result = cli("sweep", "--data", tiny_data, "--name", "lrs", "--lr", "0.001,0.01,0.1", "--logger", "tensorboard",
-                 "--logger", "mlflow", *TRAIN[:-1], "1")
+    result = cli(
+        "sweep",
+        "--data",
+        tiny_data,
+        "--name",
+        "lrs",
+        "--lr",
+        "0.001,0.01,0.1",
+        "--logger",
+        "tensorboard",
+        "--logger",
+        "mlflow",
+        *TRAIN[:-1],
+        "1",
+    )
     assert result.exit_code == 0, result.output
     sweep = tmp_path / "sweeps/lrs"
     runs = sorted(p.name for p in (sweep / "tensorboard").iterdir())

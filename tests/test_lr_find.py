@@ -1,5 +1,6 @@
 """``augpipe lr-find``: the exponential ramp, the smoothing, the stop on divergence, the
 suggestion, the files, the state it must give back, and bad input refused before any work."""
+
 from __future__ import annotations
 
 import csv
@@ -9,23 +10,45 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import error_line as shared_error_line
 
 import augpipe
 from augpipe.errors import ConfigError
 from augpipe.training import lr_find as lf
-from conftest import error_line as shared_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The data's own 16 px (mlp is built for 32): the ramps below are calibrated on 768 inputs.
-FAST = ["--plugin", "mlp", "--model", "mlp_small", "--workers", "0", "--threads", "1", "--batch-size", "8",
-        "--image-size", "16"]
+FAST = [
+    "--plugin",
+    "mlp",
+    "--model",
+    "mlp_small",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--batch-size",
+    "8",
+    "--image-size",
+    "16",
+]
 
 
 def fast(data, **settings):
     # on the CPU also where there is a GPU: the expectations are of one seeded run's numbers
-    return {"data": str(data), "plugin": "mlp", "model": "mlp_small", "workers": 0, "threads": 1, "batch_size": 8,
-            "image_size": 16, "progress": False, "device": "cpu", **settings}
+    return {
+        "data": str(data),
+        "plugin": "mlp",
+        "model": "mlp_small",
+        "workers": 0,
+        "threads": 1,
+        "batch_size": 8,
+        "image_size": 16,
+        "progress": False,
+        "device": "cpu",
+        **settings,
+    }
 
 
 def read_csv(path):
@@ -53,6 +76,7 @@ def found(tmp_path_factory):
 
 # -- the ramp -------------------------------------------------------------------------------
 
+
 def test_the_ramp_is_exponential_from_start_to_end():
     lrs = lf.lr_ramp(1e-7, 10.0, 100)
     assert len(lrs) == 100
@@ -66,8 +90,9 @@ def test_the_optimizer_trains_at_the_ramps_rate_and_groups_keep_their_ratio(tiny
     one the table says: a second param group at half the rate stays at half."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    optimizer = torch.optim.SGD([{"params": [model[1].weight], "lr": 0.2},
-                                 {"params": [model[1].bias], "lr": 0.1}], lr=0.2)
+    optimizer = torch.optim.SGD(
+        [{"params": [model[1].weight], "lr": 0.2}, {"params": [model[1].bias], "lr": 0.1}], lr=0.2
+    )
     seen = []
 
     def loss_fn(logits, y):
@@ -75,8 +100,18 @@ def test_the_optimizer_trains_at_the_ramps_rate_and_groups_keep_their_ratio(tiny
         return torch.nn.functional.cross_entropy(logits, y)
 
     loader = [(torch.randn(4, 12), torch.tensor([0, 1, 2, 0])) for _ in range(3)]  # cycled: 8 > 3 batches
-    test = lf.range_test(model, optimizer, loader, prepare=lambda x: x, loss_fn=loss_fn, device="cpu",
-                         start_lr=1e-4, end_lr=1.0, iterations=8, diverge=1e9)
+    test = lf.range_test(
+        model,
+        optimizer,
+        loader,
+        prepare=lambda x: x,
+        loss_fn=loss_fn,
+        device="cpu",
+        start_lr=1e-4,
+        end_lr=1.0,
+        iterations=8,
+        diverge=1e9,
+    )
     expected = lf.lr_ramp(1e-4, 1.0, 8)
     assert len(seen) == 8 and test.stop_reason == "completed"
     assert np.allclose([s[0] for s in seen], expected) and np.allclose(test.lrs, expected)
@@ -91,6 +126,7 @@ def test_a_run_records_the_planned_ramp(found):
 
 # -- smoothing ------------------------------------------------------------------------------
 
+
 def test_smoothing_is_fastais_bias_corrected_moving_average():
     # By hand, beta = 0.9: averages 0.2, 0.28, 0.652 over corrections 0.1, 0.19, 0.271.
     average = lf.SmoothedLoss(0.1)
@@ -104,12 +140,13 @@ def test_the_tables_smoothed_column_is_the_average_of_its_loss_column(found):
     beta, avg, expected = 1 - lf.DEFAULTS["smooth"], 0.0, []
     for n, loss in enumerate(losses, 1):
         avg = beta * avg + (1 - beta) * loss
-        expected.append(avg / (1 - beta ** n))
+        expected.append(avg / (1 - beta**n))
     assert [float(r["smoothed_loss"]) for r in rows] == pytest.approx(expected, rel=1e-12)
     assert losses == found.losses and [float(r["lr"]) for r in rows] == found.lrs
 
 
 # -- divergence -----------------------------------------------------------------------------
+
 
 def test_a_diverging_loss_stops_the_test_early(tmp_path, tiny_data):
     result = augpipe.lr_find(**fast(tiny_data), start_lr=1e-4, end_lr=1e4, iterations=60, out=tmp_path / "o")
@@ -117,12 +154,13 @@ def test_a_diverging_loss_stops_the_test_early(tmp_path, tiny_data):
     assert n < 60 and result.stop_reason.startswith(f"stopped at iteration {n}:")
     last, before = result.smoothed[-1], result.smoothed[:-1]
     assert not math.isfinite(last) or last > 4 * min(before)
-    assert all(s <= 4 * min(before[:k + 1]) for k, s in enumerate(before))  # and not a step sooner
+    assert all(s <= 4 * min(before[: k + 1]) for k, s in enumerate(before))  # and not a step sooner
     assert len(read_csv(result.paths["csv"])) == n
 
 
 def _scripted(losses, **settings):
     """A range test whose loss at each iteration is the next of ``losses`` (smooth 1: unsmoothed)."""
+
     class Const(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -134,9 +172,19 @@ def _scripted(losses, **settings):
     sequence = iter(losses)
     model = Const()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return lf.range_test(model, optimizer, [(torch.zeros(1, 1), torch.tensor([0]))], prepare=lambda x: x,
-                         loss_fn=lambda logits, y: logits.sum() * 0 + next(sequence), device="cpu",
-                         start_lr=1e-3, end_lr=1.0, iterations=len(losses), smooth=1.0, **settings)
+    return lf.range_test(
+        model,
+        optimizer,
+        [(torch.zeros(1, 1), torch.tensor([0]))],
+        prepare=lambda x: x,
+        loss_fn=lambda logits, y: logits.sum() * 0 + next(sequence),
+        device="cpu",
+        start_lr=1e-3,
+        end_lr=1.0,
+        iterations=len(losses),
+        smooth=1.0,
+        **settings,
+    )
 
 
 def test_the_divergence_factor_decides_where_it_stops():
@@ -154,6 +202,7 @@ def test_a_non_finite_loss_stops_the_test_at_once():
 
 
 # -- the suggestion -------------------------------------------------------------------------
+
 
 def test_steepest_descent_is_found_on_a_known_curve():
     lrs = lf.lr_ramp(1e-6, 1.0, 61)  # 10 points per decade
@@ -195,9 +244,9 @@ def test_the_suggestion_of_a_run_lies_inside_the_range_before_the_minimum(found)
 
 # -- files and the command ------------------------------------------------------------------
 
+
 def test_the_command_writes_the_plot_and_the_table_and_names_the_rule(tmp_path, cli):
     import cv2
-
     from conftest import colour_classes
 
     # Learnable data: on random pixels whether the loss falls in 20 steps is a matter of the seed.
@@ -222,8 +271,9 @@ def test_the_command_writes_the_plot_and_the_table_and_names_the_rule(tmp_path, 
 
 def test_out_names_the_folder_and_a_config_files_out_does_not(tmp_path, cli, tiny_data):
     (tmp_path / "c.yaml").write_text("out: elsewhere\n")
-    result = cli("lr-find", "--data", tiny_data, *FAST, "--iterations", "5", "--config", tmp_path / "c.yaml",
-                 "--out", "mine")
+    result = cli(
+        "lr-find", "--data", tiny_data, *FAST, "--iterations", "5", "--config", tmp_path / "c.yaml", "--out", "mine"
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mine/lr_find.png").is_file() and not (tmp_path / "elsewhere").exists()
 
@@ -241,10 +291,10 @@ def test_the_commands_defaults_are_the_librarys():
 
 # -- state given back -----------------------------------------------------------------------
 
+
 def test_the_model_and_optimizer_passed_in_are_given_back_unchanged():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
-                                torch.nn.Linear(8, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batch = (torch.randn(8, 6), torch.arange(8) % 3)
     model(batch[0]).sum().backward()
@@ -252,10 +302,21 @@ def test_the_model_and_optimizer_passed_in_are_given_back_unchanged():
     model.eval()
     before_model = {k: v.clone() for k, v in model.state_dict().items()}
     before_opt = optimizer.state_dict()
-    before_opt = {"param_groups": [dict(g) for g in before_opt["param_groups"]],
-                  "state": {k: {n: t.clone() for n, t in s.items()} for k, s in before_opt["state"].items()}}
-    test = lf.range_test(model, optimizer, [batch], prepare=lambda x: x, loss_fn=torch.nn.CrossEntropyLoss(),
-                         device="cpu", start_lr=1e-3, end_lr=10.0, iterations=10)
+    before_opt = {
+        "param_groups": [dict(g) for g in before_opt["param_groups"]],
+        "state": {k: {n: t.clone() for n, t in s.items()} for k, s in before_opt["state"].items()},
+    }
+    test = lf.range_test(
+        model,
+        optimizer,
+        [batch],
+        prepare=lambda x: x,
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        device="cpu",
+        start_lr=1e-3,
+        end_lr=10.0,
+        iterations=10,
+    )
     assert len(test.lrs) >= 5  # it trained: the weights did move meanwhile
     after = model.state_dict()
     assert after.keys() == before_model.keys()
@@ -264,8 +325,10 @@ def test_the_model_and_optimizer_passed_in_are_given_back_unchanged():
     state = optimizer.state_dict()
     assert state["param_groups"] == before_opt["param_groups"]
     assert state["state"].keys() == before_opt["state"].keys()
-    assert all(torch.equal(state["state"][k]["momentum_buffer"], before_opt["state"][k]["momentum_buffer"])
-               for k in state["state"])
+    assert all(
+        torch.equal(state["state"][k]["momentum_buffer"], before_opt["state"][k]["momentum_buffer"])
+        for k in state["state"]
+    )
 
 
 def _draws():
@@ -323,8 +386,14 @@ def test_bad_settings_are_one_error_line_before_any_work(tmp_path, cli, args, me
 
 
 def test_bad_settings_raise_config_error_from_python(tmp_path):
-    for bad in ({"start_lr": 1.0, "end_lr": 0.5}, {"start_lr": -1e-3}, {"iterations": 4}, {"iterations": 50.0},
-                {"diverge": 0.5}, {"end_lr": float("nan")}):
+    for bad in (
+        {"start_lr": 1.0, "end_lr": 0.5},
+        {"start_lr": -1e-3},
+        {"iterations": 4},
+        {"iterations": 50.0},
+        {"diverge": 0.5},
+        {"end_lr": float("nan")},
+    ):
         with pytest.raises(ConfigError):
             augpipe.lr_find(data=str(tmp_path / "missing"), out=tmp_path / "o", **bad)
     assert not (tmp_path / "o").exists()

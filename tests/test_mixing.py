@@ -1,4 +1,5 @@
 """MixUp and CutMix on the batch (augpipe/augment/mixing.py) and their rows in the preview."""
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,12 @@ def test_mixup_is_the_weighted_sum_with_the_partner(n, lam, random_perm, seed):
 
 
 @settings(max_examples=60, deadline=None)
-@given(h=st.integers(1, 20), w=st.integers(1, 20), lam=st.floats(0, 1),
-       u=st.tuples(st.floats(0, 1, exclude_max=True), st.floats(0, 1, exclude_max=True)))
+@given(
+    h=st.integers(1, 20),
+    w=st.integers(1, 20),
+    lam=st.floats(0, 1),
+    u=st.tuples(st.floats(0, 1, exclude_max=True), st.floats(0, 1, exclude_max=True)),
+)
 def test_cutmix_pastes_one_minus_the_corrected_lambda_of_the_area(h, w, lam, u):
     n = 4
     # Image i is all i, so each pixel tells which image it came from.
@@ -90,8 +95,13 @@ def test_cutmix_with_a_random_permutation_takes_the_partners_pixels():
 
 # -- BatchMixer ------------------------------------------------------------------------------
 def mixer(mixup_p=0.5, cutmix_p=0.5, seed=3, rank=0):
-    return BatchMixer(MixUp(alpha=0.4, p=mixup_p) if mixup_p is not None else None,
-                      CutMix(alpha=1.0, p=cutmix_p) if cutmix_p is not None else None, C, seed, rank)
+    return BatchMixer(
+        MixUp(alpha=0.4, p=mixup_p) if mixup_p is not None else None,
+        CutMix(alpha=1.0, p=cutmix_p) if cutmix_p is not None else None,
+        C,
+        seed,
+        rank,
+    )
 
 
 def test_the_same_seed_rank_epoch_and_step_mix_the_same_and_another_step_differently():
@@ -101,8 +111,11 @@ def test_the_same_seed_rank_epoch_and_step_mix_the_same_and_another_step_differe
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     # MixUp's lambda is continuous (CutMix's takes the few values a box area can): every step,
     # rank and seed draws its own.
-    lams = [mixer(1.0, None, **kw)(x.clone(), y, epoch=2, step=s)[2].lam
-            for s in range(5, 15) for kw in ({}, {"rank": 1}, {"seed": 4})]
+    lams = [
+        mixer(1.0, None, **kw)(x.clone(), y, epoch=2, step=s)[2].lam
+        for s in range(5, 15)
+        for kw in ({}, {"rank": 1}, {"seed": 4})
+    ]
     assert len(set(lams)) == len(lams)
     again = [mixer(1.0, None)(x.clone(), y, epoch=2, step=s)[2].lam for s in range(5, 15)]
     assert again == lams[::3]
@@ -219,8 +232,16 @@ def test_preview_modes_alternate_as_the_p_say():
     assert preview_modes(AugmentSpec.from_dict({"mixup": {"p": 0.0}}), 3) == []
 
 
-@pytest.mark.parametrize("lam, text", [(0.62, "0.62 a + 0.38 b"), (0.615, "0.61 a + 0.39 b"),
-                                       (0.999, "1.00 a"), (0.001, "1.00 b"), (0.07, "0.07 a + 0.93 b")])
+@pytest.mark.parametrize(
+    "lam, text",
+    [
+        (0.62, "0.62 a + 0.38 b"),
+        (0.615, "0.61 a + 0.39 b"),
+        (0.999, "1.00 a"),
+        (0.001, "1.00 b"),
+        (0.07, "0.07 a + 0.93 b"),
+    ],
+)
 def test_mix_labels_sum_to_one(lam, text):
     assert mix_label(lam, "a", "b") == text
 
@@ -243,7 +264,11 @@ def test_preview_per_transform_gives_each_batch_op_a_column(tmp_path):
 
     from augpipe.report import preview
 
-    path = preview(aug={"hflip": {"p": 0.5}, "mixup": {"p": 0.5}, "cutmix": {"p": 0.5}},
-                   out=tmp_path / "ops.png", n=1, per_transform=True)
+    path = preview(
+        aug={"hflip": {"p": 0.5}, "mixup": {"p": 0.5}, "cutmix": {"p": 0.5}},
+        out=tmp_path / "ops.png",
+        n=1,
+        per_transform=True,
+    )
     h, w = cv2.imread(str(path)).shape[:2]
     assert abs(w - (120 + 4 * 100)) <= 1 and abs(h - (30 + 130)) <= 1

@@ -1,5 +1,6 @@
 """MixUp and CutMix inside training runs: soft targets reach the loss, the training accuracy is
 the mixed labels' expectation, resumed epochs mix alike, and bad settings are one line."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,21 @@ MIX = {"mixup": {"alpha": 0.4, "p": 0.5}, "cutmix": {"alpha": 1.0, "p": 0.5}}
 
 def _train(tmp_path, data, name, aug, **flags):
     # on the CPU, where the same seed gives the same numbers (a resumed epoch, bit for bit)
-    settings = dict(data=str(data), plugin="cnn", model="cnn_small", epochs=2, batch_size=8, workers=0, threads=1,
-                    progress=False, out=str(tmp_path / "runs"), name=name, aug=aug, seed=3, device="cpu")
+    settings = dict(
+        data=str(data),
+        plugin="cnn",
+        model="cnn_small",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name=name,
+        aug=aug,
+        seed=3,
+        device="cpu",
+    )
     settings.update(flags)
     return run_train(**settings)
 
@@ -65,14 +79,18 @@ def test_an_interrupted_mixed_epoch_resumes_exactly(tmp_path, tiny_data, monkeyp
     assert stopped.history.stop_reason == "interrupted"
     resumed = run_train(resume=str(tmp_path / "runs/part"), progress=False)
     assert resumed.history.iteration_losses == pytest.approx(whole.history.iteration_losses, abs=1e-6)
-    assert [e["train_acc"] for e in resumed.history.epochs] == \
-        pytest.approx([e["train_acc"] for e in whole.history.epochs])
+    assert [e["train_acc"] for e in resumed.history.epochs] == pytest.approx(
+        [e["train_acc"] for e in whole.history.epochs]
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-size", "1", "--aug-device", "cpu"], "--batch-size must be at least 2"),
-    (["--aug-device", "gpu", "--device", "cpu"], "runs only in loader workers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "1", "--aug-device", "cpu"], "--batch-size must be at least 2"),
+        (["--aug-device", "gpu", "--device", "cpu"], "runs only in loader workers"),
+    ],
+)
 def test_bad_mixing_and_policy_settings_are_one_line(cli, tiny_data, tmp_path, args, message):
     from conftest import error_line
 
@@ -81,21 +99,25 @@ def test_bad_mixing_and_policy_settings_are_one_line(cli, tiny_data, tmp_path, a
         spec.write_text("size: 16\nrand_augment: {n: 2, m: 9}\n")
     else:
         spec.write_text("size: 16\nmixup: {alpha: 0.2}\n")
-    line = error_line(cli("train", "--data", tiny_data, "--plugin", "cnn", "--aug", spec, *args,
-                          "--out", tmp_path / "runs"))
+    line = error_line(
+        cli("train", "--data", tiny_data, "--plugin", "cnn", "--aug", spec, *args, "--out", tmp_path / "runs")
+    )
     assert message in line
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("text, message", [
-    ("mixup: {alpha: 0}", "mixup.alpha must be a number > 0"),
-    ("cutmix: {alpha: -1}", "cutmix.alpha must be a number > 0"),
-    ("mixup: {p: 0.7}\ncutmix: {p: 0.7}", "mixup.p + cutmix.p must be at most 1"),
-    ("auto_augment: cifar", "did you mean cifar10?"),
-    ("rand_augment: {n: 0}", "rand_augment.n"),
-    ("rand_augment: {m: 40}", "rand_augment.m must be a whole number in 0..30"),
-    ("trivial_augmnt: {}", "did you mean 'trivial_augment'?"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("mixup: {alpha: 0}", "mixup.alpha must be a number > 0"),
+        ("cutmix: {alpha: -1}", "cutmix.alpha must be a number > 0"),
+        ("mixup: {p: 0.7}\ncutmix: {p: 0.7}", "mixup.p + cutmix.p must be at most 1"),
+        ("auto_augment: cifar", "did you mean cifar10?"),
+        ("rand_augment: {n: 0}", "rand_augment.n"),
+        ("rand_augment: {m: 40}", "rand_augment.m must be a whole number in 0..30"),
+        ("trivial_augmnt: {}", "did you mean 'trivial_augment'?"),
+    ],
+)
 def test_bad_spec_entries_name_the_problem(cli, tiny_data, tmp_path, text, message):
     from conftest import error_line
 
@@ -126,6 +148,7 @@ def test_preview_draws_policies_alone_and_mixed_batches(tmp_path, tiny_data):
 
     spec = {"size": 16, "rand_augment": {"n": 2, "m": 9}, "trivial_augment": True, "mixup": {"alpha": 0.2}}
     for per_transform in (False, True):
-        out = preview(tiny_data, n=2, variants=2, aug=spec, out=tmp_path / f"p{per_transform}.png",
-                      per_transform=per_transform)
+        out = preview(
+            tiny_data, n=2, variants=2, aug=spec, out=tmp_path / f"p{per_transform}.png", per_transform=per_transform
+        )
         assert out.stat().st_size > 1000

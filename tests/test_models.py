@@ -1,5 +1,6 @@
 """The built-in trainers' models: every activation reaches the network, dropout is where it was
 asked for, and the class count and image size come from the caller (the data)."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,30 +16,65 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # (plugin, model): the CIFAR ResNet and an ImageNet one, the conv net, the MLP, and a small timm
 # model that takes act_layer everywhere.
-MODELS = [("resnet", "resnet20"), ("resnet", "resnet18"), ("cnn", "cnn_small"), ("mlp", "mlp_small"),
-          ("timm", "resnet10t"), ("squeezenet", "squeezenet1_1")]
+MODELS = [
+    ("resnet", "resnet20"),
+    ("resnet", "resnet18"),
+    ("cnn", "cnn_small"),
+    ("mlp", "mlp_small"),
+    ("timm", "resnet10t"),
+    ("squeezenet", "squeezenet1_1"),
+]
 
 # Activations each network has, whatever their kind: stem + 2 per basic block (resnet20: 9 blocks,
 # resnet18: 8 blocks), one per conv group of cnn_small, one per hidden layer of mlp_small,
 # resnet10t's deep stem (3) + 8 for its four one-block stages, and squeezenet1_1's stem, three per
 # Fire module (8) and the classifier's.
-EXPECTED_COUNT = {"resnet20": 19, "resnet18": 17, "cnn_small": 7, "mlp_small": 1, "resnet10t": 11,
-                  "squeezenet1_1": 26}
+EXPECTED_COUNT = {"resnet20": 19, "resnet18": 17, "cnn_small": 7, "mlp_small": 1, "resnet10t": 11, "squeezenet1_1": 26}
 
 # What each activation computes (PReLU starts at slope 0.25, as torch initialises it).
 FUNCTIONS = {
-    "relu": F.relu, "leaky_relu": lambda x: F.leaky_relu(x, 0.01), "prelu": lambda x: F.prelu(x, torch.tensor([0.25])),
-    "elu": F.elu, "selu": F.selu, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "relu": F.relu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.01),
+    "prelu": lambda x: F.prelu(x, torch.tensor([0.25])),
+    "elu": F.elu,
+    "selu": F.selu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
 }
 
 # Class names (lower case) of activation modules in torch and timm, gates included.
-ACTIVATION_CLASSES = {"relu", "relu6", "leakyrelu", "prelu", "elu", "celu", "selu", "gelu", "gelutanh", "quickgelu",
-                      "silu", "swish", "sigmoid", "hardsigmoid", "tanh", "hardtanh", "hardswish", "mish"}
+ACTIVATION_CLASSES = {
+    "relu",
+    "relu6",
+    "leakyrelu",
+    "prelu",
+    "elu",
+    "celu",
+    "selu",
+    "gelu",
+    "gelutanh",
+    "quickgelu",
+    "silu",
+    "swish",
+    "sigmoid",
+    "hardsigmoid",
+    "tanh",
+    "hardtanh",
+    "hardswish",
+    "mish",
+}
 
 
 def build(plugin, model, activation="relu", dropout=0.0, num_classes=3, image_size=16):
-    return get_plugins().trainer(plugin).build_model(model=model, num_classes=num_classes, image_size=image_size,
-                                                     activation=activation, dropout=dropout)
+    return (
+        get_plugins()
+        .trainer(plugin)
+        .build_model(
+            model=model, num_classes=num_classes, image_size=image_size, activation=activation, dropout=dropout
+        )
+    )
 
 
 def activation_modules(net):
@@ -109,8 +145,15 @@ def test_small_images_keep_their_resolution_in_the_resnet_stem(model, feature_sh
     assert net.forward_features(torch.randn(1, 3, 16, 16)).shape[1:] == feature_shape
 
 
-@pytest.mark.parametrize("plugin,bad,suggested", [("cnn", "cnn_smal", "cnn_small"), ("mlp", "mlp_smal", "mlp_small"),
-                                                  ("resnet", "resnet21", None), ("timm", "resnet10", None)])
+@pytest.mark.parametrize(
+    "plugin,bad,suggested",
+    [
+        ("cnn", "cnn_smal", "cnn_small"),
+        ("mlp", "mlp_smal", "mlp_small"),
+        ("resnet", "resnet21", None),
+        ("timm", "resnet10", None),
+    ],
+)
 def test_unknown_model_names_the_plugin_and_the_choices(plugin, bad, suggested):
     with pytest.raises(PluginError) as err:
         build(plugin, bad)

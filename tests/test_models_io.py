@@ -1,5 +1,6 @@
 """Models in and out: starting weights (--weights, --pretrained), freezing and the backbone's
 learning rate, augpipe.load and predict, export to ONNX and TorchScript."""
+
 import csv
 import logging
 
@@ -11,8 +12,9 @@ import augpipe
 from augpipe.errors import ConfigError, DataError, PluginError
 from tests.conftest import error_line
 
-FAST = dict(epochs=1, val=0.2, test=0.2, threads=1, workers=0, aug="light", batch_size=8, plugin="cnn",
-            model="cnn_small")
+FAST = dict(
+    epochs=1, val=0.2, test=0.2, threads=1, workers=0, aug="light", batch_size=8, plugin="cnn", model="cnn_small"
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def _state(path):
 
 
 # -- augpipe.load and predict ------------------------------------------------------------------
+
 
 def _test_images(run_dir, data):
     rows = [r for r in csv.reader(l for l in open(run_dir / "split.csv") if not l.startswith("#"))][1:]
@@ -59,17 +62,23 @@ def test_arrays_uint8_and_float_give_the_same_probabilities(trained):
     assert np.allclose(p_uint8, p_float, atol=1e-5)
     # Gray images work, batch size does not change the answer.
     gray = images[:, :, :, 0]
-    assert np.allclose(classifier.probabilities(list(gray), batch_size=1),
-                       classifier.probabilities(list(gray), batch_size=3), atol=1e-6)
+    assert np.allclose(
+        classifier.probabilities(list(gray), batch_size=1),
+        classifier.probabilities(list(gray), batch_size=3),
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((4, 4, 2), dtype=np.uint8), "expected an image array"),
-    (np.full((4, 4, 3), 2.0, dtype=np.float32), "float pixels must lie in"),
-    (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
-    (np.full((4, 4, 3), 300, dtype=np.int32), "integer pixels"),
-    (np.zeros((4, 4, 3), dtype=bool), "uint8 or float"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((4, 4, 2), dtype=np.uint8), "expected an image array"),
+        (np.full((4, 4, 3), 2.0, dtype=np.float32), "float pixels must lie in"),
+        (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
+        (np.full((4, 4, 3), 300, dtype=np.int32), "integer pixels"),
+        (np.zeros((4, 4, 3), dtype=bool), "uint8 or float"),
+    ],
+)
 def test_bad_arrays_are_named(trained, bad, message):
     with pytest.raises(DataError, match=message):
         augpipe.load(trained[0]).predict([bad])
@@ -105,6 +114,7 @@ def test_predict_bad_inputs_are_one_line(trained, cli, tmp_path):
 
 
 # -- export --------------------------------------------------------------------------------------
+
 
 def test_export_torchscript_takes_uint8_and_float_and_any_batch(trained, cli, tmp_path):
     run_dir, _ = trained
@@ -148,8 +158,12 @@ def test_export_names_the_operation_onnx_can_not_take(tmp_path, probe_plugins):
             return torch.fft.rfft2(x).abs().flatten(1)[:, :3]
 
     with pytest.raises(ConfigError, match=r"aten::fft_rfft2' is not supported"):
-        _write_onnx(WithNormalization(Spectral(), [0.5] * 3, [0.5] * 3), torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
-                    tmp_path / "x.onnx", "run")
+        _write_onnx(
+            WithNormalization(Spectral(), [0.5] * 3, [0.5] * 3),
+            torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+            tmp_path / "x.onnx",
+            "run",
+        )
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -162,6 +176,7 @@ def test_export_bad_settings(trained, cli, tmp_path):
 
 # -- starting weights ----------------------------------------------------------------------------
 
+
 def test_weights_from_a_run_with_the_backbone_frozen(trained, tmp_path, make_folder, caplog, monkeypatch):
     """A new 2-class task from a 3-class run's weights: with the backbone frozen for the one
     epoch trained, every backbone weight is still the source's and the classifier is new."""
@@ -171,8 +186,9 @@ def test_weights_from_a_run_with_the_backbone_frozen(trained, tmp_path, make_fol
     # whether caplog still sees the records then depends on pytest's version
     monkeypatch.setattr(logging.getLogger("augpipe"), "propagate", True)
     data = make_folder(tmp_path / "two", {"x": 12, "y": 12}, size=32, seed=5)
-    result = augpipe.train(data=str(data), out=str(tmp_path / "runs"), name="ft", weights=str(run_dir / "best.pt"),
-                           freeze_epochs=1, **FAST)
+    result = augpipe.train(
+        data=str(data), out=str(tmp_path / "runs"), name="ft", weights=str(run_dir / "best.pt"), freeze_epochs=1, **FAST
+    )
     source, tuned = _state(run_dir / "best.pt")["model"], _state(result.run_dir / "best.pt")["model"]
     head = {"9.weight", "9.bias"} if "9.weight" in source else None
     changed_shape = {k for k in source if source[k].shape != tuned[k].shape}
@@ -189,9 +205,14 @@ def test_weights_from_a_run_with_the_backbone_frozen(trained, tmp_path, make_fol
 def test_freezing_ends_after_its_epochs(trained, tmp_path, make_folder):
     run_dir, _ = trained
     data = make_folder(tmp_path / "two", {"x": 12, "y": 12}, size=32, seed=5)
-    result = augpipe.train(data=str(data), out=str(tmp_path / "runs"), name="ft",
-                           weights=str(run_dir / "best.pt"), freeze_epochs=1,
-                           **{**FAST, "epochs": 2, "restore_best": False})
+    result = augpipe.train(
+        data=str(data),
+        out=str(tmp_path / "runs"),
+        name="ft",
+        weights=str(run_dir / "best.pt"),
+        freeze_epochs=1,
+        **{**FAST, "epochs": 2, "restore_best": False},
+    )
     source, tuned = _state(run_dir / "best.pt")["model"], _state(result.run_dir / "last.pt")["model"]
     conv = next(k for k in source if k.endswith("weight") and source[k].ndim == 4)
     assert not torch.equal(source[conv], tuned[conv])
@@ -201,12 +222,18 @@ def test_weights_bring_their_normalisation_unless_the_spec_has_its_own(tmp_path,
     data = make_folder(tmp_path / "d", {"x": 12, "y": 12}, size=32)
     spec = {"hflip": {"p": 0.5}, "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
     first = augpipe.train(data=str(data), out=str(tmp_path / "runs"), name="a", **{**FAST, "aug": spec})
-    second = augpipe.train(data=str(data), out=str(tmp_path / "runs"), name="b",
-                           weights=str(first.run_dir / "best.pt"), **FAST)
+    second = augpipe.train(
+        data=str(data), out=str(tmp_path / "runs"), name="b", weights=str(first.run_dir / "best.pt"), **FAST
+    )
     assert augpipe.load(second.run_dir).mean == (0.5, 0.5, 0.5)
     own = {"hflip": {"p": 0.5}, "normalize": {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}
-    third = augpipe.train(data=str(data), out=str(tmp_path / "runs"), name="c",
-                          weights=str(first.run_dir / "best.pt"), **{**FAST, "aug": own})
+    third = augpipe.train(
+        data=str(data),
+        out=str(tmp_path / "runs"),
+        name="c",
+        weights=str(first.run_dir / "best.pt"),
+        **{**FAST, "aug": own},
+    )
     assert augpipe.load(third.run_dir).mean == (0.4, 0.4, 0.4)
 
 
@@ -221,9 +248,19 @@ def test_timm_state_dict_in_safetensors_with_a_new_classifier(tmp_path, make_fol
     source = timm.create_model("resnet10t", pretrained=False, num_classes=7)
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     data = make_folder(tmp_path / "d", {"x": 10, "y": 10}, size=64)
-    result = augpipe.train(data=str(data), out=str(tmp_path / "runs"), name="t",
-                           **{**FAST, "plugin": "timm", "model": "resnet10t", "image_size": 64,
-                              "weights": str(tmp_path / "w.safetensors"), "freeze_epochs": 1})
+    result = augpipe.train(
+        data=str(data),
+        out=str(tmp_path / "runs"),
+        name="t",
+        **{
+            **FAST,
+            "plugin": "timm",
+            "model": "resnet10t",
+            "image_size": 64,
+            "weights": str(tmp_path / "w.safetensors"),
+            "freeze_epochs": 1,
+        },
+    )
     tuned = _state(result.run_dir / "best.pt")["model"]
     assert torch.equal(tuned["conv1.0.weight"], source.state_dict()["conv1.0.weight"])
     assert tuned["fc.weight"].shape == (2, 512)
@@ -233,13 +270,28 @@ def test_timm_state_dict_in_safetensors_with_a_new_classifier(tmp_path, make_fol
 def test_weights_of_another_architecture_name_the_layers(trained, cli, tmp_path, make_folder):
     run_dir, _ = trained
     make_folder(tmp_path / "d", {"x": 10, "y": 10}, size=32)
-    line = error_line(cli("train", "--data", "d", "--plugin", "cnn", "--model", "cnn", "--epochs", "1",
-                          "--weights", run_dir / "best.pt"))
+    line = error_line(
+        cli(
+            "train",
+            "--data",
+            "d",
+            "--plugin",
+            "cnn",
+            "--model",
+            "cnn",
+            "--epochs",
+            "1",
+            "--weights",
+            run_dir / "best.pt",
+        )
+    )
     assert "the weights are for another architecture" in line and "of another shape" in line
     assert "in the file" in line and "in the model" in line
     assert not (tmp_path / "runs").exists()  # refused before anything was written
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    assert "not a readable checkpoint" in error_line(cli("train", "--data", "d", "--plugin", "cnn", "--weights", "junk.pt"))
+    assert "not a readable checkpoint" in error_line(
+        cli("train", "--data", "d", "--plugin", "cnn", "--weights", "junk.pt")
+    )
     assert "no such file" in error_line(cli("train", "--data", "d", "--plugin", "cnn", "--weights", "none.pt"))
     assert "give one" in error_line(cli("train", "--data", "d", "--pretrained", "--weights", "junk.pt"))
 
@@ -252,8 +304,9 @@ def test_pretrained_where_weights_can_not_be_had(cli, tmp_path, make_folder, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     make_folder(tmp_path / "d", {"x": 10, "y": 10}, size=32)
-    line = error_line(cli("train", "--data", "d", "--plugin", "timm", "--model", "resnet10t", "--pretrained",
-                          "--epochs", "1"))
+    line = error_line(
+        cli("train", "--data", "d", "--plugin", "timm", "--model", "resnet10t", "--pretrained", "--epochs", "1")
+    )
     assert "pretrained weights of 'resnet10t' can not be fetched" in line and "--weights FILE" in line
     assert "no pretrained weights" in error_line(cli("train", "--data", "d", "--plugin", "cnn", "--pretrained"))
     assert "CIFAR ResNet" in error_line(cli("train", "--data", "d", "--plugin", "resnet", "--pretrained"))
@@ -285,11 +338,14 @@ def test_backbone_learning_rate_scale_splits_the_groups():
     assert peaks == [0.001, 0.01]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (dict(freeze_epochs=-1), "--freeze-epochs"),
-    (dict(backbone_lr_scale=-0.5), "--backbone-lr-scale"),
-    (dict(weights=""), "--weights must be a file path"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(freeze_epochs=-1), "--freeze-epochs"),
+        (dict(backbone_lr_scale=-0.5), "--backbone-lr-scale"),
+        (dict(weights=""), "--weights must be a file path"),
+    ],
+)
 def test_bad_fine_tuning_settings(flags, message):
     from augpipe.training.run import build_config
 
@@ -300,14 +356,16 @@ def test_bad_fine_tuning_settings(flags, message):
 def test_a_plugin_without_pretrained_weights(probe_plugins, tiny_data, tmp_path):
     plugins, _ = probe_plugins
     with pytest.raises(PluginError, match="trainer 'probe' has no pretrained weights"):
-        augpipe.train(data=str(tiny_data), plugin="probe", pretrained=True, epochs=1, out=str(tmp_path),
-                      plugins=plugins)
+        augpipe.train(
+            data=str(tiny_data), plugin="probe", pretrained=True, epochs=1, out=str(tmp_path), plugins=plugins
+        )
 
 
 def test_any_array_is_labelled_or_refused_with_augpipes_error(trained):
     """Property: whatever array a user hands to predict, the answer is probabilities or a
     DataError, never another exception."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
     from hypothesis.extra.numpy import array_shapes, arrays
 
     classifier = augpipe.load(trained[0])

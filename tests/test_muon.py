@@ -1,6 +1,7 @@
 """--optimizer muon: Muon's step against a direct computation (and torch.optim.Muon where torch has
 it), filter banks orthogonalised in their flattened form, the other parameters on torch's
 nesterov SGD, training runs that learn and resume exactly, and bad settings as one line."""
+
 from __future__ import annotations
 
 import math
@@ -106,9 +107,16 @@ def test_a_filter_bank_is_orthogonalised_as_out_by_in_times_kernel(channels_last
 
 def tiny_convnet():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, groups=8),  # depthwise: one input channel per filter
-                         nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, groups=8),  # depthwise: one input channel per filter
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
 
 
 def test_the_matrices_take_muon_and_the_rest_takes_torch_nesterov_sgd():
@@ -122,9 +130,15 @@ def test_the_matrices_take_muon_and_the_rest_takes_torch_nesterov_sgd():
 
     twin = tiny_convnet()
     plain = [(n, p) for n, p in twin.named_parameters() if id(dict(model.named_parameters())[n]) not in on_muon]
-    reference = torch.optim.SGD([{"params": [p for n, p in plain if p.ndim <= 1], "weight_decay": 0.0},
-                                 {"params": [p for n, p in plain if p.ndim > 1], "weight_decay": 1e-3}],
-                                lr=0.05, momentum=0.9, nesterov=True)
+    reference = torch.optim.SGD(
+        [
+            {"params": [p for n, p in plain if p.ndim <= 1], "weight_decay": 0.0},
+            {"params": [p for n, p in plain if p.ndim > 1], "weight_decay": 1e-3},
+        ],
+        lr=0.05,
+        momentum=0.9,
+        nesterov=True,
+    )
     for step in range(3):
         for (n, p), q in zip(model.named_parameters(), twin.parameters()):
             p.grad = grads(p.shape, 1, seed=10 * step + len(n))[0]
@@ -146,8 +160,9 @@ def test_airbench_trains_its_convolutions_with_muon_and_its_head_and_biases_with
     on_muon = {names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]}
     assert on_muon == {f"groups.{i}.conv{j}.weight" for i in range(3) for j in (1, 2)}
     # the fitted whitening filters are frozen: in no group at all
-    assert sorted(names[id(p)] for g in opt.param_groups for p in g["params"]) == \
-        sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert sorted(names[id(p)] for g in opt.param_groups for p in g["params"]) == sorted(
+        n for n, p in model.named_parameters() if p.requires_grad
+    )
 
 
 def test_a_model_that_names_its_classifier_keeps_it_off_muon():
@@ -209,9 +224,22 @@ def test_muon_refuses_what_it_can_not_orthogonalise():
 
 def _train(tmp_path, data, name, **flags):
     # on the CPU, where the same seed gives the same numbers (a resumed epoch, bit for bit)
-    settings = dict(data=str(data), plugin="cnn", model="cnn_small", optimizer="muon", epochs=2, batch_size=8,
-                    workers=0, threads=1, progress=False, out=str(tmp_path / "runs"), name=name, aug={"size": 16},
-                    seed=3, device="cpu")
+    settings = dict(
+        data=str(data),
+        plugin="cnn",
+        model="cnn_small",
+        optimizer="muon",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name=name,
+        aug={"size": 16},
+        seed=3,
+        device="cpu",
+    )
     settings.update(flags)
     return run_train(**settings)
 
@@ -248,10 +276,13 @@ def test_an_interrupted_muon_run_resumes_exactly(tmp_path, tiny_data, monkeypatc
     assert saved["state"]  # and their momentum buffers were what resumed
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--optimizer", "muon", "--momentum", "0"], "--optimizer muon needs a --momentum above 0"),
-    (["--optimizer", "muonn"], "muon"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--optimizer", "muon", "--momentum", "0"], "--optimizer muon needs a --momentum above 0"),
+        (["--optimizer", "muonn"], "muon"),
+    ],
+)
 def test_bad_muon_settings_are_one_line(cli, tiny_data, tmp_path, args, message):
     from conftest import error_line
 

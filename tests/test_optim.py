@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules by name, as the training loop builds and steps them."""
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,9 @@ def test_optimizer_step_changes_the_weights_and_training_lowers_the_loss(name):
         losses.append(loss.item())
         if len(losses) == 1:  # (the bias before batch norm has no gradient to follow)
             changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
-            assert changed == [True, False, True, True, True, True] or (name not in ("sgd", "momentum", "nesterov")
-                                                                         and all(changed))
+            assert changed == [True, False, True, True, True, True] or (
+                name not in ("sgd", "momentum", "nesterov") and all(changed)
+            )
     assert losses[-1] < 0.9 * losses[0]
 
 
@@ -160,8 +162,13 @@ def test_step_decays_by_gamma_every_step_size_epochs():
     assert lrs[10:15] == [lrs[10]] * 5  # constant within an epoch
 
 
-@pytest.mark.parametrize("milestones,expected", [([0.5, 0.75], [1, 1, 0.1, 0.01]),  # fractions of 4 epochs: 2, 3
-                                                 ([1, 3], [1, 0.1, 0.1, 0.01])])     # epochs
+@pytest.mark.parametrize(
+    "milestones,expected",
+    [
+        ([0.5, 0.75], [1, 1, 0.1, 0.01]),  # fractions of 4 epochs: 2, 3
+        ([1, 3], [1, 0.1, 0.1, 0.01]),
+    ],
+)  # epochs
 def test_multistep_decays_at_the_milestones(milestones, expected):
     _, starts, _, _, _ = trace("multistep", epochs=4, milestones=milestones, gamma=0.1)
     assert starts == pytest.approx([BASE * e for e in expected])
@@ -207,8 +214,9 @@ def test_linear_keeps_the_ratio_of_scaled_groups():
     from augpipe.training.optim import linear
 
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    opt = torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 64 * BASE}],
-                          lr=BASE)
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 64 * BASE}], lr=BASE
+    )
     schedule = linear(opt, config=TrainConfig(scheduler="linear", min_lr=0.0), steps_per_epoch=10, epochs=2)
     for _ in range(7):
         opt.step()

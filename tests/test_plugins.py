@@ -1,5 +1,6 @@
 """The plugin system: the built-ins registered through entry points, a third-party package
 installed on sys.path, and plugins that are broken, clash or misspell a hook."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 AUGPIPE = f"(augpipe {version('augpipe')})"
 
-TINYPLUG = '''
+TINYPLUG = """
 import torch
 from augpipe.hookspecs import Trainer, hookimpl
 
@@ -64,13 +65,14 @@ def augpipe_register_callbacks(register):
 @hookimpl
 def augpipe_epoch_end(epoch, metrics):  # a subset of the spec's arguments, as pluggy allows
     CALLS["epoch_end"].append(epoch)
-'''
+"""
 
 # the data flags of a one-epoch run
 RUN = ["--epochs", "1", "--workers", "0", "--threads", "1", "--batch-size", "8", "--aug", "none"]
 
 
 # -- the built-ins ---------------------------------------------------------------------------------
+
 
 def test_plugins_lists_the_builtins_with_package_version_and_models(cli, fresh_plugins):
     result = cli("plugins")
@@ -91,19 +93,26 @@ def test_plugins_lists_the_builtins_with_package_version_and_models(cli, fresh_p
 
 def test_every_builtin_registry_entry_is_owned_by_its_plugin(fresh_plugins):
     plugins = fresh_plugins()
-    assert {t: plugins.trainers.owner[t] for t in plugins.trainers.names()} == \
-        {"cnn": "cnn", "fastcifar": "fastcifar", "mlp": "mlp", "resnet": "resnet", "squeezenet": "squeezenet",
-         "timm": "timm"}
+    assert {t: plugins.trainers.owner[t] for t in plugins.trainers.names()} == {
+        "cnn": "cnn",
+        "fastcifar": "fastcifar",
+        "mlp": "mlp",
+        "resnet": "resnet",
+        "squeezenet": "squeezenet",
+        "timm": "timm",
+    }
     assert set(plugins.optimizers.owner.values()) == set(plugins.schedulers.owner.values()) == {"builtins"}
 
 
 # -- the registries -------------------------------------------------------------------------------
 
+
 def test_a_name_registered_twice_names_both_plugins():
     reg = Registry("optimizer")
     reg.add("lion", object(), "first")
-    with pytest.raises(PluginError,
-                       match="optimizer 'lion' is registered twice: by plugin 'first' and by plugin 'second'"):
+    with pytest.raises(
+        PluginError, match="optimizer 'lion' is registered twice: by plugin 'first' and by plugin 'second'"
+    ):
         reg.add("lion", object(), "second")
     with pytest.raises(PluginError, match="registered a optimizer without a name|without a name"):
         reg.add("", object(), "third")
@@ -133,8 +142,9 @@ def test_a_plugin_registered_in_code_takes_part_and_can_leave():
     def augpipe_epoch_end(metrics):
         seen.append(metrics["epoch"])
 
-    module = types.SimpleNamespace(augpipe_register_trainers=hookimpl(augpipe_register_trainers),
-                                   augpipe_epoch_end=hookimpl(augpipe_epoch_end))
+    module = types.SimpleNamespace(
+        augpipe_register_trainers=hookimpl(augpipe_register_trainers), augpipe_epoch_end=hookimpl(augpipe_epoch_end)
+    )
     plugins.register(module, name="mine", package="mypkg", version="2.0")
     assert plugins.trainers.names() == ["mine"] and plugins.trainers.owner["mine"] == "mine"
     plugins.epoch_end("run", 3, {"epoch": 3})
@@ -153,6 +163,7 @@ def test_a_misspelt_hook_registered_in_code_is_refused_by_name():
 
 # -- a third-party package ---------------------------------------------------------------------------
 
+
 def test_a_third_party_package_is_listed_and_trains(tmp_path, cli, tiny_data, plugin_package):
     plugin_package("tinyplug", "0.3.1", entry_points={"tinyplug": "tinyplug_mod"}, modules={"tinyplug_mod": TINYPLUG})
 
@@ -164,8 +175,20 @@ def test_a_third_party_package_is_listed_and_trains(tmp_path, cli, tiny_data, pl
     assert "    optimizers: tinysgd" in out and "    callbacks: tinylog" in out
     assert "cnn  " + AUGPIPE in out  # the built-ins are still there
 
-    result = cli("train", "--data", tiny_data, "--plugin", "tiny", "--callbacks", "tinylog", "--name", "t",
-                 "--epochs", "2", *RUN[2:])
+    result = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "tiny",
+        "--callbacks",
+        "tinylog",
+        "--name",
+        "t",
+        "--epochs",
+        "2",
+        *RUN[2:],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "runs/t/summary.json").read_text())
     assert (summary["plugin"], summary["model"], summary["epochs_run"]) == ("tiny", "linear", 2)
@@ -177,8 +200,12 @@ def test_a_third_party_package_is_listed_and_trains(tmp_path, cli, tiny_data, pl
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_the_others_work(tmp_path, cli, tiny_data, plugin_package):
-    plugin_package("tinyplug", "0.3.1", entry_points={"tinyplug": "tinyplug_mod", "fancy": "fancy_mod"},
-                   modules={"tinyplug_mod": TINYPLUG, "fancy_mod": "import fancy_dependency_not_installed\n"})
+    plugin_package(
+        "tinyplug",
+        "0.3.1",
+        entry_points={"tinyplug": "tinyplug_mod", "fancy": "fancy_mod"},
+        modules={"tinyplug_mod": TINYPLUG, "fancy_mod": "import fancy_dependency_not_installed\n"},
+    )
     listing = cli("plugins")
     assert listing.exit_code == 0, listing.output
     out = listing.output.splitlines()
@@ -196,13 +223,13 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_work(tmp_path,
 
 
 def test_a_duplicate_trainer_name_is_refused_naming_both_plugins(tmp_path, cli, tiny_data, plugin_package):
-    clash = '''
+    clash = """
         from augpipe.hookspecs import Trainer, hookimpl
 
         @hookimpl
         def augpipe_register_trainers(register):
             register(Trainer(name="cnn", build_model=lambda **kw: None))
-    '''
+    """
     plugin_package("cnnclone", "1.0", entry_points={"clone": "clone_mod"}, modules={"clone_mod": clash})
     result = cli("train", "--data", tiny_data, "--plugin", "cnn", *RUN)
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -215,8 +242,12 @@ def test_a_duplicate_trainer_name_is_refused_naming_both_plugins(tmp_path, cli, 
 def test_a_plugin_name_taken_by_another_package_is_reported(cli, plugin_package):
     """Two packages declaring the same entry-point name: pluggy holds only one; the other must
     be reported, not dropped in silence (here the built-in 'cnn' would vanish)."""
-    plugin_package("othercnn", "2.0", entry_points={"cnn": "othercnn_mod"},
-                   modules={"othercnn_mod": "from augpipe.hookspecs import hookimpl\n"})
+    plugin_package(
+        "othercnn",
+        "2.0",
+        entry_points={"cnn": "othercnn_mod"},
+        modules={"othercnn_mod": "from augpipe.hookspecs import hookimpl\n"},
+    )
     listing = cli("plugins")
     assert listing.exit_code == 0, listing.output
     text = listing.output
@@ -226,13 +257,13 @@ def test_a_plugin_name_taken_by_another_package_is_reported(cli, plugin_package)
 
 
 def test_a_misspelt_hook_implementation_is_reported(cli, plugin_package):
-    typo = '''
+    typo = """
         from augpipe.hookspecs import Trainer, hookimpl
 
         @hookimpl
         def augpipe_register_trainer(register):  # the hook is augpipe_register_trainers
             register(Trainer(name="typo", build_model=lambda **kw: None))
-    '''
+    """
     plugin_package("typoplug", "0.1", entry_points={"typoplug": "typo_mod"}, modules={"typo_mod": typo})
     listing = cli("plugins")
     assert listing.exit_code == 0, listing.output
@@ -259,12 +290,20 @@ def test_an_activation_the_trainer_does_not_support_is_refused_before_the_data(f
     from augpipe.training.run import build_config
 
     def augpipe_register_trainers(register):
-        register(Trainer(name="relu_only", build_model=lambda **kw: None, models=["m"], default_model="m",
-                         activations=("relu", "gelu")))
+        register(
+            Trainer(
+                name="relu_only",
+                build_model=lambda **kw: None,
+                models=["m"],
+                default_model="m",
+                activations=("relu", "gelu"),
+            )
+        )
 
     plugins = fresh_plugins()
-    plugins.register(types.SimpleNamespace(augpipe_register_trainers=hookimpl(augpipe_register_trainers)),
-                     name="relu_only")
+    plugins.register(
+        types.SimpleNamespace(augpipe_register_trainers=hookimpl(augpipe_register_trainers)), name="relu_only"
+    )
     assert build_config(plugin="relu_only", activation="gelu", plugins=plugins).activation == "gelu"
     with pytest.raises(ConfigError, match=r"^trainer 'relu_only' supports --activation relu, gelu, not 'tanh'$"):
         build_config(plugin="relu_only", activation="tanh", data="/nonexistent", plugins=plugins)

@@ -1,5 +1,6 @@
 """The automatic policies (augment/policies.py): what they sample, against torchvision's own
 lists and ops, and that they run, repeat, save and load as Albumentations transforms."""
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,10 @@ def torchvision_space(name: str, bins: int, shape=(32, 32)) -> dict:
 
 
 # -- what is sampled -----------------------------------------------------------------------------
-@pytest.mark.parametrize("name, transform", [("trivial_augment", P.TrivialAugmentWideTransform()),
-                                             ("rand_augment", P.RandAugmentTransform(n=2, m=9))])
+@pytest.mark.parametrize(
+    "name, transform",
+    [("trivial_augment", P.TrivialAugmentWideTransform()), ("rand_augment", P.RandAugmentTransform(n=2, m=9))],
+)
 def test_every_op_of_the_space_is_drawn_with_torchvision_magnitudes(name, transform):
     space = torchvision_space(name, 31, (24, 40))
     rng = random.Random(0)
@@ -80,8 +83,9 @@ def test_every_op_of_the_space_is_drawn_with_torchvision_magnitudes(name, transf
 @pytest.mark.parametrize("policy", P.AUTO_AUGMENT_POLICIES)
 def test_auto_augment_reaches_every_sub_policy_and_applies_each_op_with_its_probability(policy):
     reference = tva.AutoAugment(tva.AutoAugmentPolicy(policy)).policies
-    assert [tuple(map(tuple, sub)) for sub in reference] == [tuple(map(tuple, sub))
-                                                            for sub in P.AUTO_AUGMENT_SUBPOLICIES[policy]]
+    assert [tuple(map(tuple, sub)) for sub in reference] == [
+        tuple(map(tuple, sub)) for sub in P.AUTO_AUGMENT_SUBPOLICIES[policy]
+    ]
     space = torchvision_space("auto_augment", 10)
     transform = P.AutoAugmentTransform(policy=policy)
     rng = random.Random(1)
@@ -137,12 +141,33 @@ def test_rand_augment_magnitude_scales_from_nothing_to_the_maximum():
 
 # -- the ops themselves, against torchvision's -------------------------------------------------
 OP_CASES = [
-    ("ShearX", 0.3), ("ShearX", -0.99), ("ShearY", 0.27), ("ShearY", -0.5), ("TranslateX", 14.5),
-    ("TranslateX", -32.0), ("TranslateY", 9.0), ("TranslateY", -13.6), ("Rotate", 30.0), ("Rotate", -9.0),
-    ("Brightness", 0.9), ("Brightness", -0.5), ("Color", 0.9), ("Color", -0.9), ("Contrast", 0.9),
-    ("Contrast", -0.9), ("Sharpness", 0.99), ("Sharpness", -0.9), ("Posterize", 4), ("Posterize", 2),
-    ("Solarize", 128.0), ("Solarize", 255.0), ("Solarize", 178.5), ("AutoContrast", 0.0),
-    ("Equalize", 0.0), ("Invert", 0.0), ("Identity", 0.0),
+    ("ShearX", 0.3),
+    ("ShearX", -0.99),
+    ("ShearY", 0.27),
+    ("ShearY", -0.5),
+    ("TranslateX", 14.5),
+    ("TranslateX", -32.0),
+    ("TranslateY", 9.0),
+    ("TranslateY", -13.6),
+    ("Rotate", 30.0),
+    ("Rotate", -9.0),
+    ("Brightness", 0.9),
+    ("Brightness", -0.5),
+    ("Color", 0.9),
+    ("Color", -0.9),
+    ("Contrast", 0.9),
+    ("Contrast", -0.9),
+    ("Sharpness", 0.99),
+    ("Sharpness", -0.9),
+    ("Posterize", 4),
+    ("Posterize", 2),
+    ("Solarize", 128.0),
+    ("Solarize", 255.0),
+    ("Solarize", 178.5),
+    ("AutoContrast", 0.0),
+    ("Equalize", 0.0),
+    ("Invert", 0.0),
+    ("Identity", 0.0),
 ]
 
 
@@ -170,9 +195,11 @@ def test_lookup_tables_give_what_the_albumentations_function_gives(op):
 
     img = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
     transform = P.TrivialAugmentWideTransform()
-    direct = {"Brightness": lambda m: fpixel.adjust_brightness_torchvision(img, 1 + m),
-              "Posterize": lambda m: fpixel.posterize(img, int(m)),
-              "Solarize": lambda m: fpixel.solarize(img, m / 255)}[op]
+    direct = {
+        "Brightness": lambda m: fpixel.adjust_brightness_torchvision(img, 1 + m),
+        "Posterize": lambda m: fpixel.posterize(img, int(m)),
+        "Solarize": lambda m: fpixel.solarize(img, m / 255),
+    }[op]
     r = P._WIDE_SPACE[op]
     for m in P._magnitudes(r, 31) + tuple(-v for v in P._magnitudes(r, 31) if r.signed):
         out = transform.apply(img, plan=P.Plan((P.Step(op, m),), (0,)))
@@ -188,9 +215,12 @@ def test_geometric_fill_is_zero_by_default_and_can_be_set():
 
 
 # -- the transform in a pipeline -----------------------------------------------------------------
-ALL_TRANSFORMS = [("trivial_augment", P.TrivialAugment()), ("rand_augment", P.RandAugment()),
-                  ("rand_augment", P.RandAugment(n=3, m=30)),
-                  *[("auto_augment", P.AutoAugment(policy=p)) for p in P.AUTO_AUGMENT_POLICIES]]
+ALL_TRANSFORMS = [
+    ("trivial_augment", P.TrivialAugment()),
+    ("rand_augment", P.RandAugment()),
+    ("rand_augment", P.RandAugment(n=3, m=30)),
+    *[("auto_augment", P.AutoAugment(policy=p)) for p in P.AUTO_AUGMENT_POLICIES],
+]
 
 
 @pytest.mark.parametrize("name, op", ALL_TRANSFORMS)
@@ -218,8 +248,14 @@ def test_p_is_the_chance_of_running_the_policy():
     assert P.policy_transform("auto_augment").policy == "imagenet"  # the published default
 
 
-@pytest.mark.parametrize("name, op", ALL_TRANSFORMS[:2] + [("rand_augment", P.RandAugment(n=3, m=5, num_magnitude_bins=11, p=0.7)),
-                                                           ("auto_augment", P.AutoAugment("svhn", p=0.9))])
+@pytest.mark.parametrize(
+    "name, op",
+    ALL_TRANSFORMS[:2]
+    + [
+        ("rand_augment", P.RandAugment(n=3, m=5, num_magnitude_bins=11, p=0.7)),
+        ("auto_augment", P.AutoAugment("svhn", p=0.9)),
+    ],
+)
 def test_save_and_load_round_trip(tmp_path, name, op):
     transform = P.policy_transform(name, op, fill=128)
     pipeline = A.Compose([A.HorizontalFlip(p=0.5), transform])
@@ -262,8 +298,11 @@ BAD = [
     ("auto_augment", P.AutoAugment(p=True), "auto_augment.p"),
     ("auto_augment", P.AutoAugment(p=float("nan")), "auto_augment.p"),
     ("auto_augment", P.AutoAugment(policy=10), "auto_augment.policy must be one of cifar10, imagenet, svhn"),
-    ("auto_augment", P.AutoAugment(policy="zzz"),
-     "unknown auto_augment policy 'zzz' (choose from cifar10, imagenet, svhn)"),
+    (
+        "auto_augment",
+        P.AutoAugment(policy="zzz"),
+        "unknown auto_augment policy 'zzz' (choose from cifar10, imagenet, svhn)",
+    ),
 ]
 
 
@@ -281,8 +320,11 @@ def validate_then_build(name, op):
 
 
 def test_did_you_mean():
-    with pytest.raises(ConfigError, match=r"^unknown auto_augment policy 'cifar' \(did you mean cifar10\? "
-                                          r"choose from cifar10, imagenet, svhn\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^unknown auto_augment policy 'cifar' \(did you mean cifar10\? "
+        r"choose from cifar10, imagenet, svhn\)$",
+    ):
         P.validate_policy("auto_augment", P.AutoAugment(policy="cifar"))
     with pytest.raises(ConfigError, match="did you mean imagenet"):
         P.policy_transform("auto_augment", P.AutoAugment(policy="ImageNet"))
@@ -329,13 +371,19 @@ def policy_entries(draw):
     bins = draw(st.integers(2, 40))
     if name == "trivial_augment":
         return name, P.TrivialAugment(num_magnitude_bins=bins, p=p)
-    return name, P.RandAugment(n=draw(st.integers(1, 4)), m=draw(st.integers(0, bins - 1)),
-                               num_magnitude_bins=bins, p=p)
+    return name, P.RandAugment(
+        n=draw(st.integers(1, 4)), m=draw(st.integers(0, bins - 1)), num_magnitude_bins=bins, p=p
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(entry=policy_entries(), h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 2**32 - 1),
-       fill=st.sampled_from([0, 128, (10, 20, 30)]))
+@given(
+    entry=policy_entries(),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    fill=st.sampled_from([0, 128, (10, 20, 30)]),
+)
 def test_any_valid_entry_runs_on_any_small_image(entry, h, w, seed, fill):
     name, op = entry
     compose = seeded(P.policy_transform(name, op, fill=fill), seed)

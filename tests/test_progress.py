@@ -1,5 +1,6 @@
 """Progress output: a bar on a terminal, a line at most every 30 s elsewhere (nohup, CI, Slurm),
 nothing under --quiet."""
+
 from __future__ import annotations
 
 import io
@@ -60,8 +61,25 @@ def test_mode_follows_the_terminal_and_quiet(monkeypatch):
 @pytest.mark.parametrize("quiet", [False, True])
 def test_train_under_a_non_terminal_logs_progress_unless_quiet(cli, tiny_data, monkeypatch, quiet):
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # every step: the run is short
-    args = ["train", "--data", tiny_data, "--plugin", "mlp", "--model", "mlp_small", "--epochs", "1",
-            "--batch-size", "8", "--workers", "0", "--threads", "1", "--aug", "none"]
+    args = [
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "mlp",
+        "--model",
+        "mlp_small",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--aug",
+        "none",
+    ]
     result = cli(*(args + ["--quiet"] if quiet else args))
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("epoch 1/1: step ")]
@@ -82,6 +100,8 @@ def test_a_counter_off_a_terminal_logs_what_it_was_told(caplog, monkeypatch):
             done.update(100)  # 10 s each: a line after the 3rd (30 s), the 6th (60 s)
         done.close()
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["decoding images: image 300/1,000 (30 %), 10 image/s, about 70 s left",
-                        "decoding images: image 600/1,000 (60 %), 10 image/s, about 40 s left"]
+    assert messages == [
+        "decoding images: image 300/1,000 (30 %), 10 image/s, about 70 s left",
+        "decoding images: image 600/1,000 (60 %), 10 image/s, about 40 s left",
+    ]
     assert isinstance(progress.counter(10, "x", enabled=False), progress._NoCounter)

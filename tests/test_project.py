@@ -1,4 +1,5 @@
 """The project's own facts: the version from the installed distribution, the public names."""
+
 from importlib.metadata import version
 
 import augpipe
@@ -51,8 +52,12 @@ def test_docs_hook_shows_repository_files_as_paths_and_leaves_broken_links(tmp_p
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "fast.yaml").write_text("epochs: 1\n")
     page = SimpleNamespace(file=SimpleNamespace(src_uri="page.md"))
-    text = ("[`recipes/fast.yaml`](../recipes/fast.yaml), [the recipe](../recipes/fast.yaml), "
-            "[gone](../recipes/gone.yaml), [a page](other.md), [web](https://example.org/x.yaml)")
+    text = (
+        "[`recipes/fast.yaml`](../recipes/fast.yaml), [the recipe](../recipes/fast.yaml), "
+        "[gone](../recipes/gone.yaml), [a page](other.md), [web](https://example.org/x.yaml)"
+    )
     out = hook.on_page_markdown(text, page, {"docs_dir": str(tmp_path / "docs")}, None)
-    assert out == ("`recipes/fast.yaml`, the recipe (`recipes/fast.yaml` in the repository), "
-                   "[gone](../recipes/gone.yaml), [a page](other.md), [web](https://example.org/x.yaml)")
+    assert out == (
+        "`recipes/fast.yaml`, the recipe (`recipes/fast.yaml` in the repository), "
+        "[gone](../recipes/gone.yaml), [a page](other.md), [web](https://example.org/x.yaml)"
+    )

@@ -1,6 +1,7 @@
 """Issue 23, reliability second round: signals to a whole process group, a full disk, the bounds
 of every number, and the data checks. Signals are sent by real processes to real process
 groups; a full disk is an injected OSError (the tests run as root, whom chmod does not stop)."""
+
 from __future__ import annotations
 
 import errno
@@ -14,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import _make_folder, error_line
 
 # Started in a session of its own, so that its process group holds it and its children only.
 # KILL="step:SIGNAL:E:S": after step S of epoch E the main process signals its whole group (its
 # loader workers get the signal at the same moment, as under `timeout` or Slurm);
 # KILL="scan:SIGNAL": the first image a scan process decodes signals the group.
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import os, signal, sys
 
     MODE = os.environ.get("KILL", "").split(":")
@@ -55,19 +55,51 @@ DRIVER = textwrap.dedent('''
 
     get_plugins().register(Plugin(), name="group-killer")
     main(sys.argv[1:])
-''')
+""")
 
-SETTINGS = ["--plugin", "cnn", "--model", "cnn_small", "--epochs", "3", "--batch-size", "8", "--val", "0.25",
-            "--test", "0.25", "--threads", "1", "--workers", "1", "--optimizer", "momentum", "--scheduler", "cosine",
-            "--aug", "standard", "--seed", "5", "--callbacks", "group-killer"]
+SETTINGS = [
+    "--plugin",
+    "cnn",
+    "--model",
+    "cnn_small",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "8",
+    "--val",
+    "0.25",
+    "--test",
+    "0.25",
+    "--threads",
+    "1",
+    "--workers",
+    "1",
+    "--optimizer",
+    "momentum",
+    "--scheduler",
+    "cosine",
+    "--aug",
+    "standard",
+    "--seed",
+    "5",
+    "--callbacks",
+    "group-killer",
+]
 
 
 def driven(tmp_path, *args, kill=""):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "KILL": kill, "PYTHONPATH": str(Path(__file__).parent)}
-    return subprocess.run([sys.executable, str(driver), *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600, start_new_session=True)
+    return subprocess.run(
+        [sys.executable, str(driver), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+        start_new_session=True,
+    )
 
 
 def summary(run: Path) -> dict:
@@ -87,8 +119,9 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exactly(tmp_path, uninterrupted,
-                                                                                    name, code):
+def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exactly(
+    tmp_path, uninterrupted, name, code
+):
     data, reference = uninterrupted
     runs = tmp_path / "runs"
     args = ["train", "--data", str(data), "--out", str(runs), "--name", "r", *SETTINGS]
@@ -100,8 +133,16 @@ def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exa
     resumed = driven(tmp_path, "train", "--resume", str(runs / "r"))
     assert resumed.returncode == 0, resumed.stderr
     got, want = summary(runs / "r"), summary(reference)
-    for key in ("test_acc", "test_loss", "best_epoch", "best_value", "epochs_run", "stop_reason", "confusion",
-                "per_class_acc"):
+    for key in (
+        "test_acc",
+        "test_loss",
+        "best_epoch",
+        "best_value",
+        "epochs_run",
+        "stop_reason",
+        "confusion",
+        "per_class_acc",
+    ):
         assert got[key] == want[key], key
     assert not got["interrupted"] and not got["resumable"]
 
@@ -111,16 +152,18 @@ def test_a_signal_to_the_group_ends_like_one_to_the_main_process_and_resumes_exa
 def test_a_signal_to_the_group_during_a_first_scan_prints_one_line(tmp_path, name, code):
     import augpipe.data.images as images
 
-    data = _make_folder(tmp_path / "data", {"a": images.PROCESS_SCAN_MIN // 2 + 4, "b": images.PROCESS_SCAN_MIN // 2},
-                        size=8)
-    stopped = driven(tmp_path, "train", "--data", str(data), "--out", str(tmp_path / "runs"), *SETTINGS,
-                     kill=f"scan:{name}")
+    data = _make_folder(
+        tmp_path / "data", {"a": images.PROCESS_SCAN_MIN // 2 + 4, "b": images.PROCESS_SCAN_MIN // 2}, size=8
+    )
+    stopped = driven(
+        tmp_path, "train", "--data", str(data), "--out", str(tmp_path / "runs"), *SETTINGS, kill=f"scan:{name}"
+    )
     assert stopped.returncode == code, stopped.stderr
     assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr, stopped.stderr
     assert f"interrupted by {name}" in stopped.stderr
 
 
-GROUP_STOP = '''
+GROUP_STOP = """
 import os, signal
 from augpipe.hookspecs import hookimpl
 from augpipe.training.callbacks import Callback
@@ -133,29 +176,70 @@ class GroupStop(Callback):  # plugins' callbacks run on rank 0
 @hookimpl
 def augpipe_register_callbacks(register):
     register("group_stop", lambda run_dir, config: GroupStop())
-'''
+"""
 
 
 @pytest.mark.slow
-def test_a_signal_to_the_group_of_a_distributed_run_ends_it_resumably_and_it_resumes_exactly(tmp_path,
-                                                                                           plugin_package):
+def test_a_signal_to_the_group_of_a_distributed_run_ends_it_resumably_and_it_resumes_exactly(tmp_path, plugin_package):
     """--devices 2: the launcher, both ranks and their loader workers get SIGTERM at once; the
     launcher passes it on to the ranks, which count the second copy as the same request."""
     from conftest import colour_classes
 
-    site = plugin_package("groupstop", entry_points={"groupstop": "groupstop_mod"}, modules={"groupstop_mod": GROUP_STOP})
+    site = plugin_package(
+        "groupstop", entry_points={"groupstop": "groupstop_mod"}, modules={"groupstop_mod": GROUP_STOP}
+    )
     data = colour_classes(tmp_path / "data", per_class=12)
     runs = tmp_path / "runs"
-    settings = ["--plugin", "mlp", "--model", "mlp_small", "--aug", "none", "--optimizer", "sgd", "--lr", "0.05",
-                "--scheduler", "cosine", "--epochs", "3", "--batch-size", "4", "--workers", "1", "--threads", "1",
-                "--seed", "3", "--val", "0.25", "--test", "0.25", "--device", "cpu", "--devices", "2",
-                "--callbacks", "group_stop"]
+    settings = [
+        "--plugin",
+        "mlp",
+        "--model",
+        "mlp_small",
+        "--aug",
+        "none",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--scheduler",
+        "cosine",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "--val",
+        "0.25",
+        "--test",
+        "0.25",
+        "--device",
+        "cpu",
+        "--devices",
+        "2",
+        "--callbacks",
+        "group_stop",
+    ]
 
     def augpipe(*args, kill=False):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)]),
-               "KILL": "1" if kill else ""}
-        return subprocess.run([sys.executable, "-m", "augpipe", *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=600, start_new_session=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(site), str(Path(__file__).parent)]),
+            "KILL": "1" if kill else "",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "augpipe", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+            start_new_session=True,
+        )
 
     ref = augpipe("train", "--data", str(data), "--out", str(runs), "--name", "ref", *settings)
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -206,8 +290,10 @@ def test_loader_workers_ignore_the_stop_signals(tmp_path):
 
         def __getitems__(self, positions):
             sigint, sigterm = _dispositions()[0]
-            return [(np.zeros((2, 2, 3), np.uint8), int(sigint == signal.SIG_IGN) + 2 * int(sigterm == signal.SIG_IGN),
-                     0) for _ in positions]
+            return [
+                (np.zeros((2, 2, 3), np.uint8), int(sigint == signal.SIG_IGN) + 2 * int(sigterm == signal.SIG_IGN), 0)
+                for _ in positions
+            ]
 
         def reseed(self, seed):
             pass
@@ -258,10 +344,15 @@ def broken_folder(monkeypatch):
     return break_
 
 
-@pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "no space left on device"),
-                                          (errno.EDQUOT, "disk quota exceeded"),
-                                          (errno.EROFS, "read-only file system"),
-                                          (errno.EACCES, "not writable")])
+@pytest.mark.parametrize(
+    "code, reason",
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "not writable"),
+    ],
+)
 def test_every_write_error_is_one_line_naming_the_file_and_the_reason(tmp_path, monkeypatch, code, reason):
     from augpipe.errors import WriteError
     from augpipe.files import write_atomic
@@ -300,8 +391,9 @@ def test_torch_saves_hidden_disk_full_error_is_found_and_named(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_training_is_one_line_keeps_the_checkpoint_and_resumes(tmp_path, cli, monkeypatch,
-                                                                                 broken_folder):
+def test_a_full_disk_during_training_is_one_line_keeps_the_checkpoint_and_resumes(
+    tmp_path, cli, monkeypatch, broken_folder
+):
     import torch
 
     data = _make_folder(tmp_path / "data", {"a": 10, "b": 10}, size=16)
@@ -315,8 +407,26 @@ def test_a_full_disk_during_training_is_one_line_keeps_the_checkpoint_and_resume
         return real_save(state, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", save)
-    args = ["--plugin", "cnn", "--model", "cnn_small", "--epochs", "3", "--batch-size", "8", "--val", "0.2",
-            "--test", "0.2", "--threads", "1", "--workers", "0", "--seed", "1"]
+    args = [
+        "--plugin",
+        "cnn",
+        "--model",
+        "cnn_small",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--val",
+        "0.2",
+        "--test",
+        "0.2",
+        "--threads",
+        "1",
+        "--workers",
+        "0",
+        "--seed",
+        "1",
+    ]
     line = error_line(cli("train", "--data", data, "--out", tmp_path / "runs", "--name", "r", *args))
     assert f"{run / 'last.pt'}" in line and "no space left on device" in line and "--resume" in line
     s = summary(run)
@@ -334,12 +444,26 @@ def finished_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("finished")
     data = _make_folder(root / "data", {"a": 8, "b": 8}, size=32)
-    return augpipe.train(data=str(data), out=str(root / "runs"), name="run", epochs=1, val=0.25, test=0.25,
-                         threads=1, workers=0, aug="light", batch_size=8, plugin="cnn", model="cnn_small").run_dir
+    return augpipe.train(
+        data=str(data),
+        out=str(root / "runs"),
+        name="run",
+        epochs=1,
+        val=0.25,
+        test=0.25,
+        threads=1,
+        workers=0,
+        aug="light",
+        batch_size=8,
+        plugin="cnn",
+        model="cnn_small",
+    ).run_dir
 
 
-@pytest.mark.parametrize("code, reason", [(errno.EROFS, "read-only file system"), (errno.EACCES, "not writable"),
-                                          (errno.ENOSPC, "no space left on device")])
+@pytest.mark.parametrize(
+    "code, reason",
+    [(errno.EROFS, "read-only file system"), (errno.EACCES, "not writable"), (errno.ENOSPC, "no space left on device")],
+)
 def test_export_to_a_folder_that_takes_no_file_says_so(finished_run, cli, tmp_path, broken_folder, code, reason):
     out = tmp_path / "ro"
     out.mkdir()
@@ -379,35 +503,42 @@ def test_a_full_disk_while_shards_are_written_is_one_line_and_leaves_no_shard(tm
         def __getattr__(self, name):
             return getattr(self.fh, name)
 
-    monkeypatch.setattr(shards, "open", lambda name, mode="r", *a, **k: FillsUp(real_open(name, mode, *a, **k)),
-                        raising=False)
+    monkeypatch.setattr(
+        shards, "open", lambda name, mode="r", *a, **k: FillsUp(real_open(name, mode, *a, **k)), raising=False
+    )
     line = error_line(cli("shard", data, "--out", tmp_path / "shards"))
     assert "the shards can not be written (no space left on device)" in line
     assert not [p for p in (tmp_path / "shards").iterdir() if p.name != ".lock"]
 
 
 # -- 3. bounds -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("flag, value, expected", [
-    ("--workers", "1000000", "--workers must be at most"),
-    ("--threads", "1000000", "--threads must be at most"),
-    ("--epochs", "1" * 400, "--epochs must be at most 1,000,000, got a 400-digit number"),
-    ("--epochs", "1000001", "--epochs must be at most 1,000,000"),
-    ("--batch-size", str(2**63), "--batch-size must be at most 1,048,576"),
-    ("--batch-size", str(2**64 + 1), "--batch-size must be at most 1,048,576"),
-    ("--image-size", "100000", "--image-size must be at most 8,192"),
-    ("--max-minutes", "1e30", "--max-minutes must be at most"),
-    ("--lr", "1e400", "--lr must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--workers", "1000000", "--workers must be at most"),
+        ("--threads", "1000000", "--threads must be at most"),
+        ("--epochs", "1" * 400, "--epochs must be at most 1,000,000, got a 400-digit number"),
+        ("--epochs", "1000001", "--epochs must be at most 1,000,000"),
+        ("--batch-size", str(2**63), "--batch-size must be at most 1,048,576"),
+        ("--batch-size", str(2**64 + 1), "--batch-size must be at most 1,048,576"),
+        ("--image-size", "100000", "--image-size must be at most 8,192"),
+        ("--max-minutes", "1e30", "--max-minutes must be at most"),
+        ("--lr", "1e400", "--lr must be a finite number"),
+    ],
+)
 def test_every_number_from_a_flag_has_a_range(cli, tmp_path, flag, value, expected):
     line = error_line(cli("train", "--data", tmp_path, flag, value))
     assert expected in line and len(line) < 200
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["preview", "--variants", "9" * 30], "--variants at most 50"),
-    (["preview", "--n", "100000"], "--n must be at most 200"),
-    (["lr-find", "--iterations", "9" * 30], "--iterations must be at most 1,000,000, got a 30-digit number"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["preview", "--variants", "9" * 30], "--variants at most 50"),
+        (["preview", "--n", "100000"], "--n must be at most 200"),
+        (["lr-find", "--iterations", "9" * 30], "--iterations must be at most 1,000,000, got a 30-digit number"),
+    ],
+)
 def test_the_numbers_of_the_other_commands_have_a_range_too(cli, tmp_path, args, expected):
     line = error_line(cli(*args, "--out", tmp_path / "x.png" if args[0] == "preview" else tmp_path / "lr"))
     assert expected in line
@@ -420,15 +551,18 @@ def test_the_worker_limit_names_the_cores(cli, tmp_path):
     assert f"at most {worker_limit()} on this machine ({WORKERS_PER_CORE} per CPU core, {cores()} cores)" in line
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("epochs: " + "9" * 400 + "\n", "--epochs must be at most 1,000,000, got a 400-digit number"),
-    ("epochs: " + "9" * 5000 + "\n", "a value YAML can not read"),
-    ("workers: 1000000\n", "--workers must be at most"),
-    ("lr: " + "9" * 400 + "\n", "--lr must be a finite number"),
-    ("milestones: [0.5, 1e9]\n", "--milestones must be at most 1,000,000"),
-    ("epochs: 5\nlr: 0.1\nepochs: 50\n", "the key 'epochs' is given twice, on lines 1 and 3"),
-    ("aug: {hflip: 0.5, hflip: 0.1}\n", "the key 'hflip' is given twice"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("epochs: " + "9" * 400 + "\n", "--epochs must be at most 1,000,000, got a 400-digit number"),
+        ("epochs: " + "9" * 5000 + "\n", "a value YAML can not read"),
+        ("workers: 1000000\n", "--workers must be at most"),
+        ("lr: " + "9" * 400 + "\n", "--lr must be a finite number"),
+        ("milestones: [0.5, 1e9]\n", "--milestones must be at most 1,000,000"),
+        ("epochs: 5\nlr: 0.1\nepochs: 50\n", "the key 'epochs' is given twice, on lines 1 and 3"),
+        ("aug: {hflip: 0.5, hflip: 0.1}\n", "the key 'hflip' is given twice"),
+    ],
+)
 def test_every_number_from_a_config_file_has_a_range_and_no_key_is_given_twice(cli, tmp_path, text, expected):
     (tmp_path / "c.yaml").write_text(text)
     line = error_line(cli("train", "--data", tmp_path, "--config", tmp_path / "c.yaml"))
@@ -456,8 +590,19 @@ def test_a_batch_larger_than_the_data_is_said(tmp_path, caplog):
 
     caplog.set_level(logging.WARNING, logger="augpipe")
     data = _make_folder(tmp_path / "data", {"a": 6, "b": 6}, size=16)
-    result = augpipe.train(data=str(data), out=str(tmp_path / "runs"), epochs=1, batch_size=1000, val=0.2, test=0.2,
-                           threads=1, workers=0, plugin="cnn", model="cnn_small", aug="light")
+    result = augpipe.train(
+        data=str(data),
+        out=str(tmp_path / "runs"),
+        epochs=1,
+        batch_size=1000,
+        val=0.2,
+        test=0.2,
+        threads=1,
+        workers=0,
+        plugin="cnn",
+        model="cnn_small",
+        aug="light",
+    )
     assert not result.failed
     assert any("--batch-size 1000 is more than the" in r.getMessage() for r in caplog.records)
 
@@ -522,8 +667,9 @@ def test_resume_refuses_data_whose_pixels_changed_in_place(tmp_path, cli):
 
     data = _make_folder(tmp_path / "data", {"a": 12, "b": 12}, size=16)
     runs = tmp_path / "runs"
-    stopped = driven(tmp_path, "train", "--data", str(data), "--out", str(runs), "--name", "r", *SETTINGS,
-                     kill="step:SIGTERM:1:1")
+    stopped = driven(
+        tmp_path, "train", "--data", str(data), "--out", str(runs), "--name", "r", *SETTINGS, kill="step:SIGTERM:1:1"
+    )
     assert stopped.returncode == 143, stopped.stderr
     write_image(data / "a" / "0004.png", random_image(np.random.default_rng(99), 16))  # same name, new pixels
     line = error_line(cli("train", "--resume", runs / "r"))
@@ -532,8 +678,8 @@ def test_resume_refuses_data_whose_pixels_changed_in_place(tmp_path, cli):
 
 def test_a_missing_file_says_no_such_file(tmp_path, finished_run):
     import augpipe
-    from augpipe.data.images import ImageStore
     from augpipe.data.datasets import open_dataset
+    from augpipe.data.images import ImageStore
     from augpipe.errors import DataError
 
     root = _make_folder(tmp_path / "data", {"a": 2, "b": 2}, size=8)
@@ -573,12 +719,15 @@ def test_a_csv_manifest_may_name_files_outside_its_folder_and_says_so(tmp_path, 
     images = _make_folder(tmp_path / "images", {"a": 2, "b": 2}, size=8)
     (tmp_path / "lists").mkdir()
     manifest = tmp_path / "lists" / "m.csv"
-    manifest.write_text(f"path,label\n../images/a/0000.png,a\n{images / 'a/0001.png'},a\n"
-                        f"../images/b/0000.png,b\n../images/b/0001.png,b\n")
+    manifest.write_text(
+        f"path,label\n../images/a/0000.png,a\n{images / 'a/0001.png'},a\n"
+        f"../images/b/0000.png,b\n../images/b/0001.png,b\n"
+    )
     src = open_dataset(manifest)
     assert len(src) == 4 and src.load(1).shape == (8, 8, 3)
-    assert any("names 4 file(s) outside its folder, first: ../images/a/0000.png" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "names 4 file(s) outside its folder, first: ../images/a/0000.png" in r.getMessage() for r in caplog.records
+    )
 
 
 @pytest.mark.slow
@@ -590,8 +739,20 @@ def test_a_summary_of_many_classes_keeps_the_confusion_matrix_in_a_file_of_its_o
 
     n = INLINE_CONFUSION_CLASSES + 2
     data = _make_folder(tmp_path / "data", {f"c{k:03d}": 3 for k in range(n)}, size=8)
-    result = augpipe.train(data=str(data), out=str(tmp_path / "runs"), epochs=1, val=0, test=0.34, threads=1,
-                           workers=0, plugin="cnn", model="cnn_small", aug="light", batch_size=32, image_size=32)
+    result = augpipe.train(
+        data=str(data),
+        out=str(tmp_path / "runs"),
+        epochs=1,
+        val=0,
+        test=0.34,
+        threads=1,
+        workers=0,
+        plugin="cnn",
+        model="cnn_small",
+        aug="light",
+        batch_size=32,
+        image_size=32,
+    )
     s = summary(result.run_dir)
     assert s["confusion"] is None and s["confusion_file"] == CONFUSION_FILE and len(s["per_class_acc"]) == n
     with open(result.run_dir / CONFUSION_FILE, newline="") as fh:

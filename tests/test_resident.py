@@ -1,6 +1,7 @@
 """--data-on-device: the splits held as one tensor on the device give exactly the loader's
 batches, a run trains the same with and without it, an interrupted epoch resumes exactly, and
 what rules it out is one line."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,11 +31,29 @@ def test_resident_batches_are_the_loaders_batches(rank, world, drop_last):
     store = _Store(300)
     items = np.arange(7, 300, 3)  # a split: some of the store's items
     labels = np.arange(300) % 5
-    host = EpochLoader(AugmentedImages(store, items, labels), batch_size=16, shuffle=True, num_workers=0, seed=11,
-                       drop_last=drop_last, rank=rank, world_size=world)
+    host = EpochLoader(
+        AugmentedImages(store, items, labels),
+        batch_size=16,
+        shuffle=True,
+        num_workers=0,
+        seed=11,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world,
+    )
     images = np.stack([store[i] for i in items])
-    dev = ResidentLoader(images, labels[items], items, "cpu", batch_size=16, shuffle=True, seed=11,
-                         drop_last=drop_last, rank=rank, world_size=world)
+    dev = ResidentLoader(
+        images,
+        labels[items],
+        items,
+        "cpu",
+        batch_size=16,
+        shuffle=True,
+        seed=11,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world,
+    )
     assert len(dev) == len(host)
     for epoch in (1, 2, 3):
         host.set_epoch(epoch), dev.set_epoch(epoch)
@@ -49,24 +68,44 @@ def test_resident_batches_are_the_loaders_batches(rank, world, drop_last):
             np.testing.assert_array_equal(ih, idd)
     # a different seed draws another order
     other = ResidentLoader(images, labels[items], items, "cpu", batch_size=16, shuffle=True, seed=12)
-    assert not torch.equal(next(iter(other))[1], next(iter(ResidentLoader(
-        images, labels[items], items, "cpu", batch_size=16, shuffle=True, seed=11)))[1])
+    assert not torch.equal(
+        next(iter(other))[1],
+        next(iter(ResidentLoader(images, labels[items], items, "cpu", batch_size=16, shuffle=True, seed=11)))[1],
+    )
 
 
 def test_an_unshuffled_resident_split_is_in_order():
     store = _Store(10)
     items = np.arange(10)
-    dev = ResidentLoader(np.stack([store[i] for i in items]), items % 2, items, "cpu", batch_size=4,
-                         shuffle=False, seed=0)
+    dev = ResidentLoader(
+        np.stack([store[i] for i in items]), items % 2, items, "cpu", batch_size=4, shuffle=False, seed=0
+    )
     got = torch.cat([x[:, 0, 1, 1] for x, _ in dev])
     assert got.tolist() == list(range(10))
 
 
 def _train(tmp_path, data, name, **flags):
-    settings = dict(data=str(data), plugin="cnn", model="cnn_small", epochs=2, batch_size=8, workers=0, threads=1,
-                    progress=False, out=str(tmp_path / "runs"), name=name, seed=5, device="cpu", aug_device="gpu",
-                    aug={"size": 16, "hflip": {"p": 0.5, "alternate": True}, "crop": {"scale": [0.5, 1.0]},
-                         "mixup": {"alpha": 0.4, "p": 0.5}})
+    settings = dict(
+        data=str(data),
+        plugin="cnn",
+        model="cnn_small",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name=name,
+        seed=5,
+        device="cpu",
+        aug_device="gpu",
+        aug={
+            "size": 16,
+            "hflip": {"p": 0.5, "alternate": True},
+            "crop": {"scale": [0.5, 1.0]},
+            "mixup": {"alpha": 0.4, "p": 0.5},
+        },
+    )
     settings.update(flags)
     return run_train(**settings)
 
@@ -109,10 +148,13 @@ def test_auto_keeps_the_data_on_the_host_of_a_cpu():
         decide("on", torch.device("cpu"), 10, "shards")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data-on-device", "maybe"], "--data-on-device must be auto, on or off, got 'maybe'"),
-    (["--data-on-device", "on", "--aug-device", "cpu"], "--data-on-device on augments on the device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data-on-device", "maybe"], "--data-on-device must be auto, on or off, got 'maybe'"),
+        (["--data-on-device", "on", "--aug-device", "cpu"], "--data-on-device on augments on the device"),
+    ],
+)
 def test_bad_data_on_device_settings_are_one_line(cli, tiny_data, args, message):
     from conftest import error_line
 
@@ -125,8 +167,21 @@ def test_a_spec_that_needs_workers_with_the_data_on_the_device_is_one_line(cli, 
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("size: 16\nrand_augment: {n: 2, m: 9}\n")
-    result = cli("train", "--data", tiny_data, "--plugin", "cnn", "--epochs", "1", "--aug", spec,
-                 "--device", "cpu", "--data-on-device", "on")
+    result = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "cnn",
+        "--epochs",
+        "1",
+        "--aug",
+        spec,
+        "--device",
+        "cpu",
+        "--data-on-device",
+        "on",
+    )
     assert "--data-on-device on: rand_augment runs only in loader workers" in error_line(result)
 
 

@@ -4,6 +4,7 @@ interrupted: on a CPU with the same seed the weights and metrics must be equal b
 Each run is a real ``augpipe train`` process started by ``DRIVER``, which kills itself at a
 precise point named in the environment (a signal from a step callback, or SIGKILL around a
 checkpoint write), so the kill points are exact and the test repeats."""
+
 from __future__ import annotations
 
 import csv
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import _make_folder
 
 pytestmark = pytest.mark.slow
 
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import os, signal, sys
 
     MODE = os.environ.get("KILL", "")
@@ -78,11 +78,38 @@ DRIVER = textwrap.dedent('''
 
     get_plugins().register(KillerPlugin(), name="killer")
     main(sys.argv[1:])
-''')
+""")
 
-SETTINGS = ["--plugin", "cnn", "--model", "cnn_small", "--dropout", "0.3", "--epochs", "3", "--batch-size", "8",
-            "--val", "0.25", "--test", "0.25", "--threads", "1", "--workers", "0", "--optimizer", "momentum",
-            "--scheduler", "cosine", "--aug", "standard", "--seed", "3", "--callbacks", "killer"]
+SETTINGS = [
+    "--plugin",
+    "cnn",
+    "--model",
+    "cnn_small",
+    "--dropout",
+    "0.3",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "8",
+    "--val",
+    "0.25",
+    "--test",
+    "0.25",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--optimizer",
+    "momentum",
+    "--scheduler",
+    "cosine",
+    "--aug",
+    "standard",
+    "--seed",
+    "3",
+    "--callbacks",
+    "killer",
+]
 EXACT_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
@@ -90,8 +117,9 @@ def augpipe(tmp_path, *args, kill=""):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = {**os.environ, "KILL": kill, "PYTHONPATH": str(Path(__file__).parent)}
-    return subprocess.run([sys.executable, str(driver), *args], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(driver), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
 
 
 def rows(run: Path) -> list[dict]:
@@ -181,8 +209,18 @@ def test_device_augmentation_and_a_loader_worker_resume_exactly_too(tmp_path, da
     settings = [*SETTINGS, "--aug-device", "gpu", "--workers", "1"]
     ref = augpipe(tmp_path, "train", "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "ref", *settings)
     assert ref.returncode == 0, ref.stderr
-    stopped = augpipe(tmp_path, "train", "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "r",
-                      *settings, kill="SIGTERM:2:2")
+    stopped = augpipe(
+        tmp_path,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "r",
+        *settings,
+        kill="SIGTERM:2:2",
+    )
     assert stopped.returncode == 143, stopped.stderr
     resumed = augpipe(tmp_path, "train", "--resume", str(tmp_path / "runs" / "r"))
     assert resumed.returncode == 0, resumed.stderr

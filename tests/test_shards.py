@@ -1,5 +1,6 @@
 """WebDataset tar shards: ``write_shards`` / ``open_shards`` round trips, ``augpipe shard``, training
 from shards, the shard-aware batch sampler, and shard sets that are not what augpipe wrote."""
+
 from __future__ import annotations
 
 import io
@@ -12,20 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import _make_folder, _make_split_folder, error_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from augpipe.cli.main import AugpipeGroup
 from augpipe.cli.shard_commands import shard
 from augpipe.data import shards as shards_mod
+from augpipe.data.datasets import open_dataset
 from augpipe.data.images import decode_file
 from augpipe.data.prepare import prepare_data
 from augpipe.data.shards import ShardBatchSampler, open_shards, shard_index, write_shards
-from augpipe.data.datasets import open_dataset
 from augpipe.data.split import read_manifest, write_manifest
 from augpipe.errors import ConfigError, DataError
-
-from conftest import _make_folder, _make_split_folder, error_line
 
 
 @pytest.fixture
@@ -96,7 +96,9 @@ def test_training_data_from_shards_keeps_the_split_and_decodes_through_the_store
     split_of = dict(zip(data.source.keys, data.assignment))
     assert [split_of[k] for k in again.source.keys] == list(again.assignment)
     for j in range(len(again.source)):
-        assert np.array_equal(again.store[j], decode_file(data.source.paths[data.source.keys.index(again.source.keys[j])]))
+        assert np.array_equal(
+            again.store[j], decode_file(data.source.paths[data.source.keys.index(again.source.keys[j])])
+        )
 
 
 def test_the_manifest_of_the_original_data_set_fits_the_shards(tmp_path, sharded):
@@ -242,14 +244,21 @@ def test_the_command_prints_the_counts_and_the_shards(tmp_path, folder):
     index = json.loads((tmp_path / "out" / "shards.json").read_text())
     n_train = sum(e["count"] for e in index["shards"] if e["split"] == "train")
     n_shards = sum(e["split"] == "train" for e in index["shards"])
-    assert f"train: {n_train} images in {n_shards} shard(s) (train-000000.tar .. train-{n_shards - 1:06d}.tar)" in result.output
+    assert (
+        f"train: {n_train} images in {n_shards} shard(s) (train-000000.tar .. train-{n_shards - 1:06d}.tar)"
+        in result.output
+    )
     assert "total" in result.output and "shards.json" in result.output
 
 
 @pytest.mark.parametrize("where", ["itself", "inside", "not empty", "a file"])
 def test_the_command_refuses_an_out_folder_that_would_lose_something(tmp_path, folder, where):
-    out = {"itself": folder, "inside": folder / "shards", "not empty": tmp_path / "mine",
-           "a file": tmp_path / "file.txt"}[where]
+    out = {
+        "itself": folder,
+        "inside": folder / "shards",
+        "not empty": tmp_path / "mine",
+        "a file": tmp_path / "file.txt",
+    }[where]
     if where == "not empty":
         out.mkdir()
         (out / "notes.txt").write_text("keep me")
@@ -278,8 +287,18 @@ def test_train_from_shards(tmp_path):
     src = _make_folder(tmp_path / "data", {"a": 12, "b": 12, "c": 12}, size=16)
     data = prepare_data(src, seed=0, cache_mb=0)
     write_shards(data, tmp_path / "shards", max_count=8)
-    result = augpipe.train(data=str(tmp_path / "shards"), plugin="cnn", model="cnn_small", epochs=1, workers=0,
-                           threads=1, batch_size=8, progress=False, out=str(tmp_path / "runs"), name="r")
+    result = augpipe.train(
+        data=str(tmp_path / "shards"),
+        plugin="cnn",
+        model="cnn_small",
+        epochs=1,
+        workers=0,
+        threads=1,
+        batch_size=8,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name="r",
+    )
     assert not result.failed and 0 <= result.summary["test_acc"] <= 1
     previous, _ = read_manifest(result.run_dir / "split.csv", open_dataset(src))
     assert previous == dict(zip(data.source.keys, data.assignment))
@@ -306,6 +325,7 @@ def edit_member(ext, new_bytes):
                 members[k] = (m, new_bytes(data))
                 break
         return members
+
     return change
 
 
@@ -313,6 +333,7 @@ def rename_first(new_name):
     def change(members):
         members[0][0].name = new_name(members[0][0].name)
         return members
+
     return change
 
 
@@ -328,6 +349,7 @@ def edit_index(change):
         index = json.loads((out / "shards.json").read_text())
         change(index)
         (out / "shards.json").write_text(json.dumps(index))
+
     return apply
 
 
@@ -335,7 +357,8 @@ def cut(at):
     def apply(out):
         path = out / "train-000000.tar"
         data = path.read_bytes()
-        path.write_bytes(data[:at(data)])
+        path.write_bytes(data[: at(data)])
+
     return apply
 
 
@@ -356,7 +379,11 @@ BAD = {
     "index a list": (lambda out: (out / "shards.json").write_text("[1, 2]"), "shards.json", "format"),
     "count as text": (edit_index(lambda i: i["shards"][0].update(count="4")), "shards.json", "count"),
     "count wrong": (edit_index(_bump_count), "train-000000.tar", "shards.json says"),
-    "file out of folder": (edit_index(lambda i: i["shards"][0].update(file="../train-000000.tar")), "shards.json", "file"),
+    "file out of folder": (
+        edit_index(lambda i: i["shards"][0].update(file="../train-000000.tar")),
+        "shards.json",
+        "file",
+    ),
     "split of another file": (edit_index(lambda i: i["shards"][0].update(split="test")), "shards.json", "split"),
     "class names": (edit_index(lambda i: i.update(class_names=["a", "a", "c"])), "shards.json", "class_names"),
     "seed": (edit_index(lambda i: i["split"].update(seed=-1)), "shards.json", "seed"),
@@ -365,26 +392,66 @@ BAD = {
     "truncated at a member": (cut(lambda d: 3 * 1024), "train-000000.tar", "truncated"),
     "no end marker": (cut(lambda d: data_end(d)), "train-000000.tar", "end-of-archive"),
     "half an end marker": (cut(lambda d: data_end(d) + 700), "train-000000.tar", "end-of-archive"),
-    "dot-dot member": (lambda out: rewrite_tar(out / "train-000000.tar", rename_first(lambda n: "../" + n)),
-                       "train-000000.tar", ".."),
-    "absolute member": (lambda out: rewrite_tar(out / "train-000000.tar", rename_first(lambda n: "/tmp/" + n)),
-                        "train-000000.tar", "absolute"),
+    "dot-dot member": (
+        lambda out: rewrite_tar(out / "train-000000.tar", rename_first(lambda n: "../" + n)),
+        "train-000000.tar",
+        "..",
+    ),
+    "absolute member": (
+        lambda out: rewrite_tar(out / "train-000000.tar", rename_first(lambda n: "/tmp/" + n)),
+        "train-000000.tar",
+        "absolute",
+    ),
     "link member": (lambda out: rewrite_tar(out / "train-000000.tar", as_link), "train-000000.tar", "link"),
-    "label out of range": (lambda out: rewrite_tar(out / "train-000000.tar", edit_member("cls", lambda d: b"3")),
-                           "train-000000.tar", "class index"),
-    "label not a number": (lambda out: rewrite_tar(out / "train-000000.tar", edit_member("cls", lambda d: b"-1")),
-                           "train-000000.tar", "class index"),
-    "label name differs": (lambda out: rewrite_tar(out / "train-000000.tar", edit_member(
-        "json", lambda d: json.dumps({**json.loads(d), "label": "zebra"}).encode())), "train-000000.tar", "zebra"),
-    "split differs": (lambda out: rewrite_tar(out / "train-000000.tar", edit_member(
-        "json", lambda d: json.dumps({**json.loads(d), "split": "test"}).encode())), "train-000000.tar", "split"),
-    "key changed": (lambda out: rewrite_tar(out / "train-000000.tar", edit_member(
-        "json", lambda d: json.dumps({**json.loads(d), "key": "a/other.png"}).encode())), "shards.json", "fingerprint"),
-    "gzip shard": (lambda out: (out / "train-000000.tar").write_bytes(
-        __import__("gzip").compress((out / "train-000000.tar").read_bytes())), "train-000000.tar", "tar"),
-    "shard is a link": (lambda out: ((out / "train-000000.tar").unlink(),
-                                     (out / "train-000000.tar").symlink_to(out / "train-000001.tar")),
-                        "train-000000.tar", "link"),
+    "label out of range": (
+        lambda out: rewrite_tar(out / "train-000000.tar", edit_member("cls", lambda d: b"3")),
+        "train-000000.tar",
+        "class index",
+    ),
+    "label not a number": (
+        lambda out: rewrite_tar(out / "train-000000.tar", edit_member("cls", lambda d: b"-1")),
+        "train-000000.tar",
+        "class index",
+    ),
+    "label name differs": (
+        lambda out: rewrite_tar(
+            out / "train-000000.tar",
+            edit_member("json", lambda d: json.dumps({**json.loads(d), "label": "zebra"}).encode()),
+        ),
+        "train-000000.tar",
+        "zebra",
+    ),
+    "split differs": (
+        lambda out: rewrite_tar(
+            out / "train-000000.tar",
+            edit_member("json", lambda d: json.dumps({**json.loads(d), "split": "test"}).encode()),
+        ),
+        "train-000000.tar",
+        "split",
+    ),
+    "key changed": (
+        lambda out: rewrite_tar(
+            out / "train-000000.tar",
+            edit_member("json", lambda d: json.dumps({**json.loads(d), "key": "a/other.png"}).encode()),
+        ),
+        "shards.json",
+        "fingerprint",
+    ),
+    "gzip shard": (
+        lambda out: (out / "train-000000.tar").write_bytes(
+            __import__("gzip").compress((out / "train-000000.tar").read_bytes())
+        ),
+        "train-000000.tar",
+        "tar",
+    ),
+    "shard is a link": (
+        lambda out: (
+            (out / "train-000000.tar").unlink(),
+            (out / "train-000000.tar").symlink_to(out / "train-000001.tar"),
+        ),
+        "train-000000.tar",
+        "link",
+    ),
 }
 
 
@@ -434,8 +501,9 @@ def epoch_batches(shard_of_item, batch_size, world_size, num_workers, epoch=0, *
     """{rank: batches} of one epoch."""
     out = {}
     for rank in range(world_size):
-        s = ShardBatchSampler(shard_of_item, batch_size, rank=rank, world_size=world_size,
-                              num_workers=num_workers, **kw)
+        s = ShardBatchSampler(
+            shard_of_item, batch_size, rank=rank, world_size=world_size, num_workers=num_workers, **kw
+        )
         s.set_epoch(epoch)
         out[rank] = list(s)
         assert len(out[rank]) == len(s)
@@ -503,8 +571,10 @@ def test_the_order_is_seeded_by_seed_and_epoch():
     other_seed = epoch_batches(shard_of, 4, world_size=2, num_workers=2, seed=2, epoch=0)
     assert later != first and other_seed != first
     # over epochs a rank reads different shards
-    mine = [{s for b in epoch_batches(shard_of, 4, 2, 2, seed=1, epoch=e)[0] for s in shard_of[b].tolist()}
-            for e in range(4)]
+    mine = [
+        {s for b in epoch_batches(shard_of, 4, 2, 2, seed=1, epoch=e)[0] for s in shard_of[b].tolist()}
+        for e in range(4)
+    ]
     assert len({frozenset(m) for m in mine}) > 1
 
 
@@ -525,8 +595,9 @@ def test_drop_last_repeats_nothing_and_keeps_the_counts_equal():
     assert len(batches[0]) == len(batches[1]) == len(sampler)
 
 
-@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"rank": 2, "world_size": 2}, {"num_workers": -1},
-                                {"seed": -3}, {"world_size": True}])
+@pytest.mark.parametrize(
+    "kw", [{"batch_size": 0}, {"rank": 2, "world_size": 2}, {"num_workers": -1}, {"seed": -3}, {"world_size": True}]
+)
 def test_bad_sampler_settings_are_config_errors(kw):
     args = {"batch_size": 4, **kw}
     with pytest.raises(ConfigError):
@@ -553,19 +624,25 @@ FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 
 
 @FAST
-@given(sizes=st.lists(st.integers(1, 20), min_size=1, max_size=14), world=st.integers(1, 4),
-       workers=st.integers(0, 3), batch=st.integers(1, 7), drop_last=st.booleans(), seed=st.integers(0, 2**32 - 1),
-       epoch=st.integers(0, 5))
+@given(
+    sizes=st.lists(st.integers(1, 20), min_size=1, max_size=14),
+    world=st.integers(1, 4),
+    workers=st.integers(0, 3),
+    batch=st.integers(1, 7),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    epoch=st.integers(0, 5),
+)
 def test_sampler_properties(sizes, world, workers, batch, drop_last, seed, epoch):
     shard_of = shard_items(sizes, seed=len(sizes))
     n = len(shard_of)
     batches = epoch_batches(shard_of, batch, world, workers, epoch=epoch, seed=seed, drop_last=drop_last)
-    sampler = ShardBatchSampler(shard_of, batch, world_size=world, num_workers=workers, seed=seed,
-                                drop_last=drop_last)
+    sampler = ShardBatchSampler(shard_of, batch, world_size=world, num_workers=workers, seed=seed, drop_last=drop_last)
     # the same number of batches on every rank and in every epoch, each batch full
     assert {len(b) for b in batches.values()} == {len(sampler)}
-    assert len(epoch_batches(shard_of, batch, world, workers, epoch=epoch + 1, seed=seed,
-                             drop_last=drop_last)[0]) == len(sampler)
+    assert len(
+        epoch_batches(shard_of, batch, world, workers, epoch=epoch + 1, seed=seed, drop_last=drop_last)[0]
+    ) == len(sampler)
     assert all(len(x) == batch for b in batches.values() for x in b)
     flat = [i for b in batches.values() for x in b for i in x]
     assert all(0 <= i < n for i in flat)

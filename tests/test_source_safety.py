@@ -4,6 +4,7 @@ from a pickle, never a traceback, never a silently wrong set of classes or label
 Each ``bad_*`` case below is one kind of bad input; ``test_bad_input_via_the_cli`` runs them all
 through ``augpipe split``, the other tests look at the library's answer more closely.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,12 +15,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import _make_cifar10, _make_cifar100, _make_folder, cifar_rows, error_line, write_image
 
 from augpipe.data.datasets import open_dataset
 from augpipe.errors import DataError
-
-from conftest import _make_cifar10, _make_cifar100, _make_folder, cifar_rows, write_image
-from conftest import error_line
 
 
 class RunsCode:
@@ -51,8 +50,11 @@ def evil_payloads(marker):
         "os.system": RunsCode(os.system, f"touch {marker}"),
         "exec": RunsCode(exec, f"open({str(marker)!r}, 'w').close()"),
         # Hidden inside an otherwise well-formed batch, where a loader might not look.
-        "nested": {b"data": cifar_rows(np.random.default_rng(0), 2), b"labels": [0, 1],
-                   b"filenames": [RunsCode(os.system, f"touch {marker}")]},
+        "nested": {
+            b"data": cifar_rows(np.random.default_rng(0), 2),
+            b"labels": [0, 1],
+            b"filenames": [RunsCode(os.system, f"touch {marker}")],
+        },
     }
 
 
@@ -83,8 +85,9 @@ def test_crafted_cifar_batch_via_split_is_one_error_line(tmp_path, cli):
     root = _make_cifar10(tmp_path / "c10")
     dump(root / "data_batch_1", RunsCode(os.system, f"touch {marker}"))
     res = cli("split", "c10", "--out", "m.csv")
-    assert_one_error_line(res, "data_batch_1: not a readable CIFAR batch (refused to load posix.system)",
-                          tmp_path / "m.csv")
+    assert_one_error_line(
+        res, "data_batch_1: not a readable CIFAR batch (refused to load posix.system)", tmp_path / "m.csv"
+    )
     assert not marker.exists()
 
 
@@ -96,13 +99,31 @@ def test_real_cifar_batches_still_load(tmp_path, protocol, labels_as):
     root = _make_cifar10(tmp_path / "c10", per_batch=2, n_test=3, n_classes=4)
     rng = np.random.default_rng(7)
     data = cifar_rows(rng, 3)
-    labels = {"list": [3, 0, 2], "array": np.array([3, 0, 2], np.int64),
-              "numpy scalars": [np.int64(3), np.int32(0), np.uint8(2)]}[labels_as]
-    dump(root / "data_batch_1", {b"batch_label": b"training batch 1 of 5", b"data": data, b"labels": labels,
-                                 b"filenames": [b"a.png", b"b.png", b"c.png"]}, protocol)
+    labels = {
+        "list": [3, 0, 2],
+        "array": np.array([3, 0, 2], np.int64),
+        "numpy scalars": [np.int64(3), np.int32(0), np.uint8(2)],
+    }[labels_as]
+    dump(
+        root / "data_batch_1",
+        {
+            b"batch_label": b"training batch 1 of 5",
+            b"data": data,
+            b"labels": labels,
+            b"filenames": [b"a.png", b"b.png", b"c.png"],
+        },
+        protocol,
+    )
     names = [b"cat", b"dog", b"emu", b"fox"]
-    dump(root / "batches.meta", {b"label_names": names if labels_as == "list" else np.array(names),
-                                 b"num_cases_per_batch": 10000, b"num_vis": 3072}, protocol)
+    dump(
+        root / "batches.meta",
+        {
+            b"label_names": names if labels_as == "list" else np.array(names),
+            b"num_cases_per_batch": 10000,
+            b"num_vis": 3072,
+        },
+        protocol,
+    )
     src = open_dataset(root)
     assert src.class_names == ["cat", "dog", "emu", "fox"]
     assert src.labels[:3].tolist() == [3, 0, 2]
@@ -112,15 +133,18 @@ def test_real_cifar_batches_still_load(tmp_path, protocol, labels_as):
 
 
 # -- CIFAR contents --------------------------------------------------------------------------
-@pytest.mark.parametrize("meta, message", [
-    ([b"cat", b"dog"], "not a CIFAR meta file"),
-    ({b"label_names": 5}, "class names must be a list, found int"),
-    ({b"label_names": [b"cat", 1.5] + [b"x%d" % i for i in range(8)]}, "class name 1 must be text, found float"),
-    ({b"label_names": [b"caf\xe9"] + [b"x%d" % i for i in range(9)]}, "class name 0 is not UTF-8 text"),
-    ({b"label_names": [b"cat", b"cat"] + [b"x%d" % i for i in range(8)]}, "the class name 'cat' is given twice"),
-    ({b"label_names": [b"  "] + [b"x%d" % i for i in range(9)]}, "class name 0 is empty"),
-    ({b"label_names": [b"cat", b"dog"]}, "has no entry in batches.meta:label_names (2 names)"),
-])
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ([b"cat", b"dog"], "not a CIFAR meta file"),
+        ({b"label_names": 5}, "class names must be a list, found int"),
+        ({b"label_names": [b"cat", 1.5] + [b"x%d" % i for i in range(8)]}, "class name 1 must be text, found float"),
+        ({b"label_names": [b"caf\xe9"] + [b"x%d" % i for i in range(9)]}, "class name 0 is not UTF-8 text"),
+        ({b"label_names": [b"cat", b"cat"] + [b"x%d" % i for i in range(8)]}, "the class name 'cat' is given twice"),
+        ({b"label_names": [b"  "] + [b"x%d" % i for i in range(9)]}, "class name 0 is empty"),
+        ({b"label_names": [b"cat", b"dog"]}, "has no entry in batches.meta:label_names (2 names)"),
+    ],
+)
 def test_cifar_meta_with_wrong_contents(tmp_path, meta, message):
     root = _make_cifar10(tmp_path / "c10", n_classes=10)
     dump(root / "batches.meta", meta)
@@ -129,13 +153,16 @@ def test_cifar_meta_with_wrong_contents(tmp_path, meta, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("batch, message", [
-    ({b"data": [[0] * 3072, [0] * 100], b"labels": [0, 1]}, "not a CIFAR batch"),  # ragged rows
-    ({b"data": np.full((2, 3072), 300, np.int64), b"labels": [0, 1]}, "bytes 0..255, found int64"),
-    ({b"data": np.full((2, 3072), 0.5), b"labels": [0, 1]}, "bytes 0..255, found float64"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.0, 1.0]}, "integer labels"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0, 1], [1]]}, "not a CIFAR batch"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({b"data": [[0] * 3072, [0] * 100], b"labels": [0, 1]}, "not a CIFAR batch"),  # ragged rows
+        ({b"data": np.full((2, 3072), 300, np.int64), b"labels": [0, 1]}, "bytes 0..255, found int64"),
+        ({b"data": np.full((2, 3072), 0.5), b"labels": [0, 1]}, "bytes 0..255, found float64"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.0, 1.0]}, "integer labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0, 1], [1]]}, "not a CIFAR batch"),
+    ],
+)
 def test_cifar_batch_with_wrong_contents(tmp_path, batch, message):
     root = _make_cifar10(tmp_path / "c10")
     dump(root / "data_batch_2", batch)
@@ -216,21 +243,24 @@ def test_npz_labels_index_the_class_names_even_when_one_class_is_absent(tmp_path
     assert src.class_names == ["cat", "dog", "emu"] and src.labels.tolist() == [2, 0, 2]
 
 
-@pytest.mark.parametrize("y, extra, message", [
-    (np.array([True, False]), {}, "labels must be integers, found bool"),
-    (np.array([0.0, 1.0]), {}, "labels must be integers, found float64"),
-    (np.array([0.0, np.nan]), {}, "labels must be integers, found float64"),
-    (np.array(["0", "1"]), {}, "labels must be integers, found <U1"),
-    (np.array([0, 2**63], np.uint64), {}, "label 9223372036854775808 is too large"),
-    (np.array([0, -3]), {}, "labels must not be negative, found -3"),
-    (np.array([0, 1]), {"class_names": np.array("cat")}, "must be a 1-D list, found shape ()"),
-    (np.array([0, 1]), {"class_names": np.array([["a", "b"]])}, "must be a 1-D list, found shape (1, 2)"),
-    (np.array([0, 1]), {"class_names": np.array(["a", "a"])}, "the class name 'a' is given twice"),
-    (np.array([0, 1]), {"class_names": np.array([b"a", b"\xff"])}, "class name 1 is not UTF-8 text"),
-    (np.array([0, 1]), {"class_names": np.array(["a", " "])}, "class name 1 is empty"),
-    (np.array([0, 1]), {"class_names": np.array([0.5, 1.5])}, "class name 0 must be text, found float"),
-    (np.array([0, 1]), {"class_names": np.array(["a"])}, "label 1 has no entry in class_names (1 names)"),
-])
+@pytest.mark.parametrize(
+    "y, extra, message",
+    [
+        (np.array([True, False]), {}, "labels must be integers, found bool"),
+        (np.array([0.0, 1.0]), {}, "labels must be integers, found float64"),
+        (np.array([0.0, np.nan]), {}, "labels must be integers, found float64"),
+        (np.array(["0", "1"]), {}, "labels must be integers, found <U1"),
+        (np.array([0, 2**63], np.uint64), {}, "label 9223372036854775808 is too large"),
+        (np.array([0, -3]), {}, "labels must not be negative, found -3"),
+        (np.array([0, 1]), {"class_names": np.array("cat")}, "must be a 1-D list, found shape ()"),
+        (np.array([0, 1]), {"class_names": np.array([["a", "b"]])}, "must be a 1-D list, found shape (1, 2)"),
+        (np.array([0, 1]), {"class_names": np.array(["a", "a"])}, "the class name 'a' is given twice"),
+        (np.array([0, 1]), {"class_names": np.array([b"a", b"\xff"])}, "class name 1 is not UTF-8 text"),
+        (np.array([0, 1]), {"class_names": np.array(["a", " "])}, "class name 1 is empty"),
+        (np.array([0, 1]), {"class_names": np.array([0.5, 1.5])}, "class name 0 must be text, found float"),
+        (np.array([0, 1]), {"class_names": np.array(["a"])}, "label 1 has no entry in class_names (1 names)"),
+    ],
+)
 def test_npz_bad_labels_and_class_names(tmp_path, y, extra, message):
     with pytest.raises(DataError, match="d.npz") as err:
         open_dataset(npz(tmp_path, y, **extra))
@@ -388,8 +418,7 @@ def test_nested_folders_keep_their_order_and_keys(tmp_path):
     _make_folder(root / "a" / "b", {"c": 1}, size=8, seed=2)
     write_image(root / "a" / "zz.png", np.zeros((4, 4, 3), np.uint8))
     # os.walk's order: a folder's own files by name, then each subfolder in turn.
-    assert open_dataset(root).keys == ["a/0000.png", "a/0001.png", "a/zz.png", "a/b/c/0000.png",
-                                       "a/z/deep/0000.png"]
+    assert open_dataset(root).keys == ["a/0000.png", "a/0001.png", "a/zz.png", "a/b/c/0000.png", "a/z/deep/0000.png"]
 
 
 def test_broken_link_as_an_image_is_an_unreadable_image(tmp_path):
@@ -428,26 +457,38 @@ def csv_ds(tmp_path, body: str):
     return tmp_path / "list.csv"
 
 
-@pytest.mark.parametrize("body, message", [
-    ("path,label\nimg/a/0000.png,a\nimg/a/0001.png,a\nimg/a/0000.png,b\n",
-     "img/a/0000.png is labelled 'a' on line 2 and 'b' on line 4"),
-    ("# made by hand\npath,label\nimg/a/0000.png,a\nimg/a/0001.png,a\nimg/b/0000.png,b\nimg/b/0001.png,b\n"
-     "\nimg/a/0000.png,a\n", "img/a/0000.png is listed twice, lines 3 and 8"),
-    ("path,label\nimg/a/0000.png,a\n./img/a/../a/0000.png,a\n",
-     "./img/a/../a/0000.png is listed twice, lines 2 and 3"),
-    ("path,label\nimg/a/0000.png,a\nimg/a/0001.png, \n", "line 3: the label of img/a/0001.png is empty"),
-    ("path,label\nimg/a/0000.png,a\n,b\n", "line 3: the path is empty"),
-    ("path,label,split\nimg/a/0000.png,a,train\nimg/a/0001.png\n", "line 3: expected path,label[,split], found 1"),
-    ("path,label,split\nimg/a/0000.png,a,train\nimg/a/0001.png,a,holdout\n",
-     "line 3: unknown split name 'holdout'"),
-    ("path,label\n", "the manifest lists no images"),
-    ("# only a comment\n\n", "the manifest is empty"),
-    ("path,label,path\nimg/a/0000.png,a,x\n", "the column 'path' is named twice"),
-    ("path,label\nimg/a/\x000000.png,a\n", "line 2: 'img/a/\\x000000.png' is not a usable path"),
-    ("path,label\n" + "x" * 5000 + ".png,a\n", "line 2: 'xxxx"),
-    ('path,label\nimg/a/0000.png,a\n"' + "y" * 200_000 + '",a\n', "line 3: not valid CSV (field larger than"),
-    ("path,label\n#img/a/0000.png,a\n", "1 missing file(s), first: #img/a/0000.png"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "path,label\nimg/a/0000.png,a\nimg/a/0001.png,a\nimg/a/0000.png,b\n",
+            "img/a/0000.png is labelled 'a' on line 2 and 'b' on line 4",
+        ),
+        (
+            "# made by hand\npath,label\nimg/a/0000.png,a\nimg/a/0001.png,a\nimg/b/0000.png,b\nimg/b/0001.png,b\n"
+            "\nimg/a/0000.png,a\n",
+            "img/a/0000.png is listed twice, lines 3 and 8",
+        ),
+        (
+            "path,label\nimg/a/0000.png,a\n./img/a/../a/0000.png,a\n",
+            "./img/a/../a/0000.png is listed twice, lines 2 and 3",
+        ),
+        ("path,label\nimg/a/0000.png,a\nimg/a/0001.png, \n", "line 3: the label of img/a/0001.png is empty"),
+        ("path,label\nimg/a/0000.png,a\n,b\n", "line 3: the path is empty"),
+        ("path,label,split\nimg/a/0000.png,a,train\nimg/a/0001.png\n", "line 3: expected path,label[,split], found 1"),
+        (
+            "path,label,split\nimg/a/0000.png,a,train\nimg/a/0001.png,a,holdout\n",
+            "line 3: unknown split name 'holdout'",
+        ),
+        ("path,label\n", "the manifest lists no images"),
+        ("# only a comment\n\n", "the manifest is empty"),
+        ("path,label,path\nimg/a/0000.png,a,x\n", "the column 'path' is named twice"),
+        ("path,label\nimg/a/\x000000.png,a\n", "line 2: 'img/a/\\x000000.png' is not a usable path"),
+        ("path,label\n" + "x" * 5000 + ".png,a\n", "line 2: 'xxxx"),
+        ('path,label\nimg/a/0000.png,a\n"' + "y" * 200_000 + '",a\n', "line 3: not valid CSV (field larger than"),
+        ("path,label\n#img/a/0000.png,a\n", "1 missing file(s), first: #img/a/0000.png"),
+    ],
+)
 def test_bad_csv_manifests(tmp_path, body, message):
     with pytest.raises(DataError) as err:
         open_dataset(csv_ds(tmp_path, body))
@@ -456,8 +497,9 @@ def test_bad_csv_manifests(tmp_path, body, message):
 
 
 def test_csv_row_starting_with_a_hash_after_the_header_is_a_row(tmp_path):
-    path = csv_ds(tmp_path, "# comments before the header only\n\npath,label\n#1.png,hash\nimg/a/0000.png,a\n"
-                            "# 2.png,hash\n")
+    path = csv_ds(
+        tmp_path, "# comments before the header only\n\npath,label\n#1.png,hash\nimg/a/0000.png,a\n# 2.png,hash\n"
+    )
     shutil.copy(tmp_path / "img/b/0000.png", tmp_path / "#1.png")
     shutil.copy(tmp_path / "img/b/0001.png", tmp_path / "# 2.png")
     src = open_dataset(path)
@@ -502,16 +544,26 @@ def _csv(tmp_path, body):
 
 X2 = np.zeros((2, 4, 4, 3), np.uint8)
 CLI_CASES = {
-    "cifar code": (lambda t: _cifar_with(t, "data_batch_1", RunsCode(os.system, f"touch {t / 'pwned'}")),
-                   "refused to load posix.system"),
-    "cifar meta code": (lambda t: _cifar_with(t, "batches.meta", RunsCode(exec, "1")),
-                        "refused to load __builtin__.exec"),
-    "cifar meta names not a list": (lambda t: _cifar_with(t, "batches.meta", {b"label_names": 3}),
-                                    "class names must be a list"),
-    "cifar ragged": (lambda t: _cifar_with(t, "data_batch_1", {b"data": [[1], [2, 3]], b"labels": [0, 1]}),
-                     "not a CIFAR batch"),
-    "npz huge labels as ten million classes": (lambda t: _npz_with(t, x=X2, y=np.array([0, 2**63], np.uint64)),
-                                               "too large"),
+    "cifar code": (
+        lambda t: _cifar_with(t, "data_batch_1", RunsCode(os.system, f"touch {t / 'pwned'}")),
+        "refused to load posix.system",
+    ),
+    "cifar meta code": (
+        lambda t: _cifar_with(t, "batches.meta", RunsCode(exec, "1")),
+        "refused to load __builtin__.exec",
+    ),
+    "cifar meta names not a list": (
+        lambda t: _cifar_with(t, "batches.meta", {b"label_names": 3}),
+        "class names must be a list",
+    ),
+    "cifar ragged": (
+        lambda t: _cifar_with(t, "data_batch_1", {b"data": [[1], [2, 3]], b"labels": [0, 1]}),
+        "not a CIFAR batch",
+    ),
+    "npz huge labels as ten million classes": (
+        lambda t: _npz_with(t, x=X2, y=np.array([0, 2**63], np.uint64)),
+        "too large",
+    ),
     "npz bool labels": (lambda t: _npz_with(t, x=X2, y=np.array([True, False])), "found bool"),
     "npz name 0-d": (lambda t: _npz_with(t, x=X2, y=np.array([0, 1]), class_names=np.array("ab")), "1-D list"),
     "npz empty": (lambda t: (t / "d.npz").write_bytes(b"") or "d.npz", "not a readable .npz file"),
@@ -521,11 +573,15 @@ CLI_CASES = {
     "csv listed twice": (lambda t: _csv(t, "path,label\nimg/a/0000.png,a\nimg/a/0000.png,a\n"), "listed twice"),
     "csv empty label": (lambda t: _csv(t, "path,label\nimg/a/0000.png,\n"), "line 2: the label"),
     "csv header only": (lambda t: _csv(t, "path,label,split\n"), "lists no images"),
-    "csv not utf-8": (lambda t: (t / "list.csv").write_bytes(b"path,label\nx.png,caf\xe9\n") and "list.csv",
-                      "not a UTF-8 text file"),
+    "csv not utf-8": (
+        lambda t: (t / "list.csv").write_bytes(b"path,label\nx.png,caf\xe9\n") and "list.csv",
+        "not a UTF-8 text file",
+    ),
     "csv short row": (lambda t: _csv(t, "path,label\nimg/a/0000.png\n"), "line 2: expected path,label"),
-    "csv unknown split": (lambda t: _csv(t, "path,label,split\nimg/a/0000.png,a,dev\n"),
-                          "line 2: unknown split name 'dev'"),
+    "csv unknown split": (
+        lambda t: _csv(t, "path,label,split\nimg/a/0000.png,a,dev\n"),
+        "line 2: unknown split name 'dev'",
+    ),
     "csv NUL": (lambda t: _csv(t, "path,label\nimg\x00.png,a\n"), "is not a usable path"),
     "csv huge field": (lambda t: _csv(t, 'path,label\n"' + "z" * 140_000 + '",a\n'), "not valid CSV"),
 }

@@ -1,4 +1,5 @@
 """Each kind of data set source, and decoding every kind of image file to RGB uint8 HWC."""
+
 from __future__ import annotations
 
 import pickle
@@ -7,12 +8,11 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-
-from augpipe.data.images import ImageStore, decode_file, is_image_file
-from augpipe.data.datasets import open_dataset
-from augpipe.errors import DataError
-
 from conftest import CIFAR_DIR, random_image, write_image
+
+from augpipe.data.datasets import open_dataset
+from augpipe.data.images import ImageStore, decode_file, is_image_file
+from augpipe.errors import DataError
 
 
 # -- folder of class folders ---------------------------------------------------------------
@@ -154,8 +154,14 @@ def test_npz_train_test_with_class_names(tmp_path, names):
     rng = np.random.default_rng(0)
     xtr = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     xte = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=xtr, y_train=np.array([[0], [1], [2], [1]]),  # (N, 1) like Keras
-             x_test=xte, y_test=np.array([2, 0]), class_names=names)
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=xtr,
+        y_train=np.array([[0], [1], [2], [1]]),  # (N, 1) like Keras
+        x_test=xte,
+        y_test=np.array([2, 0]),
+        class_names=names,
+    )
     src = open_dataset(tmp_path / "d.npz")
     assert src.class_names == ["cat", "dog", "emu"]
     assert src.keys == ["train/0", "train/1", "train/2", "train/3", "test/0", "test/1"]
@@ -164,15 +170,20 @@ def test_npz_train_test_with_class_names(tmp_path, names):
     assert np.array_equal(src.load(5), xte[1])
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"images": np.zeros((2, 4, 4, 3), np.uint8)}, "expected arrays x and y"),
-    ({"x": np.zeros((2, 4, 4, 3), np.float32), "y": np.array([0, 1])}, "must be uint8"),
-    ({"x": np.zeros((2, 3, 5, 5), np.uint8), "y": np.array([0, 1])}, "NHWC"),
-    ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, 1, 1])}, "2 images but y has 3 labels"),
-    ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, -1])}, "negative"),
-    ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, 2]), "class_names": np.array(["a", "b"])},
-     "label 2 has no entry"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"images": np.zeros((2, 4, 4, 3), np.uint8)}, "expected arrays x and y"),
+        ({"x": np.zeros((2, 4, 4, 3), np.float32), "y": np.array([0, 1])}, "must be uint8"),
+        ({"x": np.zeros((2, 3, 5, 5), np.uint8), "y": np.array([0, 1])}, "NHWC"),
+        ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, 1, 1])}, "2 images but y has 3 labels"),
+        ({"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, -1])}, "negative"),
+        (
+            {"x": np.zeros((2, 4, 4, 3), np.uint8), "y": np.array([0, 2]), "class_names": np.array(["a", "b"])},
+            "label 2 has no entry",
+        ),
+    ],
+)
 def test_npz_bad_contents(tmp_path, arrays, message):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(DataError, match=message):
@@ -226,12 +237,15 @@ def test_cifar100_python_folder(tmp_path, make_cifar100):
     assert src.load(2)[31, 31].tolist() == [batch[b"data"][2][k * 1024 + 1023] for k in range(3)]
 
 
-@pytest.mark.parametrize("batch, message", [
-    ({b"labels": [0, 1]}, "data_batch_1"),
-    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "data_batch_1"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, "data_batch_1"),
-    ([1, 2, 3], "data_batch_1"),
-])
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({b"labels": [0, 1]}, "data_batch_1"),
+        ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "data_batch_1"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, "data_batch_1"),
+        ([1, 2, 3], "data_batch_1"),
+    ],
+)
 def test_cifar_malformed_batches(tmp_path, make_cifar10, batch, message):
     root = make_cifar10(tmp_path / "c")
     with open(root / "data_batch_1", "wb") as fh:

@@ -1,4 +1,5 @@
 """Splits: seeded, stratified, leak-free, stable as a data set grows, and kept in a manifest."""
+
 from __future__ import annotations
 
 import math
@@ -7,16 +8,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import CIFAR_DIR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from augpipe.data.prepare import prepare_data
 from augpipe.data.datasets import open_dataset
-from augpipe.data.split import (check_ratios, describe_duplicates, read_manifest,
-                                split_dataset, write_manifest)
+from augpipe.data.prepare import prepare_data
+from augpipe.data.split import check_ratios, describe_duplicates, read_manifest, split_dataset, write_manifest
 from augpipe.errors import ConfigError, DataError
-
-from conftest import CIFAR_DIR
 
 
 def items(counts: dict[str, int]):
@@ -75,9 +74,12 @@ def test_stratified_within_one_image_per_class(val, test):
 
 
 @settings(max_examples=60, deadline=None, database=None)
-@given(sizes=st.lists(st.integers(min_value=4, max_value=80), min_size=1, max_size=6),
-       val=st.floats(min_value=0, max_value=0.4), test=st.floats(min_value=0, max_value=0.4),
-       seed=st.integers(min_value=0, max_value=2**31))
+@given(
+    sizes=st.lists(st.integers(min_value=4, max_value=80), min_size=1, max_size=6),
+    val=st.floats(min_value=0, max_value=0.4),
+    test=st.floats(min_value=0, max_value=0.4),
+    seed=st.integers(min_value=0, max_value=2**31),
+)
 def test_every_item_in_exactly_one_split_and_counts_stratified(sizes, val, test, seed):
     counts = {f"c{i}": n for i, n in enumerate(sizes)}
     keys, labels, names = items(counts)
@@ -143,8 +145,9 @@ def test_manifest_round_trip_reproduces_exactly(tmp_path, make_folder):
     again = prepare_data(root, seed=0, split_file=m1)
     assert again.source.keys == data.source.keys
     assert again.assignment.tolist() == data.assignment.tolist()
-    m2 = write_manifest(tmp_path / "m2.csv", again.source, again.assignment, seed=again.seed, val=again.val,
-                        test=again.test)
+    m2 = write_manifest(
+        tmp_path / "m2.csv", again.source, again.assignment, seed=again.seed, val=again.val, test=again.test
+    )
     assert m1.read_bytes() == m2.read_bytes()
     previous, header = read_manifest(m1, data.source)
     assert previous == dict(zip(data.source.keys, data.assignment.tolist()))
@@ -165,14 +168,17 @@ def test_manifest_for_array_sources_uses_index_keys(tmp_path, make_cifar10):
     assert prepare_data(root, split_file=m).assignment.tolist() == data.assignment.tolist()
 
 
-@pytest.mark.parametrize("body, message", [
-    ("path,label,split\na/0000.png,zebra,train\n", "unknown labels, first: 'zebra'"),
-    ("path,label,split\na/0000.png,a,train\na/9999.png,a,test\n", "missing from the data set, first: a/9999.png"),
-    ("path,label,split\na/0000.png,b,train\n", "a/0000.png is labelled 'b'"),
-    ("path,label,split\na/0000.png,a,holdout\n", "unknown split 'holdout'"),
-    ("path,label,split\na/0000.png,a\n", "line 2"),
-    ("path,label\na/0000.png,a\n", "not a split manifest"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("path,label,split\na/0000.png,zebra,train\n", "unknown labels, first: 'zebra'"),
+        ("path,label,split\na/0000.png,a,train\na/9999.png,a,test\n", "missing from the data set, first: a/9999.png"),
+        ("path,label,split\na/0000.png,b,train\n", "a/0000.png is labelled 'b'"),
+        ("path,label,split\na/0000.png,a,holdout\n", "unknown split 'holdout'"),
+        ("path,label,split\na/0000.png,a\n", "line 2"),
+        ("path,label\na/0000.png,a\n", "not a split manifest"),
+    ],
+)
 def test_bad_manifests(tmp_path, make_folder, body, message):
     root = make_folder(tmp_path / "ds", {"a": 4, "b": 4}, size=8)
     (tmp_path / "m.csv").write_text(body)
@@ -244,14 +250,17 @@ def test_class_too_small_names_the_class():
     assert per_class(labels, out, 1) == Counter({"train": 1, "test": 1})
 
 
-@pytest.mark.parametrize("val, test, message", [
-    (-0.1, 0.1, "--val must be a fraction"),
-    (0.1, -0.5, "--test must be a fraction"),
-    (1.0, 0.0, "--val must be a fraction"),
-    (float("nan"), 0.1, "--val must be a fraction"),
-    (0.5, 0.5, "must be below 1"),
-    (0.7, 0.6, "must be below 1"),
-])
+@pytest.mark.parametrize(
+    "val, test, message",
+    [
+        (-0.1, 0.1, "--val must be a fraction"),
+        (0.1, -0.5, "--test must be a fraction"),
+        (1.0, 0.0, "--val must be a fraction"),
+        (float("nan"), 0.1, "--val must be a fraction"),
+        (0.5, 0.5, "must be below 1"),
+        (0.7, 0.6, "must be below 1"),
+    ],
+)
 def test_bad_ratios(val, test, message):
     with pytest.raises(ConfigError, match=message):
         check_ratios(val, test)
@@ -285,8 +294,9 @@ def test_a_manifest_key_that_starts_with_a_hash_is_a_row_not_a_comment(tmp_path)
 
             cv2.imwrite(str(root / cls / f"{i}.png"), np.full((4, 4, 3), i * 10 + len(cls), np.uint8))
     source = open_dataset(root)
-    assignment = split_dataset(source.keys, source.labels, source.given, val=0.2, test=0.2, seed=0,
-                               class_names=source.class_names)
+    assignment = split_dataset(
+        source.keys, source.labels, source.given, val=0.2, test=0.2, seed=0, class_names=source.class_names
+    )
     write_manifest(tmp_path / "m.csv", source, assignment, seed=0, val=0.2, test=0.2)
     previous, header = read_manifest(tmp_path / "m.csv", source)
     assert previous == dict(zip(source.keys, assignment)) and header["seed"] == 0
@@ -303,22 +313,25 @@ def _manifest_with_header(tmp_path, make_folder, header: str):
     return root, source, m
 
 
-@pytest.mark.parametrize("header, field", [
-    ("# seed: banana\n", "seed"),
-    ("# seed: -1\n", "seed"),
-    ("# seed: 4294967296\n", "seed"),  # 2**32
-    ("# seed: +5\n", "seed"),
-    ("# seed: 1_000\n", "seed"),
-    ("# seed: 3.0\n", "seed"),
-    ("# seed: ٣\n", "seed"),  # a digit to str.isdigit, not to a reader of the file
-    ("# seed:\n", "seed"),
-    ("# val: lots\n", "val"),
-    ("# val: nan\n", "val"),
-    ("# val: 1\n", "val"),
-    ("# val: -0.1\n", "val"),
-    ("# test: inf\n", "test"),
-    ("# val: 0.6\n# test: 0.5\n", "val and test"),
-])
+@pytest.mark.parametrize(
+    "header, field",
+    [
+        ("# seed: banana\n", "seed"),
+        ("# seed: -1\n", "seed"),
+        ("# seed: 4294967296\n", "seed"),  # 2**32
+        ("# seed: +5\n", "seed"),
+        ("# seed: 1_000\n", "seed"),
+        ("# seed: 3.0\n", "seed"),
+        ("# seed: ٣\n", "seed"),  # a digit to str.isdigit, not to a reader of the file
+        ("# seed:\n", "seed"),
+        ("# val: lots\n", "val"),
+        ("# val: nan\n", "val"),
+        ("# val: 1\n", "val"),
+        ("# val: -0.1\n", "val"),
+        ("# test: inf\n", "test"),
+        ("# val: 0.6\n# test: 0.5\n", "val and test"),
+    ],
+)
 def test_bad_manifest_header_fields_name_the_file_and_field(tmp_path, make_folder, header, field):
     root, source, m = _manifest_with_header(tmp_path, make_folder, header)
     with pytest.raises(DataError, match=rf"m.csv: the header fields? {field} ") as err:
@@ -335,15 +348,17 @@ def test_bad_manifest_header_via_the_cli(tmp_path, make_folder, cli):
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert res.output.splitlines()[-1] == "Error: m.csv: the header field seed must be an integer from 0 to " \
-                                          "4294967295, got 'banana'"
+    assert (
+        res.output.splitlines()[-1] == "Error: m.csv: the header field seed must be an integer from 0 to "
+        "4294967295, got 'banana'"
+    )
     assert not (tmp_path / "new.csv").exists()
 
 
 def test_manifest_header_fields_are_converted_and_used(tmp_path, make_folder):
     root, source, m = _manifest_with_header(
-        tmp_path, make_folder,
-        "# augpipe split manifest v1\n# seed: 4294967295\n# val: 1e-1\n# test: 0\n# note: hi\n")
+        tmp_path, make_folder, "# augpipe split manifest v1\n# seed: 4294967295\n# val: 1e-1\n# test: 0\n# note: hi\n"
+    )
     _, header = read_manifest(m, source)
     assert header["seed"] == 4294967295 and isinstance(header["seed"], int)
     assert header["val"] == 0.1 and header["test"] == 0.0 and isinstance(header["test"], float)

@@ -1,5 +1,6 @@
 """Properties of ``split_dataset`` over random data sets, and of the readers of user-written
 files over random text: what must hold whatever the class sizes, keys, ratios and seeds are."""
+
 from __future__ import annotations
 
 import math
@@ -8,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _make_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from augpipe.data.sources import ImageSource
 from augpipe.data.datasets import open_dataset
+from augpipe.data.sources import ImageSource
 from augpipe.data.split import read_manifest, split_dataset
 from augpipe.errors import AugpipeError, DataError
-
-from conftest import _make_folder
 
 SPLITS = ("train", "val", "test")
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,8 +59,7 @@ def split_or_none(keys, labels, given_, val, test, seed, names, previous=None):
     must do exactly when a class is too small."""
     _, _, _, too_small = expected_plan(labels, given_, val, test)
     try:
-        out = split_dataset(keys, labels, given_, val=val, test=test, seed=seed, previous=previous,
-                            class_names=names)
+        out = split_dataset(keys, labels, given_, val=val, test=test, seed=seed, previous=previous, class_names=names)
     except DataError as err:
         assert too_small and "too few" in str(err), err
         return None
@@ -93,8 +92,7 @@ def test_partition_and_stratification(data, val, test, seed):
 
 
 @FAST
-@given(data=datasets(), val=ratio, test=ratio, seed=st.integers(0, 2**32 - 1),
-       order=st.randoms(use_true_random=False))
+@given(data=datasets(), val=ratio, test=ratio, seed=st.integers(0, 2**32 - 1), order=st.randoms(use_true_random=False))
 def test_same_inputs_in_any_order_give_the_same_assignment(data, val, test, seed, order):
     keys, labels, given_, names = data
     out = split_or_none(keys, labels, given_, val, test, seed, names)
@@ -102,14 +100,27 @@ def test_same_inputs_in_any_order_give_the_same_assignment(data, val, test, seed
         return
     perm = list(range(len(keys)))
     order.shuffle(perm)
-    again = split_dataset([keys[i] for i in perm], labels[perm], [given_[i] for i in perm], val=val, test=test,
-                          seed=seed, class_names=names)
+    again = split_dataset(
+        [keys[i] for i in perm],
+        labels[perm],
+        [given_[i] for i in perm],
+        val=val,
+        test=test,
+        seed=seed,
+        class_names=names,
+    )
     assert {keys[i]: s for i, s in zip(perm, again)} == dict(zip(keys, out))
 
 
 @FAST
-@given(old=datasets(min_items=1), new=datasets(min_items=1), val=ratio, test=ratio,
-       seed=st.integers(0, 2**32 - 1), seed2=st.integers(0, 2**32 - 1))
+@given(
+    old=datasets(min_items=1),
+    new=datasets(min_items=1),
+    val=ratio,
+    test=ratio,
+    seed=st.integers(0, 2**32 - 1),
+    seed2=st.integers(0, 2**32 - 1),
+)
 def test_adding_items_with_the_previous_assignment_moves_no_old_item(old, new, val, test, seed, seed2):
     keys, labels, given_, names = old
     first = split_or_none(keys, labels, given_, val, test, seed, names)
@@ -148,19 +159,46 @@ def test_adding_items_with_the_previous_assignment_moves_no_old_item(old, new, v
 # rows of fields (keys of the data set, labels, splits, quotes, NUL, newlines in quotes), and
 # sometimes text with no shape at all.
 VALUES = ["0", "7", "-1", "4294967296", "banana", "0.25", "1", "nan", "1e400", "", "\u0663", "+3"]
-FIELDS = ["a/0000.png", "a/0001.png", "b/0000.png", "./a/0000.png", "a/../a/0000.png", "#1.png", "a", "b", " b ",
-          "train", "val", "test", "valid", "holdout", "", " ", '"', '"a\nb"', '"x,y"', "\x00", "\ufeff", "z" * 300]
+FIELDS = [
+    "a/0000.png",
+    "a/0001.png",
+    "b/0000.png",
+    "./a/0000.png",
+    "a/../a/0000.png",
+    "#1.png",
+    "a",
+    "b",
+    " b ",
+    "train",
+    "val",
+    "test",
+    "valid",
+    "holdout",
+    "",
+    " ",
+    '"',
+    '"a\nb"',
+    '"x,y"',
+    "\x00",
+    "\ufeff",
+    "z" * 300,
+]
 EOLS = ["\n", "\r\n", "\r"]
 field = st.one_of(st.sampled_from(FIELDS), st.text(max_size=6))
 row = st.lists(field, max_size=4).map(",".join)
-comment = st.tuples(st.sampled_from(["seed", "val", "test", "fingerprint", "augpipe split manifest v1", ""]),
-                    st.one_of(st.sampled_from(VALUES), st.text(max_size=6))).map(lambda kv: f"# {kv[0]}: {kv[1]}")
+comment = st.tuples(
+    st.sampled_from(["seed", "val", "test", "fingerprint", "augpipe split manifest v1", ""]),
+    st.one_of(st.sampled_from(VALUES), st.text(max_size=6)),
+).map(lambda kv: f"# {kv[0]}: {kv[1]}")
 
 
 @st.composite
 def manifests(draw, columns):
-    lines = (draw(st.lists(comment, max_size=4)) + [draw(st.one_of(st.sampled_from(columns), row))]
-             + draw(st.lists(row, max_size=6)))
+    lines = (
+        draw(st.lists(comment, max_size=4))
+        + [draw(st.one_of(st.sampled_from(columns), row))]
+        + draw(st.lists(row, max_size=6))
+    )
     return "".join(line + draw(st.sampled_from(EOLS)) for line in lines)
 
 
@@ -178,8 +216,9 @@ def write(path: Path, content) -> Path:
 
 def fake_source() -> ImageSource:
     keys = ["a/0000.png", "a/0001.png", "b/0000.png", "#1.png"]
-    return ImageSource("folder", Path("."), ["a", "b"], keys, np.array([0, 0, 1, 1]), [None] * 4,
-                       paths=[Path(k) for k in keys])
+    return ImageSource(
+        "folder", Path("."), ["a", "b"], keys, np.array([0, 0, 1, 1]), [None] * 4, paths=[Path(k) for k in keys]
+    )
 
 
 @pytest.fixture(scope="module")

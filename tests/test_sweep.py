@@ -1,6 +1,7 @@
 """``augpipe sweep``: the grid (comma lists, seeds, names), bad values refused before any run,
 the tables and picture, resuming a sweep run by run, a signal mid-sweep, and one decode of the
 data for the runs that share it."""
+
 from __future__ import annotations
 
 import csv
@@ -10,14 +11,26 @@ import signal
 
 import pytest
 import yaml
+from conftest import error_line as shared_error_line
 
 from augpipe.errors import ConfigError
-from conftest import error_line as shared_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", "--workers", "0", "--threads", "1",
-        "--batch-size", "8"]
+FAST = [
+    "--plugin",
+    "mlp",
+    "--model",
+    "mlp_small",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--batch-size",
+    "8",
+]
 
 
 def error_line(result) -> str:
@@ -60,9 +73,13 @@ def test_comma_lists_are_read_with_each_fields_type():
     assert epochs == [1, 3] and all(type(e) is int for e in epochs)
     assert parse_values("activation", "relu,leaky_relu") == ["relu", "leaky_relu"]
     assert parse_values("aug", "none") == ["none"]
-    for name, text, message in (("lr", "0.1,,0.2", "empty item"), ("lr", "", "empty item"),
-                                ("lr", "0.1,", "empty item"), ("lr", "abc", "--lr must be a number"),
-                                ("epochs", "1,1.5", "--epochs must be a whole number")):
+    for name, text, message in (
+        ("lr", "0.1,,0.2", "empty item"),
+        ("lr", "", "empty item"),
+        ("lr", "0.1,", "empty item"),
+        ("lr", "abc", "--lr must be a number"),
+        ("epochs", "1,1.5", "--epochs must be a whole number"),
+    ):
         with pytest.raises(ConfigError, match=message):
             parse_values(name, text)
 
@@ -72,10 +89,12 @@ def test_the_grid_runs_every_setting_per_seed_in_a_stable_order(tmp_path, tiny_d
 
     spec = tmp_path / "my spec.yaml"
     spec.write_text("size: 16\n")
-    runs = plan_sweep(plugin="mlp", data=str(tiny_data), activation=["relu", "tanh"], aug=["none", str(spec)],
-                      lr=0.1, seed=5, seeds=2)
-    assert [r.name for r in runs] == [f"activation={a},aug={g},seed={s}" for s in (5, 6)
-                                      for a in ("relu", "tanh") for g in ("none", "my_spec")]
+    runs = plan_sweep(
+        plugin="mlp", data=str(tiny_data), activation=["relu", "tanh"], aug=["none", str(spec)], lr=0.1, seed=5, seeds=2
+    )
+    assert [r.name for r in runs] == [
+        f"activation={a},aug={g},seed={s}" for s in (5, 6) for a in ("relu", "tanh") for g in ("none", "my_spec")
+    ]
     assert [r.seed for r in runs] == [5] * 4 + [6] * 4
     assert runs[1].values == {"activation": "relu", "aug": str(spec)} and runs[1].flags["lr"] == 0.1
     assert all(r.settings["lr"] == 0.1 for r in runs)
@@ -83,7 +102,11 @@ def test_the_grid_runs_every_setting_per_seed_in_a_stable_order(tmp_path, tiny_d
     (tmp_path / "c.yaml").write_text("seed: 7\n")
     assert [r.seed for r in plan_sweep(plugin="mlp", config_file=tmp_path / "c.yaml", seeds=3)] == [7, 8, 9]
     assert [r.name for r in plan_sweep(plugin="mlp", seed=[0, 10], seeds=2)] == [
-        "seed=0", "seed=1", "seed=10", "seed=11"]
+        "seed=0",
+        "seed=1",
+        "seed=10",
+        "seed=11",
+    ]
     with pytest.raises(ConfigError, match="gives seed 1 twice"):
         plan_sweep(plugin="mlp", seed=[0, 1], seeds=2)
 
@@ -94,19 +117,34 @@ def test_the_table_and_picture_keep_a_diverged_run_readable(tmp_path):
     from augpipe.sweeps import markdown_table
 
     def row(acc, loss, failed=False, reason="completed"):
-        return {"best_val_acc": acc, "best_val_loss": loss, "test_acc": acc, "epochs_run": 2, "failed": failed,
-                "stop_reason": reason, "train_seconds": 1.0}
+        return {
+            "best_val_acc": acc,
+            "best_val_loss": loss,
+            "test_acc": acc,
+            "epochs_run": 2,
+            "failed": failed,
+            "stop_reason": reason,
+            "train_seconds": 1.0,
+        }
 
-    groups = [{"setting": {"lr": 0.1}, "label": "0.1", "planned": 2, "rows": [row(0.5, 1.2), row(0.6, 1.1)]},
-              {"setting": {"lr": 1e4}, "label": "10000.0", "planned": 2,
-               "rows": [row(0.9, 4.5e33, True, "stopped at epoch 2: the training loss became nan"), row(0.8, 3e33)]}]
+    groups = [
+        {"setting": {"lr": 0.1}, "label": "0.1", "planned": 2, "rows": [row(0.5, 1.2), row(0.6, 1.1)]},
+        {
+            "setting": {"lr": 1e4},
+            "label": "10000.0",
+            "planned": 2,
+            "rows": [row(0.9, 4.5e33, True, "stopped at epoch 2: the training loss became nan"), row(0.8, 3e33)],
+        },
+    ]
     table = markdown_table("s", ["lr"], groups, finished=4, planned=4)
     assert "| 0.1 | 2 | 0.550 ± 0.071 | 1.150 ± 0.071 | 0.550 ± 0.071 | 2 | completed ×2 | 1.0 ± 0.0 |" in table
     assert "| 10000.0 | 2 | 0.850 ± 0.071 | 3.75e+33 ± 1.06e+33 |" in table and "failed ×1, completed ×1" in table
     assert "Best by mean validation accuracy: 0.1 (0.550), of the settings whose runs did not fail." in table
 
-    curves = [[[{"epoch": 1, "val_loss": 1.2, "val_acc": 0.5}, {"epoch": 2, "val_loss": 1.1, "val_acc": 0.6}]],
-              [[{"epoch": 1, "val_loss": 4.5e33, "val_acc": 0.9}, {"epoch": 2, "val_loss": None, "val_acc": None}]]]
+    curves = [
+        [[{"epoch": 1, "val_loss": 1.2, "val_acc": 0.5}, {"epoch": 2, "val_loss": 1.1, "val_acc": 0.6}]],
+        [[{"epoch": 1, "val_loss": 4.5e33, "val_acc": 0.9}, {"epoch": 2, "val_loss": None, "val_acc": None}]],
+    ]
     path = plot_sweep(["0.1", "10000.0"], curves, [[0.5], [None]], tmp_path / "sweep.png")
     assert path.read_bytes().startswith(b"\x89PNG")
 
@@ -140,8 +178,21 @@ def test_more_than_50_runs_ask_for_yes(tmp_path, cli, tiny_data):
     line = error_line(cli("sweep", "--data", tiny_data, *FAST, "--activation", "relu,tanh", "--seeds", "26"))
     assert "the sweep has 52 runs (more than 50): pass --yes" in line
     # With --yes the size is accepted: the next check (a bad value) is the one that answers.
-    line = error_line(cli("sweep", "--data", tiny_data, *FAST, "--activation", "relu,tanh", "--seeds", "26",
-                          "--aug", "none,bogus", "--yes"))
+    line = error_line(
+        cli(
+            "sweep",
+            "--data",
+            tiny_data,
+            *FAST,
+            "--activation",
+            "relu,tanh",
+            "--seeds",
+            "26",
+            "--aug",
+            "none,bogus",
+            "--yes",
+        )
+    )
     assert "unknown augmentation 'bogus'" in line
     assert not (tmp_path / "sweeps").exists()
 
@@ -200,8 +251,9 @@ def test_a_sweep_writes_its_tables_decodes_once_and_resumes_run_by_run(tmp_path,
     assert len(csv_rows(sweep_dir / "sweep.csv")) == 4
 
     # Another grid under the same name is refused.
-    line = error_line(cli("sweep", "--data", tiny_data, *FAST, "--activation", "relu,elu", "--seeds", "2",
-                          "--name", sweep_dir.name))
+    line = error_line(
+        cli("sweep", "--data", tiny_data, *FAST, "--activation", "relu,elu", "--seeds", "2", "--name", sweep_dir.name)
+    )
     assert f"{sweep_dir.relative_to(tmp_path)} holds another sweep" in line and "activation=elu,seed=0" in line
 
 
@@ -222,8 +274,7 @@ class _Killer:
         return False
 
 
-def test_a_signal_ends_the_run_and_the_sweep_which_the_same_command_continues(tmp_path, cli, tiny_data,
-                                                                            fresh_plugins):
+def test_a_signal_ends_the_run_and_the_sweep_which_the_same_command_continues(tmp_path, cli, tiny_data, fresh_plugins):
     from augpipe.hookspecs import hookimpl
 
     class KillerPlugin:
@@ -232,8 +283,18 @@ def test_a_signal_ends_the_run_and_the_sweep_which_the_same_command_continues(tm
             register("killer", lambda run_dir, config: _Killer(config))
 
     fresh_plugins().register(KillerPlugin(), name="killer")
-    args = ["sweep", "--data", tiny_data, *FAST, "--activation", "relu,tanh,elu", "--callbacks", "killer",
-            "--name", "s"]
+    args = [
+        "sweep",
+        "--data",
+        tiny_data,
+        *FAST,
+        "--activation",
+        "relu,tanh,elu",
+        "--callbacks",
+        "killer",
+        "--name",
+        "s",
+    ]
     KILLER_ARMED.append(True)
     try:
         stopped = cli(*args)

@@ -1,20 +1,39 @@
 """``augpipe sweep --parallel K``: K runs at once in worker processes, with the same tables as a
 serial sweep, the torch threads shared out, and bad values refused in one line."""
+
 from __future__ import annotations
 
 import csv
 
 import pytest
+from conftest import error_line
 
 from augpipe.errors import ConfigError
-from conftest import error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Two settings that train differently, two seeds: a run given another's seed or settings, or a
 # row put in another's place, changes the table.
-GRID = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "2", "--workers", "0", "--threads", "1",
-        "--batch-size", "8", "--lr", "0.3,0.01", "--seeds", "2", "--name", "grid"]
+GRID = [
+    "--plugin",
+    "mlp",
+    "--model",
+    "mlp_small",
+    "--epochs",
+    "2",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--batch-size",
+    "8",
+    "--lr",
+    "0.3,0.01",
+    "--seeds",
+    "2",
+    "--name",
+    "grid",
+]
 # What may differ between two sweeps of the same grid: how long a run took, and where it is.
 TIMING = {"train_seconds", "run_dir", "seconds", "images_per_s"}
 
@@ -26,8 +45,7 @@ def rows_without_timing(path) -> list[dict]:
 
 def table_without_timing(path) -> list[str]:
     """sweep.md with its last column (time per run) cut off each table line."""
-    return [line.rsplit(" | ", 1)[0] if line.startswith("| ") else line
-            for line in path.read_text().splitlines()]
+    return [line.rsplit(" | ", 1)[0] if line.startswith("| ") else line for line in path.read_text().splitlines()]
 
 
 def test_parallel_2_gives_the_table_of_a_serial_sweep(tmp_path, cli, tiny_data):

@@ -1,16 +1,30 @@
 """A sweep begun before augpipe gained a setting is the same sweep after it, as long as the new
 setting is at its default; at another value it is another sweep, refused as before."""
+
 from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", "--workers", "0", "--threads", "1",
-        "--batch-size", "8", "--name", "s"]
+FAST = [
+    "--plugin",
+    "mlp",
+    "--model",
+    "mlp_small",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--batch-size",
+    "8",
+    "--name",
+    "s",
+]
 
 
 def forget(sweep_yaml, key) -> None:

@@ -1,5 +1,6 @@
 """A whole training run through the Python API: the run directory, the checkpoints, the metrics,
 re-scoring, determinism, and runs that go wrong."""
+
 from __future__ import annotations
 
 import csv
@@ -12,16 +13,25 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import _make_folder
+
 from augpipe.config import TrainConfig
 from augpipe.plugin_manager import get_plugins
 from augpipe.training.callbacks import read_metrics
 from augpipe.training.run import evaluate as run_evaluate
 from augpipe.training.run import train as run_train
 
-ARTIFACTS = {"config.yaml", "split.csv", "augment.yaml", "metrics.csv", "curves.png", "confusion.png",
-             "summary.json", "best.pt", "last.pt"}
+ARTIFACTS = {
+    "config.yaml",
+    "split.csv",
+    "augment.yaml",
+    "metrics.csv",
+    "curves.png",
+    "confusion.png",
+    "summary.json",
+    "best.pt",
+    "last.pt",
+}
 TIMING = ("seconds", "images_per_s")
 
 
@@ -40,8 +50,9 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = _make_folder(root / "data", {"a": 12, "b": 12, "c": 12}, size=16)
     threads = torch.get_num_threads()  # the run sets it for the process
-    result = run_train(**fast(data=str(data), plugin="cnn", model="cnn_small", epochs=3, out=str(root / "runs"),
-                              name="r"))
+    result = run_train(
+        **fast(data=str(data), plugin="cnn", model="cnn_small", epochs=3, out=str(root / "runs"), name="r")
+    )
     torch.set_num_threads(threads)
     return result
 
@@ -117,11 +128,13 @@ def test_checkpoints_hold_what_a_resume_needs(run):
     # the state loads back into the model, optimizer and schedule a run builds from the config
     plugins = get_plugins()
     cfg = TrainConfig.from_dict(last["config"])
-    model = plugins.trainer(cfg.plugin).build_model(model=cfg.model, num_classes=3, image_size=16,
-                                                    activation=cfg.activation, dropout=cfg.dropout)
+    model = plugins.trainer(cfg.plugin).build_model(
+        model=cfg.model, num_classes=3, image_size=16, activation=cfg.activation, dropout=cfg.dropout
+    )
     model.load_state_dict(last["model"])
-    opt = plugins.optimizers.get(cfg.optimizer)(model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay,
-                                                momentum=cfg.resolved_momentum)
+    opt = plugins.optimizers.get(cfg.optimizer)(
+        model, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum
+    )
     opt.load_state_dict(last["optimizer"])
     schedule = plugins.schedulers.get(cfg.scheduler)(opt, config=cfg, steps_per_epoch=4, epochs=3)
     schedule.load_state_dict(last["scheduler"])
@@ -146,9 +159,22 @@ def test_evaluate_reproduces_the_test_score(run):
 
 def test_class_count_image_size_and_lr_schedule_come_through(tmp_path):
     data = _make_folder(tmp_path / "data", {"w": 6, "x": 6, "y": 6, "z": 6}, size=24)
-    result = run_train(**fast(data=str(data), plugin="mlp", model="mlp_small", epochs=2, aug="none", image_size=20,
-                              optimizer="sgd", lr=0.2, scheduler="exponential", gamma=0.5,
-                              out=str(tmp_path / "runs"), name="m"))
+    result = run_train(
+        **fast(
+            data=str(data),
+            plugin="mlp",
+            model="mlp_small",
+            epochs=2,
+            aug="none",
+            image_size=20,
+            optimizer="sgd",
+            lr=0.2,
+            scheduler="exponential",
+            gamma=0.5,
+            out=str(tmp_path / "runs"),
+            name="m",
+        )
+    )
     state = load(result.run_dir / "last.pt")
     weights = [v for k, v in state["model"].items() if k.endswith("weight")]
     assert weights[0].shape == (256, 3 * 20 * 20) and weights[-1].shape == (4, 256)
@@ -161,8 +187,18 @@ def test_the_loader_reshuffles_each_epoch_and_repeats_with_the_seed(tmp_path, ti
     orders = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         probe.SEEN.clear()
-        run_train(**fast(data=str(tiny_data), plugin="probe", epochs=2, aug="none", seed=seed,
-                         out=str(tmp_path / "runs"), name=name), plugins=plugins)
+        run_train(
+            **fast(
+                data=str(tiny_data),
+                plugin="probe",
+                epochs=2,
+                aug="none",
+                seed=seed,
+                out=str(tmp_path / "runs"),
+                name=name,
+            ),
+            plugins=plugins,
+        )
         orders[name] = [list(e) for e in probe.SEEN if e]  # the size check before training sees none
     first, second = orders["a"]
     assert len(first) == len(second) == 30 and sorted(first) == sorted(second)
@@ -173,8 +209,18 @@ def test_the_loader_reshuffles_each_epoch_and_repeats_with_the_seed(tmp_path, ti
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path, tiny_data, probe_plugins):
     plugins, _ = probe_plugins
-    result = run_train(**fast(data=str(tiny_data), plugin="probe", model="nan_after_4", epochs=3, aug="none",
-                              out=str(tmp_path / "runs"), name="n"), plugins=plugins)
+    result = run_train(
+        **fast(
+            data=str(tiny_data),
+            plugin="probe",
+            model="nan_after_4",
+            epochs=3,
+            aug="none",
+            out=str(tmp_path / "runs"),
+            name="n",
+        ),
+        plugins=plugins,
+    )
     s = json.loads((result.run_dir / "summary.json").read_text())
     assert s["failed"] is True and result.failed
     assert s["stop_reason"] == "stopped at epoch 2: the training loss became nan at iteration 1"
@@ -187,8 +233,18 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(tmp_path,
 
 def test_a_loss_that_is_non_finite_from_the_start_fails_without_a_checkpoint(tmp_path, tiny_data, probe_plugins):
     plugins, _ = probe_plugins
-    result = run_train(**fast(data=str(tiny_data), plugin="probe", model="nan_after_0", epochs=2, aug="none",
-                              out=str(tmp_path / "runs"), name="n0"), plugins=plugins)
+    result = run_train(
+        **fast(
+            data=str(tiny_data),
+            plugin="probe",
+            model="nan_after_0",
+            epochs=2,
+            aug="none",
+            out=str(tmp_path / "runs"),
+            name="n0",
+        ),
+        plugins=plugins,
+    )
     assert result.failed and result.summary["epochs_run"] == 0 and result.summary["best_epoch"] is None
     assert "epoch 1" in result.summary["stop_reason"]
     assert not (result.run_dir / "best.pt").exists()
@@ -196,19 +252,37 @@ def test_a_loss_that_is_non_finite_from_the_start_fails_without_a_checkpoint(tmp
 
 
 def test_an_absurd_learning_rate_fails_the_run_cleanly(tmp_path, tiny_data):
-    result = run_train(**fast(data=str(tiny_data), plugin="mlp", model="mlp_small", optimizer="sgd", lr=1e6,
-                              scheduler="none", epochs=3, aug="none", out=str(tmp_path / "runs"), name="x"))
+    result = run_train(
+        **fast(
+            data=str(tiny_data),
+            plugin="mlp",
+            model="mlp_small",
+            optimizer="sgd",
+            lr=1e6,
+            scheduler="none",
+            epochs=3,
+            aug="none",
+            out=str(tmp_path / "runs"),
+            name="x",
+        )
+    )
     assert result.failed
     # the weights may turn NaN on a step whose own loss was finite: validation shows it first
-    assert re.fullmatch(r"stopped at epoch \d: the (training|validation) loss became (nan|inf)( at iteration \d+)?",
-                        result.summary["stop_reason"])
+    assert re.fullmatch(
+        r"stopped at epoch \d: the (training|validation) loss became (nan|inf)( at iteration \d+)?",
+        result.summary["stop_reason"],
+    )
     assert json.loads((result.run_dir / "summary.json").read_text())["failed"] is True
 
 
 def test_without_a_validation_split_best_pt_still_exists(tmp_path, tiny_data, probe_plugins):
     plugins, _ = probe_plugins
-    result = run_train(**fast(data=str(tiny_data), plugin="probe", epochs=2, val=0.0, aug="none",
-                              out=str(tmp_path / "runs"), name="v"), plugins=plugins)
+    result = run_train(
+        **fast(
+            data=str(tiny_data), plugin="probe", epochs=2, val=0.0, aug="none", out=str(tmp_path / "runs"), name="v"
+        ),
+        plugins=plugins,
+    )
     assert "val_loss" not in result.history.epochs[0]
     assert load(result.run_dir / "best.pt")["epoch"] == 2
     assert run_evaluate(result.run_dir, device="cpu", plugins=plugins)["acc"] == result.summary["test_acc"]
@@ -224,14 +298,34 @@ def test_augpipe_train_stays_callable():
 def test_a_last_training_batch_of_one_image_does_not_crash(tmp_path, tiny_data):
     # 30 training images in batches of 29: the last batch holds one image; resnet10t leaves a
     # 16 px image 1x1 before its last batch norm
-    result = run_train(**fast(data=str(tiny_data), plugin="timm", model="resnet10t", epochs=1, batch_size=29,
-                              aug="none", out=str(tmp_path / "runs"), name="b1"))
+    result = run_train(
+        **fast(
+            data=str(tiny_data),
+            plugin="timm",
+            model="resnet10t",
+            epochs=1,
+            batch_size=29,
+            aug="none",
+            out=str(tmp_path / "runs"),
+            name="b1",
+        )
+    )
     assert not result.failed
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_default_threads_use_every_core(tmp_path, tiny_data, probe_plugins):
     plugins, _ = probe_plugins
-    run_train(data=str(tiny_data), plugin="probe", epochs=1, aug="none", workers=1, batch_size=8, progress=False,
-              out=str(tmp_path / "runs"), name="t", plugins=plugins)
+    run_train(
+        data=str(tiny_data),
+        plugin="probe",
+        epochs=1,
+        aug="none",
+        workers=1,
+        batch_size=8,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name="t",
+        plugins=plugins,
+    )
     assert torch.get_num_threads() == len(os.sched_getaffinity(0))

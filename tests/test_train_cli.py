@@ -1,5 +1,6 @@
 """``augpipe train`` and ``augpipe evaluate`` on the command line: a run, a re-run from its
 config.yaml, and bad input that must fail in one line without leaving a run directory."""
+
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,9 @@ import json
 import types
 
 import pytest
+from conftest import error_line
 
 from augpipe.hookspecs import hookimpl
-from conftest import error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,8 +23,9 @@ def metrics_without_timing(path):
 
 
 def test_train_then_evaluate_prints_the_same_test_accuracy(tmp_path, cli, tiny_data):
-    result = cli("train", "--data", tiny_data, "--plugin", "mlp", "--model", "mlp_small", "--epochs", "2",
-                 "--name", "r", *FAST)
+    result = cli(
+        "train", "--data", tiny_data, "--plugin", "mlp", "--model", "mlp_small", "--epochs", "2", "--name", "r", *FAST
+    )
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "r"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -41,8 +43,24 @@ def test_train_then_evaluate_prints_the_same_test_accuracy(tmp_path, cli, tiny_d
 def test_a_run_repeats_exactly_from_its_config_yaml(tmp_path, cli, tiny_data):
     """CPU training is deterministic for a seed: config.yaml, re-run under a new name, gives the
     same metrics (the timing columns aside)."""
-    first = cli("train", "--data", tiny_data, "--plugin", "cnn", "--model", "cnn_small", "--epochs", "2",
-                "--seed", "3", "--name", "a", "--device", "cpu", *FAST)
+    first = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "cnn",
+        "--model",
+        "cnn_small",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--name",
+        "a",
+        "--device",
+        "cpu",
+        *FAST,
+    )
     assert first.exit_code == 0, first.output
     again = cli("train", "--config", tmp_path / "runs/a/config.yaml", "--name", "b")
     assert again.exit_code == 0, again.output
@@ -54,8 +72,9 @@ def test_a_run_repeats_exactly_from_its_config_yaml(tmp_path, cli, tiny_data):
 
 
 def test_flags_override_the_config_file(tmp_path, cli, tiny_data):
-    (tmp_path / "settings.yaml").write_text(f"data: {tiny_data}\nplugin: mlp\nmodel: mlp_small\nepochs: 3\n"
-                                            "workers: 0\nthreads: 1\naug: none\n")
+    (tmp_path / "settings.yaml").write_text(
+        f"data: {tiny_data}\nplugin: mlp\nmodel: mlp_small\nepochs: 3\nworkers: 0\nthreads: 1\naug: none\n"
+    )
     result = cli("train", "--config", "settings.yaml", "--epochs", "1", "--activation", "tanh", "--name", "o")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "runs/o/summary.json").read_text())
@@ -67,19 +86,31 @@ def test_flags_override_the_config_file(tmp_path, cli, tiny_data):
 BASE = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", *FAST]
 
 BAD = {
-    "unknown plugin": (["--plugin", "resnett"],
-                       ["unknown plugin 'resnett'", "Did you mean 'resnet'", "cnn, fastcifar, mlp, resnet, squeezenet, timm"]),
-    "unknown model": (["--plugin", "cnn", "--model", "cnn_tiny"],
-                      ["'cnn_tiny'", "plugin 'cnn'", "cnn, cnn_small, cnn_wide"]),
+    "unknown plugin": (
+        ["--plugin", "resnett"],
+        ["unknown plugin 'resnett'", "Did you mean 'resnet'", "cnn, fastcifar, mlp, resnet, squeezenet, timm"],
+    ),
+    "unknown model": (
+        ["--plugin", "cnn", "--model", "cnn_tiny"],
+        ["'cnn_tiny'", "plugin 'cnn'", "cnn, cnn_small, cnn_wide"],
+    ),
     "unknown model of resnet": (["--plugin", "resnet", "--model", "resnet19"], ["'resnet19'", "resnet20"]),
-    "unknown activation": (BASE + ["--activation", "swish"],
-                           ["unknown activation 'swish'",
-                            "relu, leaky_relu, prelu, elu, selu, gelu, silu, sigmoid, tanh"]),
-    "unknown optimizer": (BASE + ["--optimizer", "adamx"],
-                          ["unknown optimizer 'adamx'", "adagrad, adam, adamw, momentum, muon, nesterov, rmsprop, sgd"]),
-    "unknown scheduler": (BASE + ["--scheduler", "cosin"],
-                          ["unknown scheduler 'cosin'", "Did you mean 'cosine'",
-                           "cosine, exponential, linear, multistep, none, onecycle, plateau, step"]),
+    "unknown activation": (
+        BASE + ["--activation", "swish"],
+        ["unknown activation 'swish'", "relu, leaky_relu, prelu, elu, selu, gelu, silu, sigmoid, tanh"],
+    ),
+    "unknown optimizer": (
+        BASE + ["--optimizer", "adamx"],
+        ["unknown optimizer 'adamx'", "adagrad, adam, adamw, momentum, muon, nesterov, rmsprop, sgd"],
+    ),
+    "unknown scheduler": (
+        BASE + ["--scheduler", "cosin"],
+        [
+            "unknown scheduler 'cosin'",
+            "Did you mean 'cosine'",
+            "cosine, exponential, linear, multistep, none, onecycle, plateau, step",
+        ],
+    ),
     "unknown monitor": (BASE + ["--monitor", "val_accuracy"], ["unknown monitor 'val_accuracy'", "val_acc"]),
     "lr zero": (BASE + ["--lr", "0"], ["--lr must be above 0"]),
     "lr negative": (BASE + ["--lr", "-0.1"], ["--lr must be above 0"]),
@@ -87,14 +118,20 @@ BAD = {
     "dropout one": (BASE + ["--dropout", "1"], ["--dropout must be in [0, 1)"]),
     "dropout negative": (BASE + ["--dropout", "-0.2"], ["--dropout must be in [0, 1)"]),
     "negative patience": (BASE + ["--patience", "-1"], ["--patience must be a whole number of at least 0"]),
-    "batch size zero": (["--plugin", "mlp", "--batch-size", "0"],
-                        ["--batch-size must be a whole number of at least 1"]),
+    "batch size zero": (
+        ["--plugin", "mlp", "--batch-size", "0"],
+        ["--batch-size must be a whole number of at least 1"],
+    ),
     "zero epochs": (["--plugin", "mlp", "--epochs", "0"], ["--epochs must be a whole number of at least 1"]),
     "nesterov without momentum": (BASE + ["--optimizer", "nesterov", "--momentum", "0"], ["nesterov", "--momentum"]),
-    "config with a misspelt key": (BASE + ["--config", "bad.yaml"],
-                                   ["unknown key 'epoch' in bad.yaml", "did you mean 'epochs'"]),
-    "config with an unknown key": (BASE + ["--config", "typo.yaml"],
-                                   ["unknown key 'optimiser'", "did you mean 'optimizer'"]),
+    "config with a misspelt key": (
+        BASE + ["--config", "bad.yaml"],
+        ["unknown key 'epoch' in bad.yaml", "did you mean 'epochs'"],
+    ),
+    "config with an unknown key": (
+        BASE + ["--config", "typo.yaml"],
+        ["unknown key 'optimiser'", "did you mean 'optimizer'"],
+    ),
     "config not found": (BASE + ["--config", "nowhere.yaml"], ["nowhere.yaml: no such config file"]),
 }
 
@@ -130,6 +167,7 @@ def test_evaluate_of_a_missing_run_fails_in_one_line(tmp_path, cli):
 
 # -- plugins that go wrong ----------------------------------------------------------------------------
 
+
 def plugin(**hooks):
     return types.SimpleNamespace(**{name: hookimpl(fn) for name, fn in hooks.items()})
 
@@ -142,8 +180,10 @@ def test_a_plugin_whose_hook_raises_is_named(tmp_path, cli, tiny_data, fresh_plu
     # the broken plugin is named and skipped; the others still train
     result = cli("train", "--data", tiny_data, *BASE)
     assert result.exit_code == 0, result.output
-    assert "warning: plugin 'shaky' failed in augpipe_register_trainers: RuntimeError: missing weights file" \
+    assert (
+        "warning: plugin 'shaky' failed in augpipe_register_trainers: RuntimeError: missing weights file"
         in result.output
+    )
     listing = cli("plugins")
     assert listing.exit_code == 0 and "missing weights file" in listing.output
 
@@ -167,6 +207,7 @@ def test_a_plugin_whose_optimizer_raises_is_named(tmp_path, cli, tiny_data, fres
     def augpipe_register_optimizers(register):
         def factory(model, **kw):
             raise RuntimeError("unsupported parameter")
+
         register("shakyopt", factory)
 
     fresh_plugins().register(plugin(augpipe_register_optimizers=augpipe_register_optimizers), name="optplug")
@@ -179,6 +220,7 @@ def test_a_plugin_whose_callback_raises_is_named_and_leaves_no_run(tmp_path, cli
     def augpipe_register_callbacks(register):
         def factory(run_dir, config):
             raise RuntimeError("no tensorboard")
+
         register("shakycb", factory)
 
     fresh_plugins().register(plugin(augpipe_register_callbacks=augpipe_register_callbacks), name="cbplug")
@@ -198,20 +240,48 @@ def test_a_plugin_failing_at_epoch_end_is_named(tmp_path, cli, tiny_data, fresh_
 
 # -- a run that fails -------------------------------------------------------------------------------------
 
+
 def test_a_non_finite_loss_exits_1_in_one_line_and_keeps_the_best_checkpoint(tmp_path, cli, tiny_data, probe_plugins):
-    result = cli("train", "--data", tiny_data, "--plugin", "probe", "--model", "nan_after_4", "--epochs", "3",
-                 "--aug", "none", "--name", "n", *FAST)
+    result = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "probe",
+        "--model",
+        "nan_after_4",
+        "--epochs",
+        "3",
+        "--aug",
+        "none",
+        "--name",
+        "n",
+        *FAST,
+    )
     line = error_line(result)
     assert result.exit_code == 1
-    assert line == ("Error: stopped at epoch 2: the training loss became nan at iteration 1 "
-                    "(best checkpoint kept in runs/n)")
+    assert line == (
+        "Error: stopped at epoch 2: the training loss became nan at iteration 1 (best checkpoint kept in runs/n)"
+    )
     assert (tmp_path / "runs/n/best.pt").is_file()
     assert json.loads((tmp_path / "runs/n/summary.json").read_text())["failed"] is True
 
 
 def test_a_run_failing_in_its_first_epoch_promises_no_checkpoint(tmp_path, cli, tiny_data, probe_plugins):
-    result = cli("train", "--data", tiny_data, "--plugin", "probe", "--model", "nan_after_0", "--aug", "none",
-                 "--name", "n0", *FAST)
+    result = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--plugin",
+        "probe",
+        "--model",
+        "nan_after_0",
+        "--aug",
+        "none",
+        "--name",
+        "n0",
+        *FAST,
+    )
     line = error_line(result)
     assert "stopped at epoch 1" in line and "no epoch completed, no checkpoint" in line
     assert not (tmp_path / "runs/n0/best.pt").exists()
@@ -220,8 +290,20 @@ def test_a_run_failing_in_its_first_epoch_promises_no_checkpoint(tmp_path, cli, 
 def test_numbers_written_without_a_dot_in_yaml_are_numbers(tmp_path, cli, tiny_data):
     # YAML 1.1 reads 5e-4 as the string '5e-4'
     (tmp_path / "c.yaml").write_text("lr: 1e-3\nweight_decay: 5e-4\nepochs: 1\n")
-    result = cli("train", "--data", tiny_data, "--config", "c.yaml", "--plugin", "mlp", "--model", "mlp_small",
-                 "--name", "y", *FAST)
+    result = cli(
+        "train",
+        "--data",
+        tiny_data,
+        "--config",
+        "c.yaml",
+        "--plugin",
+        "mlp",
+        "--model",
+        "mlp_small",
+        "--name",
+        "y",
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     saved = (tmp_path / "runs" / "y" / "config.yaml").read_text()
     assert "lr: 0.001" in saved and "weight_decay: 0.0005" in saved

@@ -1,5 +1,6 @@
 """``translate`` (pad, then a window at a random integer offset) and the alternate flip, on both
 backends: the same meaning, seeded, validated, and shown in the preview."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,15 +36,18 @@ def padded(img, pad, mode, fill):
         return np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     out = np.empty((img.shape[0] + 2 * pad, img.shape[1] + 2 * pad, 3), np.uint8)
     out[:] = np.asarray(fill, dtype=np.uint8)
-    out[pad:pad + img.shape[0], pad:pad + img.shape[1]] = img
+    out[pad : pad + img.shape[0], pad : pad + img.shape[1]] = img
     return out
 
 
 def windows(img, pad, mode, fill, unique=True) -> dict[bytes, tuple[int, int]]:
     """Every window of the padded image, by its bytes -> its offset (dx, dy) in [-pad, pad]."""
     big, h, w = padded(img, pad, mode, fill), img.shape[0], img.shape[1]
-    out = {big[pad + dy:pad + dy + h, pad + dx:pad + dx + w].tobytes(): (dx, dy)
-           for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
+    out = {
+        big[pad + dy : pad + dy + h, pad + dx : pad + dx + w].tobytes(): (dx, dy)
+        for dy in range(-pad, pad + 1)
+        for dx in range(-pad, pad + 1)
+    }
     assert len(out) == (2 * pad + 1) ** 2 or not unique
     return out
 
@@ -81,8 +85,9 @@ BACKENDS = {"cpu": cpu_outputs, "device": device_outputs}
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-@pytest.mark.parametrize("pad, mode, fill", [(2, "reflect", 0), (2, "constant", 0), (1, "constant", [10, 200, 30]),
-                                             (3, "reflect", 0)])
+@pytest.mark.parametrize(
+    "pad, mode, fill", [(2, "reflect", 0), (2, "constant", 0), (1, "constant", [10, 200, 30]), (3, "reflect", 0)]
+)
 def test_each_output_is_a_window_of_the_padded_image_at_a_uniform_offset(backend, pad, mode, fill):
     img = pattern()
     spec = spec_of(translate={"pad": pad, "mode": mode, "fill": fill})
@@ -115,7 +120,7 @@ def test_device_output_is_the_flip_of_the_window_it_reports():
     flips, offsets = aug.last_params["flip"].numpy(), aug.last_params["translate"].numpy()
     assert 100 < flips.sum() < 300
     for o, flip, (dx, dy) in zip(out, flips, offsets):
-        window = big[pad + dy:pad + dy + SIDE, pad + dx:pad + dx + SIDE]
+        window = big[pad + dy : pad + dy + SIDE, pad + dx : pad + dx + SIDE]
         assert np.array_equal(o, window[:, ::-1] if flip else window)
 
 
@@ -151,29 +156,37 @@ def test_constant_mode_works_on_images_smaller_than_the_pad():
         offsets_of(outputs, img, 4, "constant", 9, unique=False)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"pad": -1}, "translate.pad must be a whole number of pixels >= 0, got -1"),
-    ({"pad": 1.5}, "translate.pad must be a whole number of pixels >= 0, got 1.5"),
-    ({"pad": True}, "translate.pad must be a whole number of pixels >= 0, got True"),
-    ({"mode": "wrap"}, "translate.mode must be reflect or constant, got 'wrap'"),
-    ({"p": 1.5}, "translate.p must be in [0, 1], got 1.5"),
-    ({"p": -0.1}, "translate.p must be in [0, 1], got -0.1"),
-    ({"fill": "random"}, "translate.fill must be a number or [r, g, b], got 'random'"),
-    ({"fill": [1, 2]}, "translate.fill must be a number or [r, g, b], got [1, 2]"),
-    ({"padd": 2}, "unknown key 'padd' in translate; did you mean 'pad'?"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"pad": -1}, "translate.pad must be a whole number of pixels >= 0, got -1"),
+        ({"pad": 1.5}, "translate.pad must be a whole number of pixels >= 0, got 1.5"),
+        ({"pad": True}, "translate.pad must be a whole number of pixels >= 0, got True"),
+        ({"mode": "wrap"}, "translate.mode must be reflect or constant, got 'wrap'"),
+        ({"p": 1.5}, "translate.p must be in [0, 1], got 1.5"),
+        ({"p": -0.1}, "translate.p must be in [0, 1], got -0.1"),
+        ({"fill": "random"}, "translate.fill must be a number or [r, g, b], got 'random'"),
+        ({"fill": [1, 2]}, "translate.fill must be a number or [r, g, b], got [1, 2]"),
+        ({"padd": 2}, "unknown key 'padd' in translate; did you mean 'pad'?"),
+    ],
+)
 def test_bad_translate_settings_are_one_line_config_errors(bad, message):
     with pytest.raises(ConfigError) as err:
         AugmentSpec.from_dict({"translate": bad})
     assert str(err.value) == message
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"alternate": "yes"}, "hflip.alternate must be true or false, got 'yes'"),
-    ({"alternate": True, "p": 0.8},
-     "hflip.p must be 0.5 with alternate: true (half of the images are flipped each epoch), got 0.8"),
-    ({"alternat": True}, "unknown key 'alternat' in hflip; did you mean 'alternate'?"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"alternate": "yes"}, "hflip.alternate must be true or false, got 'yes'"),
+        (
+            {"alternate": True, "p": 0.8},
+            "hflip.p must be 0.5 with alternate: true (half of the images are flipped each epoch), got 0.8",
+        ),
+        ({"alternat": True}, "unknown key 'alternat' in hflip; did you mean 'alternate'?"),
+    ],
+)
 def test_bad_flip_settings_are_one_line_config_errors(bad, message):
     with pytest.raises(ConfigError) as err:
         AugmentSpec.from_dict({"hflip": bad})
@@ -302,8 +315,9 @@ def test_alternate_flips_is_half_and_seeded():
     assert not np.array_equal(alternate_flips(items, 1, 1), a)
     # the per-image form (the CPU backend's) is the same function
     for seed in (0, 7, -3, 2**40):
-        assert [alternate_flip(i, 5, seed) for i in range(0, 10_000, 37)] == \
-            alternate_flips(np.arange(0, 10_000, 37), 5, seed).tolist()
+        assert [alternate_flip(i, 5, seed) for i in range(0, 10_000, 37)] == alternate_flips(
+            np.arange(0, 10_000, 37), 5, seed
+        ).tolist()
 
 
 def test_preview_per_transform_has_a_translate_column(make_folder, tmp_path, monkeypatch):
@@ -329,6 +343,7 @@ def test_preview_per_transform_has_a_translate_column(make_folder, tmp_path, mon
 def test_a_run_hands_the_device_backend_each_batchs_items_and_the_epoch(tmp_path, monkeypatch):
     """The training run hands the device backend each batch's items and the epoch."""
     from conftest import colour_classes
+
     from augpipe.augment import device as device_module
     from augpipe.training.run import train
 
@@ -341,8 +356,20 @@ def test_a_run_hands_the_device_backend_each_batchs_items_and_the_epoch(tmp_path
         return real(self, images, items=items, epoch=epoch)
 
     monkeypatch.setattr(device_module.DeviceAugment, "forward", recording)
-    result = train(data=str(data), plugin="mlp", model="mlp_small", epochs=2, batch_size=4, workers=0, threads=1,
-                   aug="cifar-translate", aug_device="gpu", progress=False, out=str(tmp_path / "runs"), name="d")
+    result = train(
+        data=str(data),
+        plugin="mlp",
+        model="mlp_small",
+        epochs=2,
+        batch_size=4,
+        workers=0,
+        threads=1,
+        aug="cifar-translate",
+        aug_device="gpu",
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name="d",
+    )
     assert result.summary["stop_reason"] == "completed"
     by_epoch = {}
     for epoch, items in seen:

@@ -1,4 +1,5 @@
 """Test-time augmentation (--tta) and the moving average of the weights (--ema)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,7 +55,7 @@ class LeftOrRight(torch.nn.Module):
 
     def forward(self, x):
         w = x.shape[-1]
-        left, right = x[..., : w // 2].sum((1, 2, 3)), x[..., w // 2:].sum((1, 2, 3))
+        left, right = x[..., : w // 2].sum((1, 2, 3)), x[..., w // 2 :].sum((1, 2, 3))
         return torch.stack([left - right, right - left], 1)
 
 
@@ -92,8 +93,9 @@ def test_the_weight_average_copies_until_it_starts_then_decays():
 def test_lookahead_with_a_growing_decay_copies_the_average_back_every_n_steps():
     model = torch.nn.Linear(1, 1, bias=False)
     # 4 steps an epoch, 8 in all; starts after step 2; updates at steps 4, 6, 8; decay 0.8 * (s / 8) ** 2
-    average = WeightAverage(model, decay=0.8, steps_per_epoch=4, start_epochs=0.5, every=2, power=2.0,
-                            total_steps=8, lookahead=True)
+    average = WeightAverage(
+        model, decay=0.8, steps_per_epoch=4, start_epochs=0.5, every=2, power=2.0, total_steps=8, lookahead=True
+    )
     ema, trained = None, []
     for s in range(1, 9):
         with torch.no_grad():
@@ -123,8 +125,14 @@ def test_lookahead_puts_the_average_back_at_the_end_of_each_epoch():
     assert float(model.weight.detach()) == float(average.module.weight.detach())  # step 3: no update, a copy back
 
 
-@pytest.mark.parametrize("flags, message", [({"ema_every": 0}, "--ema-every"), ({"ema_power": -1.0}, "--ema-power"),
-                                            ({"ema_mode": "swa"}, "--ema-mode must be average or lookahead")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"ema_every": 0}, "--ema-every"),
+        ({"ema_power": -1.0}, "--ema-power"),
+        ({"ema_mode": "swa"}, "--ema-mode must be average or lookahead"),
+    ],
+)
 def test_bad_averaging_settings(flags, message):
     from augpipe.config import TrainConfig
     from augpipe.errors import ConfigError
@@ -134,13 +142,28 @@ def test_bad_averaging_settings(flags, message):
 
 
 def test_a_run_with_ema_scores_and_keeps_the_average(tmp_path, tiny_data):
-    result = run_train(data=str(tiny_data), plugin="cnn", model="cnn_small", epochs=2, batch_size=8, workers=0,
-                       threads=1, progress=False, out=str(tmp_path / "runs"), name="e", ema=0.9, tta="flip")
+    result = run_train(
+        data=str(tiny_data),
+        plugin="cnn",
+        model="cnn_small",
+        epochs=2,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        progress=False,
+        out=str(tmp_path / "runs"),
+        name="e",
+        ema=0.9,
+        tta="flip",
+    )
     run = tmp_path / "runs/e"
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     assert last["train_model"] is not None  # the weights being trained, for --resume
-    differs = [k for k in last["model"] if last["model"][k].dtype.is_floating_point
-               and not torch.equal(last["model"][k], last["train_model"][k])]
+    differs = [
+        k
+        for k in last["model"]
+        if last["model"][k].dtype.is_floating_point and not torch.equal(last["model"][k], last["train_model"][k])
+    ]
     assert differs  # "model" is the average, not the trained weights
     # evaluate, with the run's own TTA, reproduces the run's score from the average's weights
     assert run_evaluate(run, device="cpu")["acc"] == result.summary["test_acc"]
@@ -148,9 +171,14 @@ def test_a_run_with_ema_scores_and_keeps_the_average(tmp_path, tiny_data):
     assert none["n"] == result.summary["test_images"]
 
 
-@pytest.mark.parametrize("flags, message", [({"ema": 1.0}, "--ema must be a decay in (0, 1)"),
-                                            ({"tta": "mirror"}, "--tta must be none, flip, flip-translate"),
-                                            ({"ema_start": -1}, "--ema-start must not be negative")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"ema": 1.0}, "--ema must be a decay in (0, 1)"),
+        ({"tta": "mirror"}, "--tta must be none, flip, flip-translate"),
+        ({"ema_start": -1}, "--ema-start must not be negative"),
+    ],
+)
 def test_bad_ema_and_tta_are_one_line(cli, tiny_data, flags, message):
     from conftest import error_line
 

@@ -4,23 +4,24 @@ A pipeline is called as ``transform(image=img, item=k, epoch=e)``: ``item`` (the
 in the data set) and ``epoch`` are what ``hflip: {alternate: true}`` decides by
 (``AlternateHorizontalFlip``); every other transform ignores them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import albumentations as A
 import cv2
 import numpy as np
 
+import augpipe  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before the import below)
 from augpipe.augment.policies import policy_transform  # also registers the policies' transforms for A.load
 from augpipe.augment.spec import POLICIES, AugmentSpec, alternate_flip
 from augpipe.errors import ConfigError
-
-import augpipe  # noqa: F401  (sets NO_ALBUMENTATIONS_UPDATE before the import below)
-import albumentations as A
 
 ITEM_KEY, EPOCH_KEY = "item", "epoch"
 
@@ -68,8 +69,7 @@ def _resize_to(size: int, native: tuple[int, int] | None) -> list:
     return [A.SmallestMaxSize(max_size=size), A.CenterCrop(height=size, width=size)]
 
 
-def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: bool = False,
-                  seed: int = 0) -> list:
+def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: bool = False, seed: int = 0) -> list:
     """The Albumentations transforms for one op of the spec (``force``: probability 1, and
     ``hflip`` as a plain flip). ``seed``: the run's seed, for the alternate flip's bits."""
     op = getattr(spec, name)
@@ -96,16 +96,19 @@ def op_transforms(spec: AugmentSpec, name: str, size: int, native=None, force: b
         # that its own loader warns about.)
         border = cv2.BORDER_REFLECT_101 if op.mode == "reflect" else cv2.BORDER_CONSTANT
         fill = tuple(float(v) for v in op.fill) if isinstance(op.fill, (list, tuple)) else float(op.fill)
-        shift = [A.Pad(padding=op.pad, border_mode=border, fill=fill, p=1.0),
-                 A.RandomCrop(height=size, width=size, p=1.0)]
+        shift = [
+            A.Pad(padding=op.pad, border_mode=border, fill=fill, p=1.0),
+            A.RandomCrop(height=size, width=size, p=1.0),
+        ]
         return shift if p >= 1.0 else [A.Sequential(shift, p=p)]
     if name == "hflip":
         if op.alternate and not force:
             return [AlternateHorizontalFlip(flip_seed=seed, p=op.p)]
         return [A.HorizontalFlip(p=p)]
     if name == "color_jitter":
-        return [A.ColorJitter(brightness=op.brightness, contrast=op.contrast, saturation=op.saturation,
-                              hue=op.hue, p=p)]
+        return [
+            A.ColorJitter(brightness=op.brightness, contrast=op.contrast, saturation=op.saturation, hue=op.hue, p=p)
+        ]
     if name in POLICIES:
         return [policy_transform(name, dataclasses.replace(op, p=p))]
     if name == "erase":
@@ -148,8 +151,9 @@ def seed_transform(transform: A.BaseCompose, seed: int) -> None:
     transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
-def build_train_transform(spec: AugmentSpec, size: int, *, native=None, seed: int | None = None,
-                          normalize: bool = False, lookup=None) -> A.Compose:
+def build_train_transform(
+    spec: AugmentSpec, size: int, *, native=None, seed: int | None = None, normalize: bool = False, lookup=None
+) -> A.Compose:
     """The training pipeline. ``normalize=False`` (the loader's choice) leaves uint8 images, so
     that the float conversion and normalisation happen once per batch on the training device.
     ``seed`` seeds the random streams and the alternate flip's per-image bits."""

@@ -1,6 +1,7 @@
 """A spec in words: what each op does, in the order it runs, with every parameter (defaults
 filled in), then the batch ops, the normalisation, and the YAML that reproduces the spec.
 ``augpipe preview --describe`` prints it; ``augpipe sweep --ablate`` takes its op order."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -10,27 +11,66 @@ from augpipe.augment.spec import BATCH_OPS, POLICIES, SWITCH_PROB, AugmentSpec
 
 # (the Albumentations class or what stands for it, what the op does) per op of the spec.
 OP_TEXT = {
-    "crop": ("RandomResizedCrop", ("cut a random region of `scale` of the area and aspect ratio in `ratio`, "
-                                   "resized to the output side")),
-    "translate": ("Pad + RandomCrop", ("pad `pad` px on every side and cut the original size back at a random "
-                                       "offset: a shift of up to ±`pad` px on each axis")),
+    "crop": (
+        "RandomResizedCrop",
+        ("cut a random region of `scale` of the area and aspect ratio in `ratio`, resized to the output side"),
+    ),
+    "translate": (
+        "Pad + RandomCrop",
+        (
+            "pad `pad` px on every side and cut the original size back at a random "
+            "offset: a shift of up to ±`pad` px on each axis"
+        ),
+    ),
     "hflip": ("HorizontalFlip", "mirror the image left to right"),
-    "color_jitter": ("ColorJitter", ("scale brightness, contrast and saturation by factors drawn from "
-                                     "[1 - v, 1 + v] and turn the hue by up to ±`hue` of the colour circle, "
-                                     "in random order")),
-    "trivial_augment": ("TrivialAugmentWide", ("one op per image, drawn uniformly from the op table, at a "
-                                               "magnitude drawn uniformly from the `num_magnitude_bins` bins, "
-                                               "signed ops with a random sign")),
-    "rand_augment": ("RandAugment", ("`n` ops per image, drawn uniformly with replacement from the op table, each "
-                                     "at magnitude bin `m` of `num_magnitude_bins`, signed ops with a random sign")),
-    "auto_augment": ("AutoAugment", ("one sub-policy of the `policy` table per image, each of its two ops applied "
-                                     "with its own probability and magnitude")),
-    "erase": ("Erasing", ("fill a rectangle of `scale` of the area and aspect ratio in `ratio` with `fill` "
-                          "(random: noise)")),
-    "mixup": ("MixUp", ("blend each image with a partner of the batch, x = lam x + (1 - lam) x', and its "
-                        "target likewise; lam ~ Beta(`alpha`, `alpha`), drawn once per batch")),
-    "cutmix": ("CutMix", ("paste a box of the partner image covering 1 - lam of the area; the targets are "
-                          "weighted by the areas; lam ~ Beta(`alpha`, `alpha`), drawn once per batch")),
+    "color_jitter": (
+        "ColorJitter",
+        (
+            "scale brightness, contrast and saturation by factors drawn from "
+            "[1 - v, 1 + v] and turn the hue by up to ±`hue` of the colour circle, "
+            "in random order"
+        ),
+    ),
+    "trivial_augment": (
+        "TrivialAugmentWide",
+        (
+            "one op per image, drawn uniformly from the op table, at a "
+            "magnitude drawn uniformly from the `num_magnitude_bins` bins, "
+            "signed ops with a random sign"
+        ),
+    ),
+    "rand_augment": (
+        "RandAugment",
+        (
+            "`n` ops per image, drawn uniformly with replacement from the op table, each "
+            "at magnitude bin `m` of `num_magnitude_bins`, signed ops with a random sign"
+        ),
+    ),
+    "auto_augment": (
+        "AutoAugment",
+        (
+            "one sub-policy of the `policy` table per image, each of its two ops applied "
+            "with its own probability and magnitude"
+        ),
+    ),
+    "erase": (
+        "Erasing",
+        ("fill a rectangle of `scale` of the area and aspect ratio in `ratio` with `fill` (random: noise)"),
+    ),
+    "mixup": (
+        "MixUp",
+        (
+            "blend each image with a partner of the batch, x = lam x + (1 - lam) x', and its "
+            "target likewise; lam ~ Beta(`alpha`, `alpha`), drawn once per batch"
+        ),
+    ),
+    "cutmix": (
+        "CutMix",
+        (
+            "paste a box of the partner image covering 1 - lam of the area; the targets are "
+            "weighted by the areas; lam ~ Beta(`alpha`, `alpha`), drawn once per batch"
+        ),
+    ),
 }
 
 
@@ -71,14 +111,18 @@ def _op_lines(label: str, op) -> list[str]:
     if isinstance(op, dict):
         params = _extra_params(op)
         p = params.get("p")
-        chance = _chance(p) if isinstance(p, (int, float)) and not isinstance(p, bool) else "with the transform's default p"
+        chance = (
+            _chance(p) if isinstance(p, (int, float)) and not isinstance(p, bool) else "with the transform's default p"
+        )
         return [f"{label} (albumentations.{op['name']}), {chance}", f"    {_params(params)}"]
     params = asdict(op)
     cls_name, what = OP_TEXT[label]
     if label == "hflip" and op.alternate:
         cls_name = "AlternateHorizontalFlip"
-        what = ("mirror each image in every other epoch (half of the images each epoch, each image both ways in "
-                "any two epochs running)")
+        what = (
+            "mirror each image in every other epoch (half of the images each epoch, each image both ways in "
+            "any two epochs running)"
+        )
         chance = "by epoch and image, not by chance"
     else:
         chance = _chance(op.p)
@@ -86,8 +130,14 @@ def _op_lines(label: str, op) -> list[str]:
     if label == "crop" and op.p < 1:
         lines.append("    otherwise the image is resized and centre-cropped to the output side")
     if label == "translate":
-        lines.append("    border: " + ("mirrored without repeating the edge (cv2 BORDER_REFLECT_101)"
-                                       if op.mode == "reflect" else f"filled with {_value(op.fill)}"))
+        lines.append(
+            "    border: "
+            + (
+                "mirrored without repeating the edge (cv2 BORDER_REFLECT_101)"
+                if op.mode == "reflect"
+                else f"filled with {_value(op.fill)}"
+            )
+        )
     if label in POLICIES:
         lines += ["    " + line for line in _policy_table(label, op)]
     return lines
@@ -127,8 +177,12 @@ def _policy_table(name: str, op) -> list[str]:
     cells = [[str(k) for k in head]] + [[_value(r.get(k, "")) for k in head] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     table = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    return ["op table:"] + ["  " + line for line in table[:1]] + ["  " + "-" * len(table[0])] + \
-        ["  " + line for line in table[1:]]
+    return (
+        ["op table:"]
+        + ["  " + line for line in table[:1]]
+        + ["  " + "-" * len(table[0])]
+        + ["  " + line for line in table[1:]]
+    )
 
 
 def _batch_lines(spec: AugmentSpec) -> list[str]:
@@ -142,13 +196,18 @@ def _batch_lines(spec: AugmentSpec) -> list[str]:
         lines += [f"{name} ({cls_name}), {_chance(op.p)} per batch: {what}", f"    {_params(asdict(op))}"]
     if spec.mixup is not None and spec.cutmix is not None:
         rest = max(0.0, 1 - spec.mixup.p - spec.cutmix.p)
-        lines.append(f"a batch gets MixUp with probability {_value(spec.mixup.p)}, CutMix with "
-                     f"{_value(spec.cutmix.p)}, neither with {_value(rest)}")
+        lines.append(
+            f"a batch gets MixUp with probability {_value(spec.mixup.p)}, CutMix with "
+            f"{_value(spec.cutmix.p)}, neither with {_value(rest)}"
+        )
         if spec.mixup.p == spec.cutmix.p == SWITCH_PROB:
-            lines.append("every batch is mixed, switching between MixUp and CutMix 0.5 / 0.5 as timm does "
-                         "(switch_prob 0.5; the default where the spec gives both without p)")
-    lines.append("the loss is taken against the mixed targets, so training accuracy is the expected "
-                 "accuracy under them")
+            lines.append(
+                "every batch is mixed, switching between MixUp and CutMix 0.5 / 0.5 as timm does "
+                "(switch_prob 0.5; the default where the spec gives both without p)"
+            )
+    lines.append(
+        "the loss is taken against the mixed targets, so training accuracy is the expected accuracy under them"
+    )
     return lines
 
 
@@ -159,10 +218,18 @@ def describe_spec(spec: AugmentSpec, name: str | None = None) -> str:
     ops = op_sequence(spec)
     per_image = [(label, op) for label, op in ops if label not in BATCH_OPS]
     title = f"Augmentation {name}" if name else "Augmentation"
-    size = (f"{spec.size}x{spec.size} px" if spec.size else
-            "the data's own side (or --image-size); images of other sizes are resized and centre-cropped to it")
-    lines = [f"{title}: {len(per_image)} per-image op(s), {len(spec.batch_ops())} batch op(s)", "",
-             f"Output size: {size}", "", "Per image, in running order (uint8 images, before normalisation):"]
+    size = (
+        f"{spec.size}x{spec.size} px"
+        if spec.size
+        else "the data's own side (or --image-size); images of other sizes are resized and centre-cropped to it"
+    )
+    lines = [
+        f"{title}: {len(per_image)} per-image op(s), {len(spec.batch_ops())} batch op(s)",
+        "",
+        f"Output size: {size}",
+        "",
+        "Per image, in running order (uint8 images, before normalisation):",
+    ]
     if not per_image:
         lines.append("  none: each image is only resized to the output size")
     for k, (label, op) in enumerate(per_image, 1):
@@ -171,8 +238,15 @@ def describe_spec(spec: AugmentSpec, name: str | None = None) -> str:
     lines += ["", "Per batch, on the training device, after normalisation:"]
     lines += [f"  {line}" for line in _batch_lines(spec)]
     norm = spec.normalize
-    lines += ["", (f"Normalisation: x / 255, minus mean {_value(norm.mean)}, divided by std {_value(norm.std)} "
-                   f"(per channel, RGB); evaluation images are only resized, centre-cropped and normalised"),
-              "", "YAML that reproduces it (save as a file, then --aug FILE.yaml):", ""]
+    lines += [
+        "",
+        (
+            f"Normalisation: x / 255, minus mean {_value(norm.mean)}, divided by std {_value(norm.std)} "
+            f"(per channel, RGB); evaluation images are only resized, centre-cropped and normalised"
+        ),
+        "",
+        "YAML that reproduces it (save as a file, then --aug FILE.yaml):",
+        "",
+    ]
     lines += ["  " + line for line in dump_yaml(spec.to_dict()).splitlines()]
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ output. The alternate flip (``hflip: {alternate: true}``) draws nothing: it is d
 host from the batch's item indices, the epoch and ``flip_seed``
 (``augpipe.augment.spec.alternate_flips``), exactly as the CPU backend decides it.
 """
+
 from __future__ import annotations
 
 import math
@@ -151,8 +152,9 @@ class _Base(torch.nn.Module):
 
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
-            raise ValueError("expected a uint8 NCHW batch of RGB images, got "
-                             f"{images.dtype} of shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected a uint8 NCHW batch of RGB images, got {images.dtype} of shape {tuple(images.shape)}"
+            )
         x = images.to(self.device, non_blocking=True)
         # contiguous NCHW float: grid_sample and the channel ops are fastest on it
         return x.to(torch.float32, memory_format=torch.contiguous_format)
@@ -181,8 +183,15 @@ class DeviceEval(_Base):
     Matches ``augpipe.augment.cpu.build_eval_transform(spec, size, normalize=True)`` up to the
     uint8 rounding of the resize there."""
 
-    def __init__(self, spec: AugmentSpec, size: int | None = None, *, device="cpu",
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        spec: AugmentSpec,
+        size: int | None = None,
+        *,
+        device="cpu",
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(spec, size, device=device, channels_last=channels_last, dtype=dtype)
 
     @torch.no_grad()
@@ -206,17 +215,30 @@ class DeviceAugment(_Base):
     the next epoch. An alternate flip needs ``items`` and ``epoch`` with each batch.
     """
 
-    def __init__(self, spec: AugmentSpec, size: int | None = None, *, device="cpu", generator_seed: int = 0,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32, flip_seed: int | None = None):
+    def __init__(
+        self,
+        spec: AugmentSpec,
+        size: int | None = None,
+        *,
+        device="cpu",
+        generator_seed: int = 0,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+        flip_seed: int | None = None,
+    ):
         super().__init__(spec, size, device=device, channels_last=channels_last, dtype=dtype)
         self.flip_seed = int(generator_seed if flip_seed is None else flip_seed)
         if self.spec.extra:
             names = ", ".join(str(e.get("name")) for e in self.spec.extra)
-            raise ConfigError(f"the device augmentation backend cannot run the spec's extra transforms ({names}); "
-                              "use the CPU (Albumentations) backend for this spec")
+            raise ConfigError(
+                f"the device augmentation backend cannot run the spec's extra transforms ({names}); "
+                "use the CPU (Albumentations) backend for this spec"
+            )
         if self.spec.policy_ops():
-            raise ConfigError(f"the device augmentation backend cannot run {', '.join(self.spec.policy_ops())} "
-                              f"(built from Albumentations operations): use the CPU backend (--aug-device cpu)")
+            raise ConfigError(
+                f"the device augmentation backend cannot run {', '.join(self.spec.policy_ops())} "
+                f"(built from Albumentations operations): use the CPU backend (--aug-device cpu)"
+            )
         self.generator = torch.Generator(device=self.device)
         self.host_generator = torch.Generator()
         self.last_params: dict[str, torch.Tensor] = {}
@@ -278,8 +300,10 @@ class DeviceAugment(_Base):
             return None
         if flip.alternate:
             if items is None or epoch is None:
-                raise ConfigError("hflip alternate on the device needs each batch's item indices and the epoch "
-                                  "(DeviceAugment(images, items=..., epoch=...)); use --aug-device cpu")
+                raise ConfigError(
+                    "hflip alternate on the device needs each batch's item indices and the epoch "
+                    "(DeviceAugment(images, items=..., epoch=...)); use --aug-device cpu"
+                )
             items = items.cpu().numpy() if isinstance(items, torch.Tensor) else items
             flips = torch.from_numpy(alternate_flips(items, epoch, self.flip_seed))
             if flips.numel() != n:
@@ -379,7 +403,7 @@ class DeviceAugment(_Base):
         elif isinstance(tr.fill, (list, tuple)):  # one value per channel: around a zero pad
             padded = F.pad(x, (pad, pad, pad, pad))
             border = torch.ones(1, 1, h + 2 * pad, w + 2 * pad, dtype=x.dtype, device=dev)
-            border[:, :, pad:pad + h, pad:pad + w] = 0
+            border[:, :, pad : pad + h, pad : pad + w] = 0
             fill = torch.tensor([float(v) for v in tr.fill], dtype=x.dtype, device=dev).view(1, -1, 1, 1)
             padded.addcmul_(fill, border)
         else:
@@ -412,12 +436,14 @@ class DeviceAugment(_Base):
         loop and no device synchronisation (the grouping is drawn on the host)."""
         cj = self.spec.color_jitter
         n = x.shape[0]
-        factors = torch.stack([
-            self._uniform(max(0.0, 1 - cj.brightness), 1 + cj.brightness, n),
-            self._uniform(max(0.0, 1 - cj.contrast), 1 + cj.contrast, n),
-            self._uniform(max(0.0, 1 - cj.saturation), 1 + cj.saturation, n),
-            self._uniform(-cj.hue, cj.hue, n),
-        ])
+        factors = torch.stack(
+            [
+                self._uniform(max(0.0, 1 - cj.brightness), 1 + cj.brightness, n),
+                self._uniform(max(0.0, 1 - cj.contrast), 1 + cj.contrast, n),
+                self._uniform(max(0.0, 1 - cj.saturation), 1 + cj.saturation, n),
+                self._uniform(-cj.hue, cj.hue, n),
+            ]
+        )
         applied = torch.rand(n, generator=self.host_generator) < cj.p
         order = torch.rand(n, 4, generator=self.host_generator).argsort(dim=1)
         params.update(zip(_JITTER_NAMES, factors.unbind(0)))

@@ -13,6 +13,7 @@ The targets are class probabilities, ``lam * onehot(y) + (1 - lam) * onehot(y[pa
 ``torch.nn.CrossEntropyLoss`` takes as a soft target, label smoothing included (it smooths them
 to ``t * (1 - ls) + ls / C``, the same as timm's ``mixup_target`` with ``smoothing``).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ _MASK64 = (1 << 64) - 1
 
 class Box(NamedTuple):
     """The pasted rectangle of a CutMix, in pixels."""
+
     top: int
     left: int
     height: int
@@ -36,8 +38,8 @@ class Box(NamedTuple):
 
 @dataclass(frozen=True)
 class MixInfo:
-    mode: str     # "mixup" | "cutmix" | "none"
-    lam: float    # the weight of each image's own label (1.0 when not mixed)
+    mode: str  # "mixup" | "cutmix" | "none"
+    lam: float  # the weight of each image's own label (1.0 when not mixed)
 
 
 # -- the batch functions --------------------------------------------------------------------
@@ -50,8 +52,9 @@ def mixed_targets(y_onehot: torch.Tensor, lam: float, perm: torch.Tensor | None 
     return y_onehot * lam + _partner(y_onehot, perm) * (1.0 - lam)
 
 
-def mixup(x: torch.Tensor, y_onehot: torch.Tensor, lam: float,
-          perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor, y_onehot: torch.Tensor, lam: float, perm: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``lam * x + (1 - lam) * x[perm]`` and the labels mixed alike. ``perm``: the partner of
     each image, None for the batch flipped. ``x`` is overwritten (the training batch is a
     fresh tensor; pass a clone to keep it), unless it requires grad."""
@@ -61,8 +64,9 @@ def mixup(x: torch.Tensor, y_onehot: torch.Tensor, lam: float,
     return x.mul_(lam).add_(partner), mixed_targets(y_onehot, lam, perm)
 
 
-def cutmix(x: torch.Tensor, y_onehot: torch.Tensor, lam: float, perm: torch.Tensor | None,
-           box: Box | tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def cutmix(
+    x: torch.Tensor, y_onehot: torch.Tensor, lam: float, perm: torch.Tensor | None, box: Box | tuple[int, int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``box`` of each image replaced by the same box of its partner (``perm``, None for the
     batch flipped); ``lam`` is the share of the image left, as ``cutmix_box`` returns it. ``x``
     is overwritten as in ``mixup``."""
@@ -139,8 +143,9 @@ class BatchMixer:
     def one_hot(self, y: torch.Tensor, device) -> torch.Tensor:
         return torch.nn.functional.one_hot(y.to(device).long(), self.num_classes).float()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, epoch: int,
-                 step: int) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, *, epoch: int, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
         """The batch mixed (in place where safe), its (N, num_classes) float targets, each row
         summing to 1, and what was done. A batch of one can not be mixed and comes back as it
         is, with one-hot targets."""
@@ -150,8 +155,9 @@ class BatchMixer:
         rng = self.generator(epoch, step)
         return self.apply(x, y_onehot, self.draw_mode(rng.random()), rng)
 
-    def apply(self, x: torch.Tensor, y_onehot: torch.Tensor, mode: str,
-              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
+    def apply(
+        self, x: torch.Tensor, y_onehot: torch.Tensor, mode: str, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, MixInfo]:
         """``mode`` applied, lambda (and the box) drawn from ``rng``."""
         if mode == "mixup":
             lam = _beta(rng, self.mixup.alpha)
@@ -176,8 +182,9 @@ def _beta(rng: np.random.Generator, alpha: float) -> float:
 def preview_modes(spec, n: int) -> list[str]:
     """``n`` mixing modes for a preview, each as often as its p says among the mixed batches
     (MixUp and CutMix alternate at p 0.5 each); none when neither can happen."""
-    weights = {m: getattr(spec, m).p for m in ("mixup", "cutmix")
-               if getattr(spec, m) is not None and getattr(spec, m).p > 0}
+    weights = {
+        m: getattr(spec, m).p for m in ("mixup", "cutmix") if getattr(spec, m) is not None and getattr(spec, m).p > 0
+    }
     total = sum(weights.values())
     modes: list[str] = []
     counts = dict.fromkeys(weights, 0)
@@ -209,8 +216,9 @@ def _partner_index(labels, k: int) -> int:
     return (k + 1) % n
 
 
-def preview_mixed(images_uint8_nhwc: np.ndarray, labels, class_names, spec, seed: int, n: int, *,
-                  mode: str | None = None) -> list[tuple[np.ndarray, str]]:
+def preview_mixed(
+    images_uint8_nhwc: np.ndarray, labels, class_names, spec, seed: int, n: int, *, mode: str | None = None
+) -> list[tuple[np.ndarray, str]]:
     """``n`` examples of the spec's mixing, each an (H, W, C) uint8 image and its mixed label.
     Example k mixes image k (cycling through the given ones) with the next image of another
     class, drawn as training draws batch k of epoch 0 with ``seed``; the modes follow the

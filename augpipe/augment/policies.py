@@ -17,6 +17,7 @@ Every draw comes from the transform's ``py_random``, the pipeline's shared strea
 plan (what ``apply`` then runs); ``policy_table`` says which Albumentations function runs each op.
 Images are uint8 (the per-pixel ops are lookup tables).
 """
+
 from __future__ import annotations
 
 import abc
@@ -54,6 +55,7 @@ class OpRange(NamedTuple):
     """How an op's bins map to magnitudes: ``linear`` 0 .. top, ``posterize`` 8 down to 8 - top
     bits, ``solarize`` a threshold from 255 down to 0, ``none`` no magnitude. ``side``: top is a
     fraction of the image width ("x") or height ("y") instead of a number of pixels."""
+
     kind: str
     top: float = 0.0
     signed: bool = False
@@ -208,6 +210,7 @@ class Plan(NamedTuple):
     """What one call runs: the steps in order; ``choice``, what was drawn, for tests and previews:
     the op indices (TrivialAugment, RandAugment), or the sub-policy index followed by the
     positions (0, 1) of its ops that ran (AutoAugment)."""
+
     steps: tuple[Step, ...]
     choice: tuple[int, ...]
 
@@ -231,12 +234,17 @@ class _Ops:
         self._luts: dict[tuple, np.ndarray] = {}
         self.functions: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
             "Identity": lambda img, m: img,
-            "ShearX": self.shear_x, "ShearY": self.shear_y,
-            "TranslateX": self.translate_x, "TranslateY": self.translate_y,
+            "ShearX": self.shear_x,
+            "ShearY": self.shear_y,
+            "TranslateX": self.translate_x,
+            "TranslateY": self.translate_y,
             "Rotate": self.rotate,
-            "Brightness": self.brightness, "Color": self.color, "Contrast": self.contrast,
+            "Brightness": self.brightness,
+            "Color": self.color,
+            "Contrast": self.contrast,
             "Sharpness": self.sharpness,
-            "Posterize": self.posterize, "Solarize": self.solarize,
+            "Posterize": self.posterize,
+            "Solarize": self.solarize,
             "AutoContrast": lambda img, m: fpixel.auto_contrast(img, 0, None, "pil"),
             # "pil": within about 2 grey levels of PIL's (and torchvision's) equalize; it maps
             # each level by the count up to and including it where PIL stops before it. The
@@ -255,28 +263,39 @@ class _Ops:
                 self._matrices.clear()
             matrix = self._matrices[key] = make()[:2]
         out = fgeometric.warp_affine_with_value_extension(
-            img, matrix, (img.shape[1], img.shape[0]), cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, self.fill)
+            img, matrix, (img.shape[1], img.shape[0]), cv2.INTER_NEAREST, cv2.BORDER_CONSTANT, self.fill
+        )
         return out if out.ndim == img.ndim else out[..., None]
 
     @staticmethod
     def _affine(translate=(0.0, 0.0), shear=(0.0, 0.0), rotate=0.0, shift=(0.0, 0.0)) -> np.ndarray:
         return fgeometric.create_affine_transformation_matrix(
-            translate={"x": translate[0], "y": translate[1]}, shear={"x": shear[0], "y": shear[1]},
-            scale={"x": 1.0, "y": 1.0}, rotate=rotate, shift=shift)
+            translate={"x": translate[0], "y": translate[1]},
+            shear={"x": shear[0], "y": shear[1]},
+            scale={"x": 1.0, "y": 1.0},
+            rotate=rotate,
+            shift=shift,
+        )
 
     def shear_x(self, img, m):
         # torchvision shears about the image's top-left corner (center=[0, 0]), the pixel grid's
         # (-0.5, -0.5), with x' = x - m y; Albumentations' shear matrix adds tan(angle) y.
         if m == 0:
             return img
-        return self._warp(img, ("ShearX", m, img.shape[:2]),
-                          lambda: self._affine(shear=(-math.degrees(math.atan(m)), 0.0), shift=_CORNER))
+        return self._warp(
+            img,
+            ("ShearX", m, img.shape[:2]),
+            lambda: self._affine(shear=(-math.degrees(math.atan(m)), 0.0), shift=_CORNER),
+        )
 
     def shear_y(self, img, m):
         if m == 0:
             return img
-        return self._warp(img, ("ShearY", m, img.shape[:2]),
-                          lambda: self._affine(shear=(0.0, -math.degrees(math.atan(m))), shift=_CORNER))
+        return self._warp(
+            img,
+            ("ShearY", m, img.shape[:2]),
+            lambda: self._affine(shear=(0.0, -math.degrees(math.atan(m))), shift=_CORNER),
+        )
 
     def translate_x(self, img, m):
         px = int(m)  # torchvision truncates to whole pixels
@@ -294,8 +313,9 @@ class _Ops:
         # Counter-clockwise for m > 0 about the centre of the pixel grid, as torchvision.
         if m == 0:
             return img
-        return self._warp(img, ("Rotate", m, img.shape[:2]),
-                          lambda: self._affine(rotate=m, shift=fgeometric.center(img.shape[:2])))
+        return self._warp(
+            img, ("Rotate", m, img.shape[:2]), lambda: self._affine(rotate=m, shift=fgeometric.center(img.shape[:2]))
+        )
 
     # Per-pixel ops: the Albumentations function run once on the 256 levels gives the lookup
     # table (exactly what it would do to each pixel); the table is then applied as
@@ -401,20 +421,22 @@ class TrivialAugmentWideTransform(_PolicyTransform):
 class RandAugmentTransform(_PolicyTransform):
     """RandAugment: ``n`` ops uniformly from 14 with replacement, all at magnitude bin ``m``."""
 
-    def __init__(self, n: int = 2, m: int = 9, num_magnitude_bins: int = 31,
-                 fill: float | tuple[float, ...] = 0, p: float = 1.0):
+    def __init__(
+        self, n: int = 2, m: int = 9, num_magnitude_bins: int = 31, fill: float | tuple[float, ...] = 0, p: float = 1.0
+    ):
         super().__init__(fill=fill, p=p)
         self.n, self.m, self.num_magnitude_bins = n, m, num_magnitude_bins
-        self._space = tuple((op, r, (_magnitudes(r, num_magnitude_bins) or (0.0,) * num_magnitude_bins)[m])
-                            for op, r in _STANDARD_SPACE.items())
+        self._space = tuple(
+            (op, r, (_magnitudes(r, num_magnitude_bins) or (0.0,) * num_magnitude_bins)[m])
+            for op, r in _STANDARD_SPACE.items()
+        )
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("n", "m", "num_magnitude_bins", "fill")
 
     def sample(self, rng: random.Random, shape: tuple[int, ...] = (32, 32)) -> Plan:
         choice = tuple(rng.randrange(len(self._space)) for _ in range(self.n))
-        steps = tuple(self._step(op, magnitude, r, rng, shape)
-                      for op, r, magnitude in (self._space[i] for i in choice))
+        steps = tuple(self._step(op, magnitude, r, rng, shape) for op, r, magnitude in (self._space[i] for i in choice))
         return Plan(steps, choice)
 
 
@@ -429,9 +451,11 @@ class AutoAugmentTransform(_PolicyTransform):
         self.policy = policy
         tables = {op: (r, _magnitudes(r, AUTO_AUGMENT_BINS)) for op, r in _AUTO_SPACE.items()}
         self._subpolicies = tuple(
-            tuple((op, prob, tables[op][0], tables[op][1][level] if level is not None else 0.0)
-                  for op, prob, level in sub)
-            for sub in AUTO_AUGMENT_SUBPOLICIES[policy])
+            tuple(
+                (op, prob, tables[op][0], tables[op][1][level] if level is not None else 0.0) for op, prob, level in sub
+            )
+            for sub in AUTO_AUGMENT_SUBPOLICIES[policy]
+        )
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("policy", "fill")
@@ -439,8 +463,9 @@ class AutoAugmentTransform(_PolicyTransform):
     def sample(self, rng: random.Random, shape: tuple[int, ...] = (32, 32)) -> Plan:
         i = rng.randrange(len(self._subpolicies))
         ran = tuple(k for k, (_, prob, _, _) in enumerate(self._subpolicies[i]) if rng.random() < prob)
-        steps = tuple(self._step(op, magnitude, r, rng, shape)
-                      for op, _, r, magnitude in (self._subpolicies[i][k] for k in ran))
+        steps = tuple(
+            self._step(op, magnitude, r, rng, shape) for op, _, r, magnitude in (self._subpolicies[i][k] for k in ran)
+        )
         return Plan(steps, (i, *ran))
 
 
@@ -448,8 +473,9 @@ class AutoAugmentTransform(_PolicyTransform):
 def _check_name(name: str) -> None:
     if name not in POLICIES:
         hint = closest(name, POLICIES).strip()[1:-1]
-        raise ConfigError(f"unknown augmentation policy {name!r} ({hint + ' ' if hint else ''}choose from "
-                          f"{', '.join(POLICIES)})")
+        raise ConfigError(
+            f"unknown augmentation policy {name!r} ({hint + ' ' if hint else ''}choose from {', '.join(POLICIES)})"
+        )
 
 
 def validate_policy(name: str, op) -> None:
@@ -542,6 +568,7 @@ def policy_table(name: str, op=None) -> list[dict]:
         if name == "rand_augment" and r.kind != "none":
             at_m = _magnitudes(r, bins)[op.m]
             text += f"; at m={op.m}: {at_m:.3g}"
-        rows.append({"op": op_name, "albumentations": ALBUMENTATIONS_OPS[op_name], "magnitude": text,
-                     "signed": r.signed})
+        rows.append(
+            {"op": op_name, "albumentations": ALBUMENTATIONS_OPS[op_name], "magnitude": text, "signed": r.signed}
+        )
     return rows

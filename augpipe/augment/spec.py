@@ -39,6 +39,7 @@ e + h(i) is odd, h(i) a bit hashed from the run's seed and the item's index in t
 (``alternate_flips``), so half of the images are flipped each epoch and every image is seen both
 ways in any two epochs running (airbench94's derandomised flip). ``p`` must then be 0.5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -110,8 +111,8 @@ class TrivialAugment:
 
 @dataclass
 class RandAugment:
-    n: int = 2   # operations per image
-    m: int = 9   # magnitude bin, 0 .. num_magnitude_bins - 1
+    n: int = 2  # operations per image
+    m: int = 9  # magnitude bin, 0 .. num_magnitude_bins - 1
     num_magnitude_bins: int = 31
     p: float = 1.0
 
@@ -142,8 +143,7 @@ BATCH_OPS = {"mixup": MixUp, "cutmix": CutMix}
 # timm's Mixup(switch_prob=0.5): the p of each where a spec gives both without a p.
 SWITCH_PROB = 0.5
 # The per-image ops, in the order they run; then the batch ops.
-OPS = {"crop": Crop, "translate": Translate, "hflip": Flip, "color_jitter": ColorJitter, **POLICIES,
-       "erase": Erase}
+OPS = {"crop": Crop, "translate": Translate, "hflip": Flip, "color_jitter": ColorJitter, **POLICIES, "erase": Erase}
 ALL_OPS = {**OPS, **BATCH_OPS}
 
 
@@ -167,8 +167,9 @@ class AugmentSpec:
     @classmethod
     def preset(cls, name: str) -> AugmentSpec:
         if name not in PRESETS:
-            raise ConfigError(f"unknown augmentation preset {name!r}{closest(name, PRESETS)} "
-                              f"(choose from {', '.join(PRESETS)})")
+            raise ConfigError(
+                f"unknown augmentation preset {name!r}{closest(name, PRESETS)} (choose from {', '.join(PRESETS)})"
+            )
         return cls.from_dict(PRESETS[name])
 
     @classmethod
@@ -177,15 +178,20 @@ class AugmentSpec:
         reject_unknown(d, [f.name for f in fields(cls)], "augmentation spec", list_valid=True)
         extra = d.get("extra") or []
         if not isinstance(extra, list):
-            raise ConfigError(f"extra must be a list of transforms, e.g. [{{name: GaussianBlur, p: 0.1}}], got {extra!r}")
+            raise ConfigError(
+                f"extra must be a list of transforms, e.g. [{{name: GaussianBlur, p: 0.1}}], got {extra!r}"
+            )
         spec = cls(size=d.get("size"), extra=list(extra))
         if isinstance(d.get("auto_augment"), str):
             d["auto_augment"] = {"policy": d["auto_augment"]}
         for name, op_cls in ALL_OPS.items():
             if d.get(name) is not None and d[name] is not False:
                 setattr(spec, name, _build_op(op_cls, d[name], name))
-        if spec.mixup is not None and spec.cutmix is not None and not any(
-                isinstance(d[name], dict) and "p" in d[name] for name in BATCH_OPS):
+        if (
+            spec.mixup is not None
+            and spec.cutmix is not None
+            and not any(isinstance(d[name], dict) and "p" in d[name] for name in BATCH_OPS)
+        ):
             # Each p defaults to 1, alone; together that would ask for both on every batch.
             spec.mixup.p = spec.cutmix.p = SWITCH_PROB
         if d.get("normalize") is not None:
@@ -213,8 +219,10 @@ class AugmentSpec:
             if data is not None and not isinstance(data, dict):
                 raise ConfigError(f"{path}: an augmentation spec must be a mapping")
             return cls.from_dict(data)
-        raise ConfigError(f"unknown augmentation {text!r}{closest(text, PRESETS)}: give a preset "
-                          f"({', '.join(PRESETS)}) or a .yaml spec")
+        raise ConfigError(
+            f"unknown augmentation {text!r}{closest(text, PRESETS)}: give a preset "
+            f"({', '.join(PRESETS)}) or a .yaml spec"
+        )
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"size": self.size}
@@ -262,8 +270,10 @@ class AugmentSpec:
             if not isinstance(self.hflip.alternate, bool):
                 raise ConfigError(f"hflip.alternate must be true or false, got {self.hflip.alternate!r}")
             if self.hflip.alternate and self.hflip.p != 0.5:
-                raise ConfigError(f"hflip.p must be 0.5 with alternate: true (half of the images are flipped "
-                                  f"each epoch), got {self.hflip.p}")
+                raise ConfigError(
+                    f"hflip.p must be 0.5 with alternate: true (half of the images are flipped "
+                    f"each epoch), got {self.hflip.p}"
+                )
         if self.erase:
             _check_range("erase.scale", self.erase.scale, 0, 1, low_open=True)
             _check_range("erase.ratio", self.erase.ratio, 0, math.inf, low_open=True)
@@ -293,33 +303,46 @@ class AugmentSpec:
             op = getattr(self, name)
             if op is None:
                 continue
-            if hasattr(op, "num_magnitude_bins") and not (_is_int(op.num_magnitude_bins) and op.num_magnitude_bins >= 2):
-                raise ConfigError(f"{name}.num_magnitude_bins must be a whole number >= 2, got {_shown(op.num_magnitude_bins)}")
+            if hasattr(op, "num_magnitude_bins") and not (
+                _is_int(op.num_magnitude_bins) and op.num_magnitude_bins >= 2
+            ):
+                raise ConfigError(
+                    f"{name}.num_magnitude_bins must be a whole number >= 2, got {_shown(op.num_magnitude_bins)}"
+                )
         ra = self.rand_augment
         if ra is not None:
             if not (_is_int(ra.n) and ra.n >= 1):
-                raise ConfigError(f"rand_augment.n (operations per image) must be a whole number >= 1, got {_shown(ra.n)}")
+                raise ConfigError(
+                    f"rand_augment.n (operations per image) must be a whole number >= 1, got {_shown(ra.n)}"
+                )
             if not (_is_int(ra.m) and 0 <= ra.m < ra.num_magnitude_bins):
-                raise ConfigError(f"rand_augment.m must be a whole number in 0..{ra.num_magnitude_bins - 1} "
-                                  f"(the magnitude bin), got {_shown(ra.m)}")
+                raise ConfigError(
+                    f"rand_augment.m must be a whole number in 0..{ra.num_magnitude_bins - 1} "
+                    f"(the magnitude bin), got {_shown(ra.m)}"
+                )
         aa = self.auto_augment
         if aa is not None and aa.policy not in AUTO_AUGMENT_POLICIES:
             choices = ", ".join(AUTO_AUGMENT_POLICIES)
             if not isinstance(aa.policy, str):
                 raise ConfigError(f"auto_augment.policy must be one of {choices}, got {_shown(aa.policy)}")
             hint = closest(aa.policy, AUTO_AUGMENT_POLICIES).strip()[1:-1]
-            raise ConfigError(f"unknown auto_augment policy {aa.policy!r} ({hint + ' ' if hint else ''}choose from "
-                              f"{choices})")
+            raise ConfigError(
+                f"unknown auto_augment policy {aa.policy!r} ({hint + ' ' if hint else ''}choose from {choices})"
+            )
 
     def _validate_mixing(self) -> None:
         for name in BATCH_OPS:
             op = getattr(self, name)
             if op is not None and not (_is_number(op.alpha) and op.alpha > 0):
-                raise ConfigError(f"{name}.alpha must be a number > 0 (lambda is drawn from Beta(alpha, alpha)), "
-                                  f"got {_shown(op.alpha)}")
+                raise ConfigError(
+                    f"{name}.alpha must be a number > 0 (lambda is drawn from Beta(alpha, alpha)), "
+                    f"got {_shown(op.alpha)}"
+                )
         if self.mixup is not None and self.cutmix is not None and self.mixup.p + self.cutmix.p > 1 + 1e-9:
-            raise ConfigError(f"mixup.p + cutmix.p must be at most 1, got {self.mixup.p} + {self.cutmix.p}: a batch "
-                              f"gets one of them (leave p out of both to switch 0.5 / 0.5, as timm does)")
+            raise ConfigError(
+                f"mixup.p + cutmix.p must be at most 1, got {self.mixup.p} + {self.cutmix.p}: a batch "
+                f"gets one of them (leave p out of both to switch 0.5 / 0.5, as timm does)"
+            )
 
     def active_ops(self) -> list[str]:
         """The spec's ops that are on, per-image ones first, in the order they run."""
@@ -335,8 +358,10 @@ class AugmentSpec:
         """What only the image side can decide: a reflection needs more pixels than it mirrors."""
         tr = self.translate
         if tr is not None and tr.mode == "reflect" and tr.pad >= size:
-            raise ConfigError(f"translate.pad {tr.pad} is too large for {size}x{size} images in reflect mode "
-                              f"(at most {size - 1}); use a smaller pad or mode: constant")
+            raise ConfigError(
+                f"translate.pad {tr.pad} is too large for {size}x{size} images in reflect mode "
+                f"(at most {size - 1}); use a smaller pad or mode: constant"
+            )
 
 
 _MASK64 = (1 << 64) - 1
@@ -380,7 +405,6 @@ def _plain(value):
     return value
 
 
-
 def _build_op(op_cls, value, name):
     if value is True:
         return op_cls()
@@ -414,22 +438,25 @@ def _numbers(seq, n: int) -> bool:
 
 
 def _check_range(name, rng, lo, hi, low_open=False):
-    if (not _numbers(rng, 2) or rng[0] > rng[1] or rng[0] < lo or rng[1] > hi
-            or (low_open and rng[0] <= lo)):
+    if not _numbers(rng, 2) or rng[0] > rng[1] or rng[0] < lo or rng[1] > hi or (low_open and rng[0] <= lo):
         shown = list(rng) if isinstance(rng, (list, tuple)) else rng
-        raise ConfigError(f"{name} must be [low, high] with {lo} {'<' if low_open else '<='} low <= high <= {hi}, got {shown}")
+        raise ConfigError(
+            f"{name} must be [low, high] with {lo} {'<' if low_open else '<='} low <= high <= {hi}, got {shown}"
+        )
 
 
 PRESETS: dict[str, dict] = {
     "none": {},
     "light": {"crop": {"scale": [0.8, 1.0]}, "hflip": {"p": 0.5}},
     "standard": {
-        "crop": {"scale": [0.35, 1.0]}, "hflip": {"p": 0.5},
+        "crop": {"scale": [0.35, 1.0]},
+        "hflip": {"p": 0.5},
         "color_jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "p": 0.8},
         "erase": {"scale": [0.02, 0.2], "p": 0.25},
     },
     "strong": {
-        "crop": {"scale": [0.08, 1.0]}, "hflip": {"p": 0.5},
+        "crop": {"scale": [0.08, 1.0]},
+        "hflip": {"p": 0.5},
         "color_jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8},
         "erase": {"scale": [0.02, 0.33], "p": 0.5, "fill": "random"},
     },
@@ -438,14 +465,19 @@ PRESETS: dict[str, dict] = {
     # After timm's ResNet-strikes-back A1 recipe, for ImageNet-style photos: RandAugment at
     # magnitude 7, MixUp 0.2 and CutMix 1.0 switched per batch, random erasing.
     "timm-a1": {
-        "crop": {"scale": [0.08, 1.0]}, "hflip": {"p": 0.5}, "rand_augment": {"n": 2, "m": 7},
-        "erase": {"scale": [0.02, 0.33], "p": 0.25}, "mixup": {"alpha": 0.2, "p": 0.5},
+        "crop": {"scale": [0.08, 1.0]},
+        "hflip": {"p": 0.5},
+        "rand_augment": {"n": 2, "m": 7},
+        "erase": {"scale": [0.02, 0.33], "p": 0.25},
+        "mixup": {"alpha": 0.2, "p": 0.5},
         "cutmix": {"alpha": 1.0, "p": 0.5},
     },
     # The common modern CIFAR recipe: the 4-pixel reflected shift, flips, TrivialAugment, and
     # cutout-sized erasing (add mixup: {alpha: 0.2} for long schedules).
     "cifar-modern": {
-        "translate": {"pad": 4, "mode": "reflect"}, "hflip": {"p": 0.5}, "trivial_augment": {},
+        "translate": {"pad": 4, "mode": "reflect"},
+        "hflip": {"p": 0.5},
+        "trivial_augment": {},
         "erase": {"scale": [0.02, 0.25], "ratio": [0.5, 2.0], "p": 0.5},
     },
 }

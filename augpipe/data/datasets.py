@@ -1,5 +1,6 @@
 """``open_dataset``: the one entry to every kind of data set, which it tells from what is at the
 path. It sits above the sources and the shard reader, so that neither imports the other."""
+
 from __future__ import annotations
 
 from pathlib import Path

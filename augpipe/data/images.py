@@ -1,4 +1,5 @@
 """Decoding image files to RGB uint8 HWC arrays, and the in-memory cache of decoded images."""
+
 from __future__ import annotations
 
 import contextlib
@@ -250,8 +251,17 @@ def _tiff_with_alpha(data: bytes) -> np.ndarray | None:
                 im = ImageOps.exif_transpose(im)  # OpenCV applies the orientation tag too
                 # RGBa / La: associated (premultiplied) alpha; convert divides it out.
                 arr = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "RGBa") else "LA"))
-        except (OSError, ValueError, EOFError, SyntaxError, struct.error, MemoryError, TypeError, IndexError,
-                Image.DecompressionBombError):
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            SyntaxError,
+            struct.error,
+            MemoryError,
+            TypeError,
+            IndexError,
+            Image.DecompressionBombError,
+        ):
             return None
     if arr.ndim != 3 or arr.size == 0:
         return None
@@ -386,7 +396,7 @@ class SharedCache:
     def _view(self, slot: int) -> np.ndarray:
         h, w = self.shape[slot].tolist()
         off = int(self.offset[slot])
-        return self.chunks[int(self.chunk[slot])][off:off + h * w * 3].reshape(h, w, 3)
+        return self.chunks[int(self.chunk[slot])][off : off + h * w * 3].reshape(h, w, 3)
 
     def get(self, slot: int) -> np.ndarray | None:
         if not self.filled[slot]:
@@ -394,7 +404,7 @@ class SharedCache:
         if self._uniform is not None:  # one chunk, one shape: the common case, read every step
             buf, h, w = self._uniform
             off = int(self.offset[slot])
-            return buf[off:off + h * w * 3].reshape(h, w, 3)
+            return buf[off : off + h * w * 3].reshape(h, w, 3)
         return self._view(slot)
 
     def put(self, slot: int, img: np.ndarray) -> np.ndarray:
@@ -411,10 +421,11 @@ class SharedCache:
     def put_many(self, slots: np.ndarray, images: list) -> None:
         """``put`` of many, with the per-slot facts read once (it runs for every image of a scan)."""
         done = []
-        for slot, c, off, (h, w), img in zip(slots.tolist(), self.chunk[slots].tolist(), self.offset[slots].tolist(),
-                                               self.shape[slots].tolist(), images):
+        for slot, c, off, (h, w), img in zip(
+            slots.tolist(), self.chunk[slots].tolist(), self.offset[slots].tolist(), self.shape[slots].tolist(), images
+        ):
             if c >= 0 and img.shape == (h, w, 3):
-                self.chunks[c][off:off + h * w * 3] = img.reshape(-1)
+                self.chunks[c][off : off + h * w * 3] = img.reshape(-1)
                 done.append(slot)
         self.filled[done] = 1
 
@@ -467,7 +478,7 @@ def _one_cv2_thread():
 
 def _scan_block(bounds):
     store, todo, budget = _SCAN_JOB
-    return [_scan_one(store, int(i), budget) for i in todo[bounds[0]:bounds[1]]]
+    return [_scan_one(store, int(i), budget) for i in todo[bounds[0] : bounds[1]]]
 
 
 def _cores() -> int:
@@ -519,14 +530,14 @@ def _scan(store, todo: np.ndarray, workers: int | None, budget, progress: bool |
             with ThreadPoolExecutor(max_workers=min(8, workers * 2)) as pool:
                 # A bounded window of blocks in flight: finished ones would wait in memory.
                 for lo in range(0, len(blocks), workers * 4):
-                    window = blocks[lo:lo + workers * 4]
+                    window = blocks[lo : lo + workers * 4]
                     for bounds, results in zip(window, pool.map(_scan_block, window)):
                         if bar is not None:
                             bar.update(len(results))
                         yield bounds, results
         else:
             for bounds in blocks:
-                results = [_scan_one(store, int(i), budget) for i in todo[bounds[0]:bounds[1]]]
+                results = [_scan_one(store, int(i), budget) for i in todo[bounds[0] : bounds[1]]]
                 if bar is not None:
                     bar.update(len(results))
                 yield bounds, results
@@ -545,8 +556,16 @@ class ImageStore:
     scan) without decoding it.
     """
 
-    def __init__(self, source, images=None, *, max_pixels: int = DEFAULT_MAX_PIXELS, cache: SharedCache | None = None,
-                 slots: np.ndarray | None = None, shapes: np.ndarray | None = None):
+    def __init__(
+        self,
+        source,
+        images=None,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache: SharedCache | None = None,
+        slots: np.ndarray | None = None,
+        shapes: np.ndarray | None = None,
+    ):
         self.source = source
         self.max_pixels = max_pixels
         self._images = images  # an ndarray of every image (array sources), or None
@@ -629,8 +648,16 @@ class ImageStore:
         return (img, None, 0, True) if img is not None else (None, UNREADABLE, 0, False)
 
     @classmethod
-    def build(cls, source, *, cache_mb: float = DEFAULT_CACHE_MB, workers: int | None = None,
-              max_pixels: int = DEFAULT_MAX_PIXELS, use_index: bool = True, progress: bool | None = None):
+    def build(
+        cls,
+        source,
+        *,
+        cache_mb: float = DEFAULT_CACHE_MB,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        use_index: bool = True,
+        progress: bool | None = None,
+    ):
         """Find every image's readability, shape and pixel digest: from the image index where it
         knows the file (same path, size and mtime), else by decoding it (in one process per core,
         with a progress bar on a terminal), which adds it to the index.
@@ -688,13 +715,18 @@ class ImageStore:
                 facts.height[items], facts.width[items], facts.pixels[items] = cols[:, 1], cols[:, 2], cols[:, 3]
                 got = [k for k, r in enumerate(results) if r[4] is not None]
                 if got:
-                    facts.digest[items[got]] = np.frombuffer(b"".join(results[k][4] for k in got),
-                                                             np.uint8).reshape(-1, 16)
+                    facts.digest[items[got]] = np.frombuffer(b"".join(results[k][4] for k in got), np.uint8).reshape(
+                        -1, 16
+                    )
                 if record:
                     keep = [k for k, r in enumerate(results) if r[6] and sizes[items[k]] >= 0]
-                    pending += zip(keys[items[keep]].tolist(), sizes[items[keep]].tolist(),
-                                   mtimes[items[keep]].tolist(), *cols[keep].T.tolist(),
-                                   [results[k][4] for k in keep])
+                    pending += zip(
+                        keys[items[keep]].tolist(),
+                        sizes[items[keep]].tolist(),
+                        mtimes[items[keep]].tolist(),
+                        *cols[keep].T.tolist(),
+                        [results[k][4] for k in keep],
+                    )
                     if len(pending) >= BATCH:
                         index.record(pending)
                         pending = []
@@ -725,11 +757,20 @@ class ImageStore:
         report.cached = cache is not None and store.cached
         n_readable = int(readable.sum())
         if report.n_cached and not report.cached:
-            log.info("%d of %d images fit in the %g MB cache; the other %d are decoded each time they are read",
-                     report.n_cached, n_readable, cache_mb, n_readable - report.n_cached)
+            log.info(
+                "%d of %d images fit in the %g MB cache; the other %d are decoded each time they are read",
+                report.n_cached,
+                n_readable,
+                cache_mb,
+                n_readable - report.n_cached,
+            )
         else:
-            log.debug("%d of %d images have a place in memory; %d decoded now, the index knew the others",
-                      report.n_cached, n_readable, report.decoded)
+            log.debug(
+                "%d of %d images have a place in memory; %d decoded now, the index knew the others",
+                report.n_cached,
+                n_readable,
+                report.decoded,
+            )
         return store, report
 
     def native_size(self) -> tuple[int, int]:
@@ -760,9 +801,14 @@ class ImageStore:
         source = self.source.subset(idx)
         if self._images is not None:
             return ImageStore(source, self._images[idx], max_pixels=self.max_pixels)
-        return ImageStore(source, None, max_pixels=self.max_pixels, cache=self._cache,
-                          slots=None if self._slots is None else self._slots[idx],
-                          shapes=None if self._shapes is None else self._shapes[idx])
+        return ImageStore(
+            source,
+            None,
+            max_pixels=self.max_pixels,
+            cache=self._cache,
+            slots=None if self._slots is None else self._slots[idx],
+            shapes=None if self._shapes is None else self._shapes[idx],
+        )
 
 
 def _place_in_order(cache, verdict, facts, start: int, end: int, left: int, images: dict) -> int:

@@ -6,6 +6,7 @@ decodes only the files that are new or changed since.
 The index is a cache: a corrupt file is replaced, and one that can not be opened or written is
 warned about in one line and done without; no command ever stops because of it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,9 +64,14 @@ class Facts:
     digest: np.ndarray  # uint8 (n, 16): pixel_digest of readable images
 
     @classmethod
-    def unknown(cls, n: int) -> "Facts":
-        return cls(np.full(n, UNKNOWN, np.int8), np.zeros(n, np.int32), np.zeros(n, np.int32),
-                   np.zeros(n, np.int64), np.zeros((n, DIGEST_BYTES), np.uint8))
+    def unknown(cls, n: int) -> Facts:
+        return cls(
+            np.full(n, UNKNOWN, np.int8),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int32),
+            np.zeros(n, np.int64),
+            np.zeros((n, DIGEST_BYTES), np.uint8),
+        )
 
     def verdict(self, max_pixels: int) -> np.ndarray:
         """OK / UNREADABLE / TOO_LARGE per item at ``max_pixels``, or UNKNOWN where the file must
@@ -118,7 +124,7 @@ class ImageIndex:
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path=None) -> "ImageIndex":
+    def open(cls, path=None) -> ImageIndex:
         index = cls(Path(path) if path is not None else index_path())
         index._connect(retry=True)
         return index
@@ -138,15 +144,20 @@ class ImageIndex:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("CREATE TABLE IF NOT EXISTS images (path BLOB PRIMARY KEY, size INTEGER NOT NULL, "
-                             "mtime_ns INTEGER NOT NULL, status INTEGER NOT NULL, height INTEGER NOT NULL, "
-                             "width INTEGER NOT NULL, pixels INTEGER NOT NULL, digest BLOB) WITHOUT ROWID")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS images (path BLOB PRIMARY KEY, size INTEGER NOT NULL, "
+                    "mtime_ns INTEGER NOT NULL, status INTEGER NOT NULL, height INTEGER NOT NULL, "
+                    "width INTEGER NOT NULL, pixels INTEGER NOT NULL, digest BLOB) WITHOUT ROWID"
+                )
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             elif version != SCHEMA_VERSION:
                 conn.close()
-                log.warning("image index %s: written by another augpipe version (schema %d); "
-                            "images are decoded without it", self.path, version)
+                log.warning(
+                    "image index %s: written by another augpipe version (schema %d); images are decoded without it",
+                    self.path,
+                    version,
+                )
                 return
             conn.execute("SELECT count(*) FROM images WHERE path = x''").fetchone()
         except sqlite3.Error as err:
@@ -192,7 +203,9 @@ class ImageIndex:
         try:
             cur = self.conn.execute(
                 "SELECT path, size, mtime_ns, status, height, width, pixels, digest FROM images "
-                "WHERE path BETWEEN ? AND ? ORDER BY path", (bytes(ordered[0]), bytes(ordered[-1])))
+                "WHERE path BETWEEN ? AND ? ORDER BY path",
+                (bytes(ordered[0]), bytes(ordered[-1])),
+            )
             while True:
                 rows = cur.fetchmany(10_000)
                 if not rows:
@@ -309,7 +322,7 @@ class StrColumn(Sequence):
 
     def _text(self, i: int) -> str:
         start = int(self._ends[i - 1]) if i else 0
-        return str(self._view[start:int(self._ends[i])], "utf-8", "surrogateescape")
+        return str(self._view[start : int(self._ends[i])], "utf-8", "surrogateescape")
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -345,7 +358,7 @@ class StrColumn(Sequence):
             return self.texts()
         return (self._item(i) for i in range(len(self)))
 
-    def take(self, indices) -> "StrColumn":
+    def take(self, indices) -> StrColumn:
         """The items at ``indices``, as a column of the same kind (no Python object per item)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         starts = np.concatenate([[0], self._ends[:-1]]) if len(self._ends) else self._ends

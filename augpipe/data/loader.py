@@ -1,5 +1,6 @@
 """Torch Dataset and DataLoader factory: uint8 batches out of the workers; the float conversion
 and normalisation happen at the end of the path (``BatchNormalizer``), on the training device."""
+
 from __future__ import annotations
 
 import math
@@ -114,8 +115,8 @@ class RankSampler(torch.utils.data.Sampler):
         order = torch.randperm(self.n, generator=self.generator).tolist()
         padded = len(self) * self.world_size
         while len(order) < padded:
-            order += order[:padded - len(order)]
-        return iter(order[self.rank:padded:self.world_size])
+            order += order[: padded - len(order)]
+        return iter(order[self.rank : padded : self.world_size])
 
 
 class EpochLoader:
@@ -127,18 +128,36 @@ class EpochLoader:
     Yields (images, labels); ``batch_items`` is then the store indices of the batch just yielded
     (what the device augmentation's alternate flip needs, with ``epoch``)."""
 
-    def __init__(self, dataset: AugmentedImages, *, batch_size: int, shuffle: bool, num_workers: int,
-                 seed: int, drop_last: bool = False, pin_memory: bool = False, rank: int = 0,
-                 world_size: int = 1, batch_sampler=None, collate_fn=collate_uint8):
+    def __init__(
+        self,
+        dataset: AugmentedImages,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        num_workers: int,
+        seed: int,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        batch_sampler=None,
+        collate_fn=collate_uint8,
+    ):
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.generator = torch.Generator().manual_seed(seed)
-        common = dict(num_workers=num_workers, collate_fn=collate_fn, generator=self.generator,
-                      worker_init_fn=_worker_init if num_workers > 0 else None, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+        common = dict(
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            generator=self.generator,
+            worker_init_fn=_worker_init if num_workers > 0 else None,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
         self.batch_sampler = batch_sampler
         if batch_sampler is not None:
             self.loader = DataLoader(dataset, batch_sampler=batch_sampler, **common)

@@ -1,4 +1,5 @@
 """From a path to split, decoded, checked data: the first stage every command shares."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,9 @@ def describe_skipped(skipped: list[str], too_large: list[str], max_pixels: int) 
     if not too_large:
         return f"{len(skipped)} unreadable image(s)"
     unreadable = len(skipped) - len(too_large)
-    parts = ([f"{unreadable} unreadable"] if unreadable else []) + \
-        [f"{len(too_large)} larger than --max-pixels ({max_pixels:,} pixels)"]
+    parts = ([f"{unreadable} unreadable"] if unreadable else []) + [
+        f"{len(too_large)} larger than --max-pixels ({max_pixels:,} pixels)"
+    ]
     return f"{len(skipped)} image(s): {', '.join(parts)}"
 
 
@@ -65,21 +67,38 @@ class DecodedData:
     pixels: str = ""  # pixel_fingerprint of ``source``: computed once, also for a sweep's many splits
 
 
-def prepare_data(path, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None,
-                 strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1) -> PreparedData:
+def prepare_data(
+    path,
+    *,
+    val: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    split_file=None,
+    strict: bool = False,
+    cache_mb: float = DEFAULT_CACHE_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_classes: int = 1,
+) -> PreparedData:
     """Open ``path``, learn whether each image is readable (from the image index, else by decoding
     it), drop unreadable ones and those with more than ``max_pixels`` pixels (or fail under
     ``strict``), and split. With ``split_file`` the manifest's assignment, seed and ratios are
     reused. Every class must keep at least one image,
     and there must be at least ``min_classes`` classes."""
-    decoded = decode_data(path, strict=strict, cache_mb=cache_mb, max_pixels=max_pixels, min_classes=min_classes,
-                          split_file=split_file)
+    decoded = decode_data(
+        path, strict=strict, cache_mb=cache_mb, max_pixels=max_pixels, min_classes=min_classes, split_file=split_file
+    )
     return split_decoded(decoded, val=val, test=test, seed=seed, split_file=split_file)
 
 
-def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_MB,
-                max_pixels: int = DEFAULT_MAX_PIXELS, min_classes: int = 1, split_file=None) -> DecodedData:
+def decode_data(
+    path,
+    *,
+    strict: bool = False,
+    cache_mb: float = DEFAULT_CACHE_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_classes: int = 1,
+    split_file=None,
+) -> DecodedData:
     """The first half of ``prepare_data``: open, check the classes, find what can not be read
     (from the image index where it knows the files, else by decoding them), drop it.
     ``split_file`` is only checked here, so that a bad manifest fails before the decoding."""
@@ -87,8 +106,10 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
     names = source.class_names
     if len(names) < min_classes:
         listed = ", ".join(repr(c) for c in names[:5])
-        raise DataError(f"{path}: the data set has {len(names)} class{'' if len(names) == 1 else 'es'} "
-                        f"({listed}): a classifier needs at least {min_classes}")
+        raise DataError(
+            f"{path}: the data set has {len(names)} class{'' if len(names) == 1 else 'es'} "
+            f"({listed}): a classifier needs at least {min_classes}"
+        )
     counts = source.class_counts()
     empty = [names[c] for c in np.flatnonzero(counts == 0)]
     if empty:  # an .npz or CIFAR meta file can name classes that no label uses
@@ -121,8 +142,18 @@ def decode_data(path, *, strict: bool = False, cache_mb: float = DEFAULT_CACHE_M
     else:
         digests = report.digests
     source, store, digests, duplicates = skip_duplicates(path, source, store, digests, strict=strict)
-    return DecodedData(opened, source, store, skipped, too_large, digests, max_pixels, manifests, duplicates,
-                       pixel_fingerprint(source, digests))
+    return DecodedData(
+        opened,
+        source,
+        store,
+        skipped,
+        too_large,
+        digests,
+        max_pixels,
+        manifests,
+        duplicates,
+        pixel_fingerprint(source, digests),
+    )
 
 
 def no_duplicates() -> dict:
@@ -153,35 +184,56 @@ def skip_duplicates(path, source, store, digests, strict: bool = False):
     if strict:
         a, b = first[0], first[1]
         differ = labels[a] != labels[b]
-        raise DataError(f"{source.describe(b)} has the same pixels as {source.describe(a)}"
-                        + (f" but another label ({names[int(labels[b])]!r}, not {names[int(labels[a])]!r})"
-                           if differ else "") + f"; {len(drop)} exact duplicate(s) in all (without --strict "
-                        f"they are skipped)")
-    log.warning("skipped %d exact duplicate image(s) in %d group(s) (the same pixels as an earlier image, which is "
-                "kept), first: %s (the same as %s)", len(drop), len(groups), source.describe(first[1]),
-                source.describe(first[0]))
+        raise DataError(
+            f"{source.describe(b)} has the same pixels as {source.describe(a)}"
+            + (f" but another label ({names[int(labels[b])]!r}, not {names[int(labels[a])]!r})" if differ else "")
+            + f"; {len(drop)} exact duplicate(s) in all (without --strict "
+            f"they are skipped)"
+        )
+    log.warning(
+        "skipped %d exact duplicate image(s) in %d group(s) (the same pixels as an earlier image, which is "
+        "kept), first: %s (the same as %s)",
+        len(drop),
+        len(groups),
+        source.describe(first[1]),
+        source.describe(first[0]),
+    )
     described = []
     for g in conflicts:
         files = [source.describe(i) for i in g]
         classes = [names[int(labels[i])] for i in g]
         described.append({"files": files, "classes": classes})
         if len(described) <= SHOWN_CONFLICTS:
-            log.warning("label conflict: %s have the same pixels but their labels differ (%s); kept %s as %r",
-                        " and ".join(files), ", ".join(f"{f}: {c!r}" for f, c in zip(files, classes)), files[0],
-                        classes[0])
+            log.warning(
+                "label conflict: %s have the same pixels but their labels differ (%s); kept %s as %r",
+                " and ".join(files),
+                ", ".join(f"{f}: {c!r}" for f, c in zip(files, classes)),
+                files[0],
+                classes[0],
+            )
     if len(conflicts) > SHOWN_CONFLICTS:
         log.warning("... and %d more label conflict(s)", len(conflicts) - SHOWN_CONFLICTS)
     keep = [i for i in range(len(source)) if i not in drop]
     left = np.bincount(labels[keep], minlength=len(names))
     gone = np.flatnonzero((left == 0) & (source.class_counts() > 0))
     if len(gone):
-        raise DataError(f"{path}: every image of class {names[int(gone[0])]!r} has the same pixels as an image "
-                        f"of another class (a label conflict): the class is left with none")
+        raise DataError(
+            f"{path}: every image of class {names[int(gone[0])]!r} has the same pixels as an image "
+            f"of another class (a label conflict): the class is left with none"
+        )
     store = store.subset(keep)
     kept = digests.take(keep) if isinstance(digests, Digests) else [digests[i] for i in keep]
-    return store.source, store, kept, {
-        "skipped": len(drop), "groups": len(groups), "label_conflict_groups": len(conflicts),
-        "label_conflicts": described[:KEPT_CONFLICTS]}
+    return (
+        store.source,
+        store,
+        kept,
+        {
+            "skipped": len(drop),
+            "groups": len(groups),
+            "label_conflict_groups": len(conflicts),
+            "label_conflicts": described[:KEPT_CONFLICTS],
+        },
+    )
 
 
 def pixel_fingerprint(source, digests) -> str:
@@ -194,8 +246,9 @@ def pixel_fingerprint(source, digests) -> str:
     return h.hexdigest()[:16]
 
 
-def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
-                  split_file=None) -> PreparedData:
+def split_decoded(
+    decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, seed: int = 0, split_file=None
+) -> PreparedData:
     """The second half of ``prepare_data``: the split (duplicates were skipped before it)."""
     previous = None
     if split_file is not None:
@@ -207,7 +260,26 @@ def split_decoded(decoded: DecodedData, *, val: float = 0.1, test: float = 0.1, 
         if new:
             log.info("%d item(s) are not in %s: they fill the remaining quota of each split", new, split_file)
     source = decoded.source
-    assignment = split_dataset(source.keys, source.labels, source.given, val=val, test=test, seed=seed,
-                               previous=previous, class_names=source.class_names)
-    return PreparedData(source, decoded.store, assignment, seed, val, test, decoded.skipped, decoded.duplicates,
-                        decoded.too_large, decoded.max_pixels, decoded.pixels)
+    assignment = split_dataset(
+        source.keys,
+        source.labels,
+        source.given,
+        val=val,
+        test=test,
+        seed=seed,
+        previous=previous,
+        class_names=source.class_names,
+    )
+    return PreparedData(
+        source,
+        decoded.store,
+        assignment,
+        seed,
+        val,
+        test,
+        decoded.skipped,
+        decoded.duplicates,
+        decoded.too_large,
+        decoded.max_pixels,
+        decoded.pixels,
+    )

@@ -8,6 +8,7 @@ in the same sequence (augmentation reseed, DataLoader base seed, permutation), t
 data on the device trains on exactly the batches of a run without, epoch after epoch, and an
 interrupted epoch resumes from the generator's saved state as it does there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,9 +61,11 @@ def stack_split(store, items: np.ndarray, transform=None) -> np.ndarray:
         if transform is not None:
             img = transform(image=img)["image"]
         if img.shape != first.shape:
-            raise ConfigError(f"--data-on-device needs images of one size; {store.source.describe(int(item))} "
-                              f"is {img.shape[1]}x{img.shape[0]}, not {first.shape[1]}x{first.shape[0]}: "
-                              f"use --data-on-device off")
+            raise ConfigError(
+                f"--data-on-device needs images of one size; {store.source.describe(int(item))} "
+                f"is {img.shape[1]}x{img.shape[0]}, not {first.shape[1]}x{first.shape[0]}: "
+                f"use --data-on-device off"
+            )
         out[k] = img
     return out
 
@@ -72,10 +75,31 @@ class ResidentLoader(EpochLoader):
     labels) on the device; ``batch_items`` is the store indices of the batch, on the host (what the
     alternate flip decides by, without waiting for the device)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, items: np.ndarray, device, *, batch_size: int,
-                 shuffle: bool, seed: int, drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        super().__init__(_Positions(len(items)), batch_size=batch_size, shuffle=shuffle, num_workers=0, seed=seed,
-                         drop_last=drop_last, rank=rank, world_size=world_size, collate_fn=_positions_collate)
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        items: np.ndarray,
+        device,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        super().__init__(
+            _Positions(len(items)),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=0,
+            seed=seed,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
+            collate_fn=_positions_collate,
+        )
         self.device = torch.device(device)
         # NHWC bytes as NCHW channels-last: the layout the convolutions want, without a copy
         self.images = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2)
@@ -103,8 +127,8 @@ class ResidentLoader(EpochLoader):
     def _gather(self, order, host_order, sizes):
         start = 0
         for size in sizes:
-            pos = order[start:start + size]
-            self.batch_items = self.items[host_order[start:start + size]]
+            pos = order[start : start + size]
+            self.batch_items = self.items[host_order[start : start + size]]
             start += size
             yield self.images.index_select(0, pos), self.labels.index_select(0, pos)
 
@@ -135,7 +159,11 @@ def decide(mode: str, device: torch.device, needed: int, why_not: str | None) ->
         return False
     free, _ = torch.cuda.mem_get_info(device)
     if needed > FREE_MEMORY_SHARE * free:
-        log.info("data stays on the host: its %.0f MB are over %d %% of the device's %.0f MB free",
-                 needed / 2**20, FREE_MEMORY_SHARE * 100, free / 2**20)
+        log.info(
+            "data stays on the host: its %.0f MB are over %d %% of the device's %.0f MB free",
+            needed / 2**20,
+            FREE_MEMORY_SHARE * 100,
+            free / 2**20,
+        )
         return False
     return True

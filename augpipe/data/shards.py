@@ -8,6 +8,7 @@ bytes, arrays as lossless PNG), ``KEY.cls`` (the class index as text) and ``KEY.
 and its split). The keys in the tar are sample numbers; the identity is in the json, so that the
 shards keep the fingerprint and the split manifest of the data set they were written from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -118,8 +119,10 @@ def check_out_dir(out, data=None) -> dict | None:
     except OSError as err:
         raise DataError(f"--out {out}: can not be read ({err.strerror or err})") from None
     if entries:
-        raise DataError(f"--out {out}: the folder is not empty and holds no {INDEX_NAME} (it is not a shard "
-                        "set augpipe wrote); choose an empty or new folder")
+        raise DataError(
+            f"--out {out}: the folder is not empty and holds no {INDEX_NAME} (it is not a shard "
+            "set augpipe wrote); choose an empty or new folder"
+        )
     return None
 
 
@@ -137,8 +140,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_series(out: Path, split: str, items: list[int], source: ImageSource, max_count: int,
-                  max_size: float, opened: list[Path]) -> list[tuple[Path, Path, int]]:
+def _write_series(
+    out: Path, split: str, items: list[int], source: ImageSource, max_count: int, max_size: float, opened: list[Path]
+) -> list[tuple[Path, Path, int]]:
     """Write ``items`` as the shards of ``split``, each under its temporary name: (temporary,
     final name, sample count) of each. ``opened`` gets every temporary as it is created, so
     that the caller can remove them all when something fails."""
@@ -166,15 +170,31 @@ def _write_series(out: Path, split: str, items: list[int], source: ImageSource, 
 
     # '%' in a folder name would otherwise be read as part of the shard-number pattern.
     pattern = str(temporary_name(out / f"{split}-SHARDNUM.tar")).replace("%", "%%").replace("SHARDNUM", "%06d")
-    writer = wds.ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=finished, opener=opener,
-                             verbose=0, encoder=False, mtime=0, user="augpipe", group="augpipe")
+    writer = wds.ShardWriter(
+        pattern,
+        maxcount=max_count,
+        maxsize=max_size,
+        post=finished,
+        opener=opener,
+        verbose=0,
+        encoder=False,
+        mtime=0,
+        user="augpipe",
+        group="augpipe",
+    )
     try:
         for i in items:
             data, ext = _encoded(source, i)
             label = int(source.labels[i])
             meta = {"key": source.keys[i], "label": source.class_names[label], "split": split}
-            writer.write({"__key__": _TAR_KEY.format(i), ext: data, "cls": str(label).encode(),
-                          "json": json.dumps(meta, ensure_ascii=False).encode()})
+            writer.write(
+                {
+                    "__key__": _TAR_KEY.format(i),
+                    ext: data,
+                    "cls": str(label).encode(),
+                    "json": json.dumps(meta, ensure_ascii=False).encode(),
+                }
+            )
         writer.close()
     except BaseException:
         # The tar stream would otherwise flush into the closed file when it is collected; what
@@ -188,8 +208,9 @@ def _write_series(out: Path, split: str, items: list[int], source: ImageSource, 
     return done
 
 
-def write_shards(prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT,
-                 max_size: int = DEFAULT_MAX_SIZE) -> list[Path]:
+def write_shards(
+    prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT, max_size: int = DEFAULT_MAX_SIZE
+) -> list[Path]:
     """Write ``prepared`` (a ``PreparedData``: readable images only, split) as WebDataset tar
     shards in ``out_dir``, one series a split (``train-000000.tar``, ``val-000000.tar`` ...),
     each shard at most ``max_count`` samples and, but for its last sample, ``max_size`` bytes of
@@ -227,16 +248,19 @@ def write_shards(prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT,
         opened: list[Path] = []
         try:
             for split in SPLITS:
-                items = sorted((int(i) for i in np.flatnonzero(assignment == split)),
-                               key=lambda i: item_rank(seed, f"shards\0{source.keys[i]}"))
+                items = sorted(
+                    (int(i) for i in np.flatnonzero(assignment == split)),
+                    key=lambda i: item_rank(seed, f"shards\0{source.keys[i]}"),
+                )
                 if items:
                     written += _write_series(out, split, items, source, max_count, max_size, opened)
         except BaseException as err:
             for tmp in opened:
                 tmp.unlink(missing_ok=True)
             if isinstance(err, OSError):  # a full disk while the shards are written: one line
-                raise WriteError(f"--out {out}: the shards can not be written ({write_reason(err)}); "
-                                 f"nothing was changed there") from None
+                raise WriteError(
+                    f"--out {out}: the shards can not be written ({write_reason(err)}); nothing was changed there"
+                ) from None
             raise
         # Only now is a finished name touched, and the previous set stops being one first.
         try:
@@ -252,14 +276,20 @@ def write_shards(prepared, out_dir, *, max_count: int = DEFAULT_MAX_COUNT,
             raise WriteError(f"--out {out}: can not be written ({write_reason(err)})") from None
         write_manifest(out / "split.csv", source, assignment, seed=seed, val=prepared.val, test=prepared.test)
         index = {
-            "format": FORMAT, "version": VERSION,
+            "format": FORMAT,
+            "version": VERSION,
             "class_names": list(source.class_names),
-            "split": {"fingerprint": source.fingerprint(), "seed": seed, "val": float(prepared.val),
-                      "test": float(prepared.test)},
+            "split": {
+                "fingerprint": source.fingerprint(),
+                "seed": seed,
+                "val": float(prepared.val),
+                "test": float(prepared.test),
+            },
             "source": {"kind": source.kind, "root": os.path.abspath(source.root)},
             "counts": {s: int((assignment == s).sum()) for s in SPLITS},
-            "shards": [{"split": final.name.split("-")[0], "file": final.name, "count": count}
-                       for _, final, count in written],
+            "shards": [
+                {"split": final.name.split("-")[0], "file": final.name, "count": count} for _, final, count in written
+            ],
         }
         write_atomic(out / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
         _fsync_dir(out)
@@ -291,8 +321,11 @@ def _read_index(path: Path) -> dict:
     if index.get("version") != VERSION:
         raise bad(f"'version' must be {VERSION}, found {shown(str(index.get('version')))[:40]}")
     names = index.get("class_names")
-    if (not isinstance(names, list) or len(names) < 1
-            or not all(isinstance(n, str) and n.strip() and len(n) <= 1000 for n in names)):
+    if (
+        not isinstance(names, list)
+        or len(names) < 1
+        or not all(isinstance(n, str) and n.strip() and len(n) <= 1000 for n in names)
+    ):
         raise bad("'class_names' must be a list of non-empty names")
     if len(set(names)) != len(names):
         raise bad("'class_names' names a class twice")
@@ -319,8 +352,7 @@ def _read_index(path: Path) -> dict:
         # A plain name of the form we write: never a path out of the folder, nor a link's name.
         m = _SHARD_FILE.match(name) if isinstance(name, str) else None
         if m is None:
-            raise bad(f"shard {n}: 'file' must be a name like train-000000.tar, found "
-                      f"{shown(str(name))[:80]!r}")
+            raise bad(f"shard {n}: 'file' must be a name like train-000000.tar, found {shown(str(name))[:80]!r}")
         if where != m.group(1):
             raise bad(f"shard {n}: 'split' must be {m.group(1)!r} for {name}")
         if not (_is_int(count) and count >= 1):
@@ -351,8 +383,7 @@ class ShardBlobs:
     """The encoded image of each item, as (shard file, byte offset, size) of its tar member:
     ``read(i)`` reads just those bytes, so any item is read at random, in any process."""
 
-    def __init__(self, files: list[Path], shard: np.ndarray, offset: np.ndarray, size: np.ndarray,
-                 names: list[str]):
+    def __init__(self, files: list[Path], shard: np.ndarray, offset: np.ndarray, size: np.ndarray, names: list[str]):
         self.files = files
         self.shard = shard
         self.offset = offset
@@ -392,19 +423,22 @@ class ShardBlobs:
             except OSError:
                 mtimes[k] = -1
         prefixes = [os.fsencode(os.path.abspath(f)) + b"#" for f in self.files]
-        keys = np.array([prefixes[s] + str(int(o)).encode() for s, o in zip(self.shard.tolist(), self.offset.tolist())],
-                        dtype=bytes)
+        keys = np.array(
+            [prefixes[s] + str(int(o)).encode() for s, o in zip(self.shard.tolist(), self.offset.tolist())], dtype=bytes
+        )
         mtimes = mtimes[self.shard]
         return keys, np.where(mtimes < 0, -1, self.size.astype(np.int64)), mtimes
 
-    def subset(self, indices) -> "ShardBlobs":
+    def subset(self, indices) -> ShardBlobs:
         idx = np.asarray([int(i) for i in indices], dtype=np.int64)
-        return ShardBlobs(self.files, self.shard[idx], self.offset[idx], self.size[idx],
-                          [self.names[i] for i in idx.tolist()])
+        return ShardBlobs(
+            self.files, self.shard[idx], self.offset[idx], self.size[idx], [self.names[i] for i in idx.tolist()]
+        )
 
 
 def _index_tar(path: Path, split: str, class_names: list[str], expect: int):
     """(key, label, (offset, size, member name)) of each sample in the tar at ``path``, checked."""
+
     def bad(what: str):
         return DataError(f"{path}: {what}")
 
@@ -462,12 +496,15 @@ def _index_tar(path: Path, split: str, class_names: list[str], expect: int):
             parts = samples[key]
             images = [e for e in parts if e.lower() in IMAGE_EXTS]
             if len(images) != 1 or "cls" not in parts or "json" not in parts:
-                raise bad(f"sample {shown(key)!r} must have one image, a .cls and a .json member, "
-                          f"found {', '.join(sorted(parts))}")
+                raise bad(
+                    f"sample {shown(key)!r} must have one image, a .cls and a .json member, "
+                    f"found {', '.join(sorted(parts))}"
+                )
             text = member_bytes(parts["cls"], MAX_CLS_BYTES).decode("ascii", "replace").strip()
             if not (text.isascii() and text.isdigit()) or int(text) >= len(class_names):
-                raise bad(f"{key}.cls: the label {shown(text)[:40]!r} is not a class index from 0 to "
-                          f"{len(class_names) - 1}")
+                raise bad(
+                    f"{key}.cls: the label {shown(text)[:40]!r} is not a class index from 0 to {len(class_names) - 1}"
+                )
             label = int(text)
             try:
                 meta = json.loads(member_bytes(parts["json"], MAX_JSON_BYTES).decode("utf-8"))
@@ -476,11 +513,14 @@ def _index_tar(path: Path, split: str, class_names: list[str], expect: int):
             if not isinstance(meta, dict) or not isinstance(meta.get("key"), str) or not meta["key"]:
                 raise bad(f"{key}.json: must be a mapping with a non-empty 'key'")
             if meta.get("label") != class_names[label]:
-                raise bad(f"{key}.json: the label {shown(str(meta.get('label')))[:80]!r} is not class "
-                          f"{label} ({class_names[label]!r}) of {key}.cls")
+                raise bad(
+                    f"{key}.json: the label {shown(str(meta.get('label')))[:80]!r} is not class "
+                    f"{label} ({class_names[label]!r}) of {key}.cls"
+                )
             if meta.get("split") != split:
-                raise bad(f"{key}.json: the split {shown(str(meta.get('split')))[:20]!r} is not the shard's "
-                          f"split {split!r}")
+                raise bad(
+                    f"{key}.json: the split {shown(str(meta.get('split')))[:20]!r} is not the shard's split {split!r}"
+                )
             m = parts[images[0]]
             out.append((meta["key"], label, (m.offset_data, m.size, m.name)))
         return out
@@ -504,8 +544,9 @@ def open_shards(root) -> ImageSource:
         files.append(path)
         for key, label, (off, length, name) in _index_tar(path, entry["split"], class_names, entry["count"]):
             if key in first:
-                raise DataError(f"{path}: the item {shown(key)!r} is also in {first[key]}: an item can be in "
-                                "only one shard")
+                raise DataError(
+                    f"{path}: the item {shown(key)!r} is also in {first[key]}: an item can be in only one shard"
+                )
             first[key] = path
             keys.append(key)
             labels.append(label)
@@ -515,13 +556,25 @@ def open_shards(root) -> ImageSource:
             size.append(length)
             names.append(name)
     source = ImageSource(
-        "shards", root, list(class_names), keys, np.asarray(labels, dtype=np.int64), given,
-        blobs=ShardBlobs(files, np.asarray(shard, dtype=np.int64), np.asarray(offset, dtype=np.int64),
-                         np.asarray(size, dtype=np.int64), names),
+        "shards",
+        root,
+        list(class_names),
+        keys,
+        np.asarray(labels, dtype=np.int64),
+        given,
+        blobs=ShardBlobs(
+            files,
+            np.asarray(shard, dtype=np.int64),
+            np.asarray(offset, dtype=np.int64),
+            np.asarray(size, dtype=np.int64),
+            names,
+        ),
     )
     if source.fingerprint() != index["split"]["fingerprint"]:
-        raise DataError(f"{root / INDEX_NAME}: the shards' items do not match its fingerprint (a shard "
-                        "replaced or edited since they were written)")
+        raise DataError(
+            f"{root / INDEX_NAME}: the shards' items do not match its fingerprint (a shard "
+            "replaced or edited since they were written)"
+        )
     return source
 
 
@@ -584,10 +637,24 @@ class ShardBatchSampler:
     takes every ``readers``-th. Deterministic for a given seed and epoch, on every rank.
     """
 
-    def __init__(self, shard_of_item, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, seed: int = 0, drop_last: bool = False):
-        for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
-                                 ("num_workers", num_workers, 0), ("seed", seed, 0), ("rank", rank, 0)):
+    def __init__(
+        self,
+        shard_of_item,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = False,
+    ):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("world_size", world_size, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+            ("rank", rank, 0),
+        ):
             whole = _is_int(value) or isinstance(value, np.integer)
             if not whole or value < low:
                 raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
@@ -610,26 +677,41 @@ class ShardBatchSampler:
         self.sizes = np.asarray([len(m) for m in self._members], dtype=np.int64)
         self.by_shards = len(self._members) >= self.readers
         if self.by_shards:
-            loads = [int(self.sizes[d].sum()) for d in _deal(self.sizes, np.arange(len(self.sizes)), self.readers,
-                                                              np.arange(self.readers))]
+            loads = [
+                int(self.sizes[d].sum())
+                for d in _deal(self.sizes, np.arange(len(self.sizes)), self.readers, np.arange(self.readers))
+            ]
             fullest, emptiest = max(loads), min(loads)
         else:
             fullest, emptiest = math.ceil(self.n / self.readers), self.n // self.readers
-            log.info("%d shard(s) for %d rank(s) x %d worker(s): fewer shards than readers, so items, not shards, "
-                     "are dealt (each reader may read any shard); write more shards (--max-count) to avoid it",
-                     len(self._members), self.world_size, self.workers)
+            log.info(
+                "%d shard(s) for %d rank(s) x %d worker(s): fewer shards than readers, so items, not shards, "
+                "are dealt (each reader may read any shard); write more shards (--max-count) to avoid it",
+                len(self._members),
+                self.world_size,
+                self.workers,
+            )
         bs = self.batch_size
         self.batches_per_reader = emptiest // bs if self.drop_last else math.ceil(fullest / bs)
         slots = self.readers * self.batches_per_reader * bs
         self.padding = 0 if self.drop_last else slots - self.n
         self.dropped = self.n - slots if self.drop_last else 0
         if self.batches_per_reader == 0:
-            log.warning("the sampler yields no batch: a reader has %d item(s), fewer than the batch size %d "
-                        "(drop_last)", emptiest, bs)
+            log.warning(
+                "the sampler yields no batch: a reader has %d item(s), fewer than the batch size %d (drop_last)",
+                emptiest,
+                bs,
+            )
         elif self.padding > 0.1 * self.n:
-            log.info("%d of %d items an epoch are repeats to give every reader %d full batches (%d shards for %d "
-                     "readers: more, smaller shards need fewer)", self.padding, self.n, self.batches_per_reader,
-                     len(self._members), self.readers)
+            log.info(
+                "%d of %d items an epoch are repeats to give every reader %d full batches (%d shards for %d "
+                "readers: more, smaller shards need fewer)",
+                self.padding,
+                self.n,
+                self.batches_per_reader,
+                len(self._members),
+                self.readers,
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -647,7 +729,7 @@ class ShardBatchSampler:
             slots = self.readers * self.batches_per_reader * self.batch_size
             if slots > self.n:  # repeats of the shuffled items, as DistributedSampler pads
                 perm = np.resize(perm, slots)
-            return [perm[lane::self.readers] for lane in mine]
+            return [perm[lane :: self.readers] for lane in mine]
         order = rng.permutation(len(self._members))
         tiebreak = rng.permutation(self.readers)
         dealt = _deal(self.sizes, order, self.readers, tiebreak)

@@ -1,5 +1,6 @@
 """Data set sources: a folder of class folders, a CSV manifest, an .npz file or a CIFAR python
 folder, all opened by ``open_dataset(path)`` into one ``ImageSource``."""
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,15 @@ from augpipe.files import load_pickle
 log = logging.getLogger("augpipe")
 
 SPLITS = ("train", "val", "test")
-_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                "validation": "val", "test": "test", "testing": "test"}
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def shown(text: str) -> str:
@@ -92,11 +100,14 @@ class ImageSource:
             return self.blobs.describe(i)
         return f"{self.root}[{self.keys[i]}]"
 
-    def subset(self, indices) -> "ImageSource":
+    def subset(self, indices) -> ImageSource:
         idx = [int(i) for i in indices]
         return ImageSource(
-            kind=self.kind, root=self.root, class_names=self.class_names,
-            keys=self.keys.take(idx), labels=self.labels[idx],
+            kind=self.kind,
+            root=self.root,
+            class_names=self.class_names,
+            keys=self.keys.take(idx),
+            labels=self.labels[idx],
             given=[self.given[i] for i in idx],
             paths=None if self.paths is None else self.paths.take(idx),
             arrays=None if self.arrays is None else self.arrays[idx],
@@ -180,17 +191,18 @@ def _check_folder_links(root: Path, split_dirs, groups) -> None:
     class folder linked to its parent became a class holding every image)."""
     top = Path(os.path.realpath(root))
     splits = [(e.path, Path(os.path.realpath(e.path))) for e, _ in split_dirs]
-    classes = [(e.path, Path(os.path.realpath(e.path)), owner)
-               for owner, class_dirs in groups for e in class_dirs]
+    classes = [(e.path, Path(os.path.realpath(e.path)), owner) for owner, class_dirs in groups for e in class_dirs]
     for kind, path, real in [("split", p, r) for p, r in splits] + [("class", p, r) for p, r, _ in classes]:
         if _inside(top, real):
             where = "the data set folder itself" if real == top else f"{real}, a folder above the data set"
             raise DataError(f"{path}: the {kind} folder is a link to {where}; it would hold every image")
     for i, (p1, r1) in enumerate(splits):
-        for p2, r2 in splits[i + 1:]:
+        for p2, r2 in splits[i + 1 :]:
             if _inside(r1, r2) or _inside(r2, r1):
-                raise DataError(f"{p1} and {p2}: one split folder is inside the other (through a link), "
-                                "so their images would be in two splits")
+                raise DataError(
+                    f"{p1} and {p2}: one split folder is inside the other (through a link), "
+                    "so their images would be in two splits"
+                )
     for path, real, owner in classes:
         for split_path, split_real in splits:
             if split_path == owner:
@@ -198,16 +210,20 @@ def _check_folder_links(root: Path, split_dirs, groups) -> None:
             else:
                 bad = _inside(real, split_real) or _inside(split_real, real)
             if bad:
-                raise DataError(f"{path}: the class folder is {real} (through a link), which is or holds "
-                                f"the split folder {split_path}")
+                raise DataError(
+                    f"{path}: the class folder is {real} (through a link), which is or holds "
+                    f"the split folder {split_path}"
+                )
     # Sorted by path components, a folder's descendants follow it directly, so comparing
     # neighbours finds any class folder inside another without comparing every pair.
     ordered = sorted(classes, key=lambda c: c[1].parts)
     for (p1, r1, _), (p2, r2, _) in zip(ordered, ordered[1:]):
         if _inside(r2, r1):
             same = "is the same folder as" if r1 == r2 else "is inside"
-            raise DataError(f"{p2}: the class folder {same} the class folder {p1} ({r2}, through a link), "
-                            "so its images would have two labels")
+            raise DataError(
+                f"{p2}: the class folder {same} the class folder {p1} ({r2}, through a link), "
+                "so its images would have two labels"
+            )
 
 
 def _open_folder(root: Path) -> ImageSource:
@@ -242,14 +258,21 @@ def _open_folder(root: Path) -> ImageSource:
             for f, real in files:
                 first = seen.setdefault(real, (entry.name, f))
                 if first[0] != entry.name:
-                    raise DataError(f"{first[1]} and {f} are the same file ({real}) in class {first[0]!r} "
-                                    f"and class {entry.name!r}: an image can have only one label")
+                    raise DataError(
+                        f"{first[1]} and {f} are the same file ({real}) in class {first[0]!r} "
+                        f"and class {entry.name!r}: an image can have only one label"
+                    )
             per_class.setdefault(entry.name, []).extend((f, split) for f, _ in files)
     if not per_class:
         raise DataError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
     if linked_dirs:
-        log.warning("%s: ignoring %d linked folder(s) inside class folders (only a class folder itself may "
-                    "be a link), first: %s", root, len(linked_dirs), linked_dirs[0])
+        log.warning(
+            "%s: ignoring %d linked folder(s) inside class folders (only a class folder itself may "
+            "be a link), first: %s",
+            root,
+            len(linked_dirs),
+            linked_dirs[0],
+        )
 
     class_names = sorted(per_class)
     paths, keys, labels, given = [], [], [], []
@@ -259,7 +282,7 @@ def _open_folder(root: Path) -> ImageSource:
     for label, name in enumerate(class_names):
         for f, split in per_class[name]:
             paths.append(f)
-            rel = f[len(prefix):] if f.startswith(prefix) else os.path.relpath(f, root)
+            rel = f[len(prefix) :] if f.startswith(prefix) else os.path.relpath(f, root)
             keys.append(rel.replace(os.sep, "/") if os.sep != "/" else rel)
             labels.append(label)
             given.append(split)
@@ -333,8 +356,10 @@ def _open_csv(path: Path) -> ImageSource:
         earlier = first_line.setdefault(f, (n, name, label))
         if earlier[0] != n:
             if earlier[2] != label:
-                raise DataError(f"{path}: {shown(name)} is labelled {earlier[2]!r} on line {earlier[0]} and "
-                                f"{label!r} on line {n}: an image can have only one label")
+                raise DataError(
+                    f"{path}: {shown(name)} is labelled {earlier[2]!r} on line {earlier[0]} and "
+                    f"{label!r} on line {n}: an image can have only one label"
+                )
             raise DataError(f"{path}: {shown(name)} is listed twice, lines {earlier[0]} and {n}")
         entries.append((f, name, label, split))
     if missing:
@@ -350,9 +375,13 @@ def _open_csv(path: Path) -> ImageSource:
     class_names = sorted({e[2] for e in entries})
     index = {c: i for i, c in enumerate(class_names)}
     return ImageSource(
-        "csv", path.parent, class_names, keys=[e[1] for e in entries],
+        "csv",
+        path.parent,
+        class_names,
+        keys=[e[1] for e in entries],
         labels=np.asarray([index[e[2]] for e in entries], dtype=np.int64),
-        given=[e[3] for e in entries], paths=[e[0] for e in entries],
+        given=[e[3] for e in entries],
+        paths=[e[0] for e in entries],
     )
 
 
@@ -443,8 +472,15 @@ def _open_npz(path: Path) -> ImageSource:
         # fail only here.
         try:
             a = data[key]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
-                RuntimeError) as err:
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            zipfile.BadZipFile,
+            zlib.error,
+            NotImplementedError,
+            RuntimeError,
+        ) as err:
             raise DataError(f"{path}:{key}: not a readable array ({err or type(err).__name__})") from None
         if not isinstance(a, np.ndarray):  # numpy hands back a member that is not .npy as bytes
             raise DataError(f"{path}:{key}: not a NumPy array")
@@ -492,14 +528,16 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a CIFAR batch ({err})") from None
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: CIFAR data must be N x 3072 (32x32x3), found shape {data.shape}")
-    if data.dtype != np.uint8 and not (np.issubdtype(data.dtype, np.integer)
-                                       and (data.size == 0 or (data.min() >= 0 and data.max() <= 255))):
+    if data.dtype != np.uint8 and not (
+        np.issubdtype(data.dtype, np.integer) and (data.size == 0 or (data.min() >= 0 and data.max() <= 255))
+    ):
         raise DataError(f"{path}: CIFAR data must be bytes 0..255, found {data.dtype}")
     # np.asarray([]) is float64: an empty batch has no wrong labels.
     bad_labels = len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0)
     if len(labels) != len(data) or bad_labels:
-        raise DataError(f"{path}: expected {len(data)} non-negative integer labels, found {len(labels)} "
-                        f"of type {labels.dtype}")
+        raise DataError(
+            f"{path}: expected {len(data)} non-negative integer labels, found {len(labels)} of type {labels.dtype}"
+        )
     x = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return x, _int_labels(labels, str(path))
 

@@ -2,6 +2,7 @@
 
 Pure: items (keys, labels, given splits) in, one split name per item out. No torch here.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,17 @@ def _count(n: int, ratio: float) -> int:
     return max(1, math.floor(n * ratio + 0.5)) if ratio > 0 else 0
 
 
-def split_dataset(keys, labels, given, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
-                  previous: dict[str, str] | None = None, class_names=None) -> np.ndarray:
+def split_dataset(
+    keys,
+    labels,
+    given,
+    *,
+    val: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    previous: dict[str, str] | None = None,
+    class_names=None,
+) -> np.ndarray:
     """Assign each item to 'train', 'val' or 'test'.
 
     - Splits given by the source (``given[i]`` not None) are kept; only splits the source lacks
@@ -92,7 +102,7 @@ def split_dataset(keys, labels, given, *, val: float = 0.1, test: float = 0.1, s
         pos = 0
         for s in carve:
             take = max(0, targets[s] - kept[s])
-            out[fresh[pos:pos + take]] = s
+            out[fresh[pos : pos + take]] = s
             pos += take
         out[fresh[pos:]] = "train"
     return out
@@ -107,8 +117,12 @@ def split_table(class_names, labels, assignment) -> str:
         mask = np.asarray(labels) == c
         counts = Counter(assignment[mask].tolist())
         totals.update(counts)
-        lines.append(f"{name:<{width}}  {counts['train']:>7} {counts['val']:>7} {counts['test']:>7} {int(mask.sum()):>7}")
-    lines.append(f"{'total':<{width}}  {totals['train']:>7} {totals['val']:>7} {totals['test']:>7} {sum(totals.values()):>7}")
+        lines.append(
+            f"{name:<{width}}  {counts['train']:>7} {counts['val']:>7} {counts['test']:>7} {int(mask.sum()):>7}"
+        )
+    lines.append(
+        f"{'total':<{width}}  {totals['train']:>7} {totals['val']:>7} {totals['test']:>7} {sum(totals.values()):>7}"
+    )
     return "\n".join(lines)
 
 
@@ -116,8 +130,10 @@ def describe_duplicates(dups: dict) -> str:
     """One line for the exact duplicates that ``prepare.skip_duplicates`` left out."""
     if not dups.get("skipped"):
         return "duplicates: none (no two images have the same pixels)"
-    text = (f"duplicates: {dups['skipped']} exact copies skipped (the first image of each of "
-            f"{dups['groups']} group(s) kept)")
+    text = (
+        f"duplicates: {dups['skipped']} exact copies skipped (the first image of each of "
+        f"{dups['groups']} group(s) kept)"
+    )
     if dups.get("label_conflict_groups"):
         text += f"; {dups['label_conflict_groups']} label conflict(s): the same pixels under different classes"
     return text
@@ -160,14 +176,14 @@ def _header_fields(path: Path, header: dict[str, str]) -> dict:
             except ValueError:
                 value = None
             if value is None or not (math.isfinite(value) and 0 <= value < 1):
-                raise DataError(f"{path}: the header field {field} must be a fraction in [0, 1), "
-                                f"got {header[field]!r}")
+                raise DataError(f"{path}: the header field {field} must be a fraction in [0, 1), got {header[field]!r}")
             out[field] = value
     try:
         check_ratios(out.get("val", 0.0), out.get("test", 0.0))
     except ConfigError:
-        raise DataError(f"{path}: the header fields val and test add up to {out['val'] + out['test']:g}; "
-                        "they must be below 1") from None
+        raise DataError(
+            f"{path}: the header fields val and test add up to {out['val'] + out['test']:g}; they must be below 1"
+        ) from None
     return out
 
 
@@ -228,11 +244,15 @@ def read_manifest(path, source) -> tuple[dict[str, str], dict]:
             missing.append(key)
             continue
         if source.class_names[source.labels[i]] != label:
-            raise DataError(f"{path}: {shown(key)} is labelled {label!r} but the data set says "
-                            f"{source.class_names[source.labels[i]]!r}")
+            raise DataError(
+                f"{path}: {shown(key)} is labelled {label!r} but the data set says "
+                f"{source.class_names[source.labels[i]]!r}"
+            )
         previous[key] = split
     if unknown:
         raise DataError(f"{path}: the manifest names {len(unknown)} item(s) with unknown labels, first: {unknown[0]!r}")
     if missing:
-        raise DataError(f"{path}: the manifest names {len(missing)} item(s) missing from the data set, first: {shown(missing[0])}")
+        raise DataError(
+            f"{path}: the manifest names {len(missing)} item(s) missing from the data set, first: {shown(missing[0])}"
+        )
     return previous, header

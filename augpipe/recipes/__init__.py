@@ -1,4 +1,5 @@
 """Named training recipes: config files shipped with augpipe (``--recipe NAME``)."""
+
 from importlib.resources import files
 from pathlib import Path
 

@@ -8,6 +8,7 @@ update and at the end of each epoch (the Lookahead of airbench94), and ``--ema-p
 decay grow over the run as DECAY * (step / total steps) ** P: near 0 early, so the average
 follows the weights while they move fast, DECAY at the end (airbench94: 0.95 ** 5, every 5 steps,
 power 3, from epoch 3)."""
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,18 @@ class WeightAverage(Callback):
     power, for every parameter and buffer. ``lookahead``: then w = ema, and again after the
     epoch's last step."""
 
-    def __init__(self, model, decay: float, steps_per_epoch: int, start_epochs: float = 0.0, *, every: int = 1,
-                 power: float = 0.0, total_steps: int | None = None, lookahead: bool = False):
+    def __init__(
+        self,
+        model,
+        decay: float,
+        steps_per_epoch: int,
+        start_epochs: float = 0.0,
+        *,
+        every: int = 1,
+        power: float = 0.0,
+        total_steps: int | None = None,
+        lookahead: bool = False,
+    ):
         from timm.utils.model_ema import ModelEmaV3
 
         self.model = model
@@ -66,8 +77,11 @@ class WeightAverage(Callback):
 
     def _copy_back(self) -> None:
         # one fused copy over all tensors: a Python loop of copies costs a kernel launch each
-        pairs = [(t, a) for a, t in zip(self.ema.module.state_dict().values(), self.model.state_dict().values())
-                 if t.is_floating_point()]
+        pairs = [
+            (t, a)
+            for a, t in zip(self.ema.module.state_dict().values(), self.model.state_dict().values())
+            if t.is_floating_point()
+        ]
         if pairs:
             trained, averaged = zip(*pairs)
             torch._foreach_copy_(list(trained), list(averaged))

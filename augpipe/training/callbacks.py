@@ -1,6 +1,7 @@
 """Small objects the training loop calls: early stopping, checkpoints, the metrics file, and
 plugins' callbacks. Each has ``on_epoch_end(epoch, metrics, model) -> bool`` (True asks to
 stop); ``Callback`` lists every hook, each a no-op, as Lightning's does."""
+
 from __future__ import annotations
 
 import csv
@@ -8,7 +9,6 @@ import io
 import logging
 import math
 from pathlib import Path
-
 
 from augpipe.errors import AugpipeError, PluginError
 from augpipe.files import save_checkpoint
@@ -51,8 +51,9 @@ class PluginCallback(Callback):
         except AugpipeError:
             raise
         except Exception as err:
-            raise PluginError(f"callback {self.name!r} of plugin {self.owner!r} failed in {hook}: "
-                              f"{type(err).__name__}: {err}") from None
+            raise PluginError(
+                f"callback {self.name!r} of plugin {self.owner!r} failed in {hook}: {type(err).__name__}: {err}"
+            ) from None
 
     def on_train_batch_end(self, epoch, step, loss):
         self._call("on_train_batch_end", epoch, step, loss)
@@ -76,8 +77,15 @@ class EarlyStopping(Callback):
 
     With ``patience=None`` it only tracks the best epoch (so the best weights are tested)."""
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int | None = 5,
-                 min_delta: float = 0.0, start_from_epoch: int = 0, restore_best: bool = True):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int | None = 5,
+        min_delta: float = 0.0,
+        start_from_epoch: int = 0,
+        restore_best: bool = True,
+    ):
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.start_from_epoch, self.restore_best = min_delta, start_from_epoch, restore_best
         self.best: float | None = None
@@ -109,8 +117,10 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.patience is not None and self.wait >= self.patience:
             self.stopped_epoch = epoch
-            self.reason = (f"early stopping: {self.monitor} did not improve by more than {self.min_delta:g} "
-                           f"for {self.wait} epoch(s); best {self.best:.4f} at epoch {self.best_epoch}")
+            self.reason = (
+                f"early stopping: {self.monitor} did not improve by more than {self.min_delta:g} "
+                f"for {self.wait} epoch(s); best {self.best:.4f} at epoch {self.best_epoch}"
+            )
             return True
         return False
 

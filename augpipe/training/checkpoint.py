@@ -4,6 +4,7 @@ A checkpoint holds tensors and plain Python values only, so that it loads with
 ``torch.load(weights_only=True)`` (``augpipe.files.load_checkpoint``): numpy's random state is
 stored as a tensor and numbers, never as a pickled object.
 """
+
 from __future__ import annotations
 
 import random
@@ -22,8 +23,13 @@ def global_random_states() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -46,8 +52,9 @@ def random_states(pipeline) -> dict:
     return {
         **global_random_states(),
         "loaders": {name: getattr(pipeline, name).generator.get_state() for name in ("train", "val", "test")},
-        "device_augment": None if device_augment is None else
-        [device_augment.generator.get_state(), device_augment.host_generator.get_state()],
+        "device_augment": None
+        if device_augment is None
+        else [device_augment.generator.get_state(), device_augment.host_generator.get_state()],
     }
 
 
@@ -63,8 +70,25 @@ def restore_random_states(state: dict, pipeline, *, loaders: bool = True) -> Non
         device_augment.host_generator.set_state(host)
 
 
-def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, image_size, history, pipeline,
-                     tracker, callbacks, train_seconds: float, progress=None, loggers=(), scored=None) -> dict:
+def checkpoint_state(
+    *,
+    epoch,
+    model,
+    optimizer,
+    schedule,
+    scaler,
+    cfg,
+    data,
+    image_size,
+    history,
+    pipeline,
+    tracker,
+    callbacks,
+    train_seconds: float,
+    progress=None,
+    loggers=(),
+    scored=None,
+) -> dict:
     """``epoch``: the last finished epoch; ``progress``: the unfinished one, for an interrupted
     run (an ``EpochProgress``), else None."""
     plain_model = getattr(model, "_orig_mod", model)
@@ -81,10 +105,17 @@ def checkpoint_state(*, epoch, model, optimizer, schedule, scaler, cfg, data, im
         "config": cfg.to_dict(),
         "class_names": list(data.class_names),
         "image_size": int(image_size),
-        "split": {"key_column": data.source.key_column, "keys": list(data.source.keys),
-                  "labels": data.source.labels.tolist(), "splits": [str(s) for s in data.assignment.tolist()],
-                  "seed": int(data.seed), "val": float(data.val), "test": float(data.test),
-                  "fingerprint": data.source.fingerprint(), "pixels": getattr(data, "pixels", "")},
+        "split": {
+            "key_column": data.source.key_column,
+            "keys": list(data.source.keys),
+            "labels": data.source.labels.tolist(),
+            "splits": [str(s) for s in data.assignment.tolist()],
+            "seed": int(data.seed),
+            "val": float(data.val),
+            "test": float(data.test),
+            "fingerprint": data.source.fingerprint(),
+            "pixels": getattr(data, "pixels", ""),
+        },
         "history": {"epochs": list(history.epochs), "iteration_losses": list(history.iteration_losses)},
         "train_seconds": float(train_seconds),
         "early_stopping": tracker.state_dict(epoch if progress is None else None),
@@ -105,6 +136,7 @@ def check_checkpoint(state: dict, path) -> dict:
 def check_resumable(state: dict, path) -> dict:
     check_checkpoint(state, path)
     if state.get("format") != FORMAT or "rng" not in state:
-        raise DataError(f"{path}: written by an older augpipe that did not save what resuming needs; "
-                        f"start the run again")
+        raise DataError(
+            f"{path}: written by an older augpipe that did not save what resuming needs; start the run again"
+        )
     return state

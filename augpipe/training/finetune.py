@@ -1,6 +1,7 @@
 """Starting from trained weights: a local weights file fitted to a new class count, the
 classifier told apart from the backbone, the backbone frozen for the first epochs or given a
 smaller learning rate."""
+
 from __future__ import annotations
 
 import logging
@@ -28,20 +29,28 @@ def classifier_module_names(model: torch.nn.Module, num_classes: int) -> list[st
             return names
     last = None
     for name, m in model.named_modules():
-        out = getattr(m, "out_features", None) if isinstance(m, torch.nn.Linear) else \
-            getattr(m, "out_channels", None) if isinstance(m, torch.nn.Conv2d) else None
+        out = (
+            getattr(m, "out_features", None)
+            if isinstance(m, torch.nn.Linear)
+            else getattr(m, "out_channels", None)
+            if isinstance(m, torch.nn.Conv2d)
+            else None
+        )
         if out == num_classes:
             last = name
     if last is None:
-        raise DataError(f"{type(model).__name__}: no layer with {num_classes} outputs, so its classifier "
-                        f"can not be told apart from the rest")
+        raise DataError(
+            f"{type(model).__name__}: no layer with {num_classes} outputs, so its classifier "
+            f"can not be told apart from the rest"
+        )
     return [last]
 
 
 def classifier_parameter_names(model: torch.nn.Module, num_classes: int) -> set[str]:
     heads = classifier_module_names(model, num_classes)
-    return {name for name, _ in model.named_parameters() if any(name == h or name.startswith(h + ".") for h in heads)} | \
-        {name for name, _ in model.named_buffers() if any(name.startswith(h + ".") for h in heads)}
+    return {
+        name for name, _ in model.named_parameters() if any(name == h or name.startswith(h + ".") for h in heads)
+    } | {name for name, _ in model.named_buffers() if any(name.startswith(h + ".") for h in heads)}
 
 
 def read_weights(path) -> tuple[dict, tuple | None]:
@@ -80,7 +89,7 @@ def read_weights(path) -> tuple[dict, tuple | None]:
         raise DataError(f"--weights {path}: holds no state dict (a mapping of layer names to tensors)")
     for prefix in _WRAPPER_PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state, normalization
 
 
@@ -99,9 +108,13 @@ def load_weights(model: torch.nn.Module, path, num_classes: int) -> tuple | None
     if wrong or unexpected or [k for k in missing if k not in head]:
         parts = []
         if wrong:
-            parts.append(f"{len(wrong)} of another shape ("
-                         + ", ".join(f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-                                     for k in wrong[:3]) + ")")
+            parts.append(
+                f"{len(wrong)} of another shape ("
+                + ", ".join(
+                    f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in wrong[:3]
+                )
+                + ")"
+            )
         absent = [k for k in missing if k not in head]
         if absent:
             parts.append(f"{len(absent)} missing from the file ({', '.join(absent[:3])})")
@@ -111,8 +124,12 @@ def load_weights(model: torch.nn.Module, path, num_classes: int) -> tuple | None
     fitting = {k: v for k, v in state.items() if k not in mismatched}
     model.load_state_dict(fitting, strict=False)
     new_head = sorted(set(mismatched) | {k for k in missing if k in head})
-    log.info("weights: %s (%d tensors loaded%s)", path, len(fitting),
-             f"; the classifier ({', '.join(new_head)}) starts anew for {num_classes} classes" if new_head else "")
+    log.info(
+        "weights: %s (%d tensors loaded%s)",
+        path,
+        len(fitting),
+        f"; the classifier ({', '.join(new_head)}) starts anew for {num_classes} classes" if new_head else "",
+    )
     return normalization
 
 
@@ -122,8 +139,7 @@ def set_backbone_trainable(model: torch.nn.Module, head: set[str], trainable: bo
             p.requires_grad_(trainable)
 
 
-def scale_backbone_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, head: set[str],
-                      scale: float) -> None:
+def scale_backbone_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, head: set[str], scale: float) -> None:
     """Split each parameter group in two: the classifier's parameters at the group's rate, the
     rest at ``scale`` times it (the classifier's groups first, so the logged rate is --lr)."""
     from augpipe.training.optim import split_param_groups

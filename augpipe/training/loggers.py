@@ -13,6 +13,7 @@ else ``$MLFLOW_TRACKING_URI``, else ``file:<root>/mlruns``, experiment ``augpipe
 A sweep gives all its runs the same root (and an experiment of its own name), so they land in
 one TensorBoard directory and one MLflow experiment.
 """
+
 from __future__ import annotations
 
 import abc
@@ -40,9 +41,29 @@ DEFAULT_EXPERIMENT = "augpipe"
 
 # Settings that say where or how fast a run went, not what it trained: left out of the hparams
 # that hparams_from_config picks, so the HParams table holds what a sweep compares.
-_NOT_HPARAMS = {"data", "split_file", "weights", "out", "name", "resume", "callbacks", "logger", "loggers",
-                "tracking_uri", "experiment", "threads", "workers", "device", "devices", "dist_timeout",
-                "cache_mb", "max_pixels", "strict", "compile", "channels_last"}
+_NOT_HPARAMS = {
+    "data",
+    "split_file",
+    "weights",
+    "out",
+    "name",
+    "resume",
+    "callbacks",
+    "logger",
+    "loggers",
+    "tracking_uri",
+    "experiment",
+    "threads",
+    "workers",
+    "device",
+    "devices",
+    "dist_timeout",
+    "cache_mb",
+    "max_pixels",
+    "strict",
+    "compile",
+    "channels_last",
+}
 
 
 # -- choosing --------------------------------------------------------------------------------
@@ -57,8 +78,7 @@ def _installed(module: str) -> bool:
 
 def _missing(name: str, detail: str = "") -> ConfigError:
     why = f" ({detail})" if detail else ""
-    return ConfigError(f"--logger {name} needs the {_REQUIRES[name]} package{why}: "
-                       f"pip install 'augpipe[{name}]'")
+    return ConfigError(f"--logger {name} needs the {_REQUIRES[name]} package{why}: pip install 'augpipe[{name}]'")
 
 
 def check_loggers(names) -> tuple[str, ...]:
@@ -88,8 +108,9 @@ def check_loggers(names) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def make_loggers(names, *, root, run_name: str, experiment: str | None = None,
-                 tracking_uri: str | None = None) -> list[ExperimentLogger]:
+def make_loggers(
+    names, *, root, run_name: str, experiment: str | None = None, tracking_uri: str | None = None
+) -> list[ExperimentLogger]:
     """One logger per name (``check_loggers`` first). Nothing is written until ``start``."""
     loggers: list[ExperimentLogger] = []
     for name in check_loggers(names):
@@ -268,8 +289,13 @@ class ExperimentLogger(Callback, abc.ABC):
         except Exception as err:  # noqa: BLE001 - any backend failure: a warning, never the run's end
             self.broken = True
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            log.warning("%s logging failed in %s (%s: %s); no more is sent to it, metrics.csv has every epoch",
-                        self.name, hook, type(err).__name__, first[:200])
+            log.warning(
+                "%s logging failed in %s (%s: %s); no more is sent to it, metrics.csv has every epoch",
+                self.name,
+                hook,
+                type(err).__name__,
+                first[:200],
+            )
 
     # What each backend writes: TensorBoardLogger and MLflowLogger define all four.
     @abc.abstractmethod
@@ -337,13 +363,21 @@ class TensorBoardLogger(ExperimentLogger):
             for path in stale:
                 path.unlink()
             if stale:
-                log.warning("removed %d event file(s) of an earlier run named %s from %s", len(stale),
-                            self.log_dir.name, self.log_dir)
+                log.warning(
+                    "removed %d event file(s) of an earlier run named %s from %s",
+                    len(stale),
+                    self.log_dir.name,
+                    self.log_dir,
+                )
         try:
             # A resumed run that redoes steps (after a SIGKILL mid-epoch) starts a new event file
             # that tells TensorBoard to drop the old file's events from this step on.
-            self.writer = SummaryWriter(str(self.log_dir), flush_secs=self.FLUSH_SECS, max_queue=self.MAX_QUEUE,
-                                        purge_step=self.step + 1 if self.resumed and self.step else None)
+            self.writer = SummaryWriter(
+                str(self.log_dir),
+                flush_secs=self.FLUSH_SECS,
+                max_queue=self.MAX_QUEUE,
+                purge_step=self.step + 1 if self.resumed and self.step else None,
+            )
         except OSError as err:
             raise DataError(f"{self.log_dir}: can not be written ({err.strerror or err})") from None
         if self.resumed:
@@ -400,9 +434,11 @@ def _session_end(status: str):
     code = api_pb2.STATUS_SUCCESS if status == "FINISHED" else api_pb2.STATUS_FAILURE
     content = plugin_data_pb2.HParamsPluginData(
         session_end_info=plugin_data_pb2.SessionEndInfo(status=code, end_time_secs=time.time()),
-        version=metadata.PLUGIN_DATA_VERSION)
-    smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
-                                                                 content=content.SerializeToString()))
+        version=metadata.PLUGIN_DATA_VERSION,
+    )
+    smd = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    )
     return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=smd)])
 
 
@@ -428,8 +464,9 @@ class MLflowLogger(ExperimentLogger):
 
     def __init__(self, root, run_name: str, *, experiment: str | None = None, tracking_uri: str | None = None):
         super().__init__()
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-            (Path(root).absolute() / "mlruns").as_uri()
+        tracking_uri = (
+            tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (Path(root).absolute() / "mlruns").as_uri()
+        )
         self.tracking_uri = tracking_uri
         _quiet_mlflow_environment(tracking_uri)
         try:
@@ -448,8 +485,12 @@ class MLflowLogger(ExperimentLogger):
         self.last_flush = time.monotonic()
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "run_id": self.run_id, "experiment_id": self.experiment_id,
-                "tracking_uri": self.tracking_uri}
+        return {
+            **super().state_dict(),
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         # The run is looked up in the store this logger was made for (``file:<root>/mlruns``
@@ -464,7 +505,11 @@ class MLflowLogger(ExperimentLogger):
 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         database = urlparse(self.tracking_uri).scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql")
-        hint = "; a database store needs SQLAlchemy: pip install mlflow" if database and not _installed("sqlalchemy") else ""
+        hint = (
+            "; a database store needs SQLAlchemy: pip install mlflow"
+            if database and not _installed("sqlalchemy")
+            else ""
+        )
         return ConfigError(f"MLflow can not use the tracking URI {self.tracking_uri} ({first[:200]}){hint}")
 
     def _mlflow_error(self, err) -> DataError:
@@ -477,8 +522,10 @@ class MLflowLogger(ExperimentLogger):
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                raise DataError(f"MLflow experiment {self.experiment_name!r} at {self.tracking_uri} is deleted: "
-                                f"restore it or name another (--experiment)")
+                raise DataError(
+                    f"MLflow experiment {self.experiment_name!r} at {self.tracking_uri} is deleted: "
+                    f"restore it or name another (--experiment)"
+                )
             return found.experiment_id
         try:
             return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_location())
@@ -508,20 +555,22 @@ class MLflowLogger(ExperimentLogger):
                 try:
                     run = self.client.get_run(self.run_id)
                 except MlflowException:
-                    log.warning("MLflow run %s is not in %s any more: logging to a new run", self.run_id,
-                                self.tracking_uri)
+                    log.warning(
+                        "MLflow run %s is not in %s any more: logging to a new run", self.run_id, self.tracking_uri
+                    )
                     self.run_id, self.resumed = None, False
                 else:
                     self.experiment_id = run.info.experiment_id
                     self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
                     return
             self.experiment_id = self._experiment()
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name,
-                                         tags={"mlflow.source.name": "augpipe"})
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.run_name, tags={"mlflow.source.name": "augpipe"}
+            )
             self.run_id = run.info.run_id
             params = [Param(k, str(v)) for k, v in self.hparams.items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
             self.client.log_text(self.run_id, _config_text(config), "config.yaml")
         except MlflowException as err:
             raise self._mlflow_error(err) from None
@@ -543,7 +592,7 @@ class MLflowLogger(ExperimentLogger):
         # its thread competing for the interpreter (0.78 against about 0.4 ms a step of three
         # scalars); the file store's cost is paid once per BATCH metrics or FLUSH_SECS.
         while self.pending:
-            batch, self.pending = self.pending[:self.BATCH], self.pending[self.BATCH:]
+            batch, self.pending = self.pending[: self.BATCH], self.pending[self.BATCH :]
             self.client.log_batch(self.run_id, metrics=batch)
         self.last_flush = time.monotonic()
 

@@ -1,5 +1,6 @@
 """The shared training loop: ``fit`` runs epochs of mini-batches and returns the history;
 ``evaluate`` scores a loader."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,9 @@ def autocast_for(device: torch.device, precision: str):
 
 
 @torch.no_grad()
-def evaluate(model, loader, prepare, loss_fn, num_classes: int, device, precision: str = "fp32",
-             tta: str = "none") -> dict:
+def evaluate(
+    model, loader, prepare, loss_fn, num_classes: int, device, precision: str = "fp32", tta: str = "none"
+) -> dict:
     """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted), of the
     logits averaged over the views ``tta`` names (augpipe.training.tta)."""
     from augpipe.training.tta import tta_logits
@@ -96,11 +98,19 @@ class EpochProgress:
     lr: float | None = None  # the learning rate at the start of the epoch, as metrics.csv reports it
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "losses": list(self.losses), "correct": self.correct,
-                "n": self.n, "seconds": self.seconds, "loader_state": self.loader_state, "lr": self.lr}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "losses": list(self.losses),
+            "correct": self.correct,
+            "n": self.n,
+            "seconds": self.seconds,
+            "loader_state": self.loader_state,
+            "lr": self.lr,
+        }
 
     @classmethod
-    def from_state(cls, state: dict) -> "EpochProgress":
+    def from_state(cls, state: dict) -> EpochProgress:
         return cls(**state)
 
 
@@ -108,8 +118,15 @@ class TrainingControl:
     """What the loop asks between steps: has a stop been requested (a signal), and where does
     the first epoch start (a resumed run). ``on_interrupt(progress)`` saves an unfinished epoch."""
 
-    def __init__(self, stop_requested=lambda: False, resume_at: EpochProgress | None = None,
-                 on_interrupt=None, after_fast_forward=None, batch_callbacks=(), step_loggers=()):
+    def __init__(
+        self,
+        stop_requested=lambda: False,
+        resume_at: EpochProgress | None = None,
+        on_interrupt=None,
+        after_fast_forward=None,
+        batch_callbacks=(),
+        step_loggers=(),
+    ):
         self.stop_requested = stop_requested
         self.resume_at = resume_at
         self.on_interrupt = on_interrupt
@@ -157,15 +174,38 @@ class StepTimer:
             if loss.device.type == "cuda":
                 torch.cuda.synchronize(loss.device)
             per_step = (time.perf_counter() - self.start) / (step - self.FIRST + 1)
-            log.info("%s: about %s for %d steps (%.3g s a step, timed over steps %d-%d), then validation",
-                     self.desc, duration(per_step * self.steps), self.steps, per_step, self.FIRST, step)
+            log.info(
+                "%s: about %s for %d steps (%.3g s a step, timed over steps %d-%d), then validation",
+                self.desc,
+                duration(per_step * self.steps),
+                self.steps,
+                per_step,
+                self.FIRST,
+                step,
+            )
             self.done = True
 
 
-def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *, precision="fp32",
-                scaler=None, progress: bool | None = False, desc="", deadline=None, check_every: int = 1,
-                state: EpochProgress | None = None, control: TrainingControl | None = None,
-                estimate: bool = False, mixer=None) -> EpochProgress:
+def train_epoch(
+    model,
+    loader,
+    prepare,
+    optimizer,
+    schedule,
+    loss_fn,
+    device,
+    *,
+    precision="fp32",
+    scaler=None,
+    progress: bool | None = False,
+    desc="",
+    deadline=None,
+    check_every: int = 1,
+    state: EpochProgress | None = None,
+    control: TrainingControl | None = None,
+    estimate: bool = False,
+    mixer=None,
+) -> EpochProgress:
     """One pass over ``loader``, from ``state.step`` on when an interrupted epoch is resumed.
     Returns the epoch's progress; ``step < len(loader)`` means a stop was requested.
     ``estimate``: log the epoch's expected time once a few steps have been timed.
@@ -213,8 +253,14 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             at = state.step - len(values) + bad + 1
             raise NonFiniteLoss(f"the training loss became {values[bad]} at iteration {at}")
 
-    shown = track(batches, len(loader) - state.step, desc, enabled=progress, unit="step",
-                  per_item=(getattr(loader, "batch_size", 1) * distributed.ranks().world_size, "images"))
+    shown = track(
+        batches,
+        len(loader) - state.step,
+        desc,
+        enabled=progress,
+        unit="step",
+        per_item=(getattr(loader, "batch_size", 1) * distributed.ranks().world_size, "images"),
+    )
     for images, labels in shown:
         x = prepare(images)
         y = labels.to(device, non_blocking=True)
@@ -241,8 +287,9 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
             cb.on_train_batch_end(state.epoch, state.step, loss)
         if timer is not None:
             timer.step(loss)
-        stop = (deadline is not None and time.perf_counter() > deadline) or \
-            (control.stop_requested() and state.step < len(loader))
+        stop = (deadline is not None and time.perf_counter() > deadline) or (
+            control.stop_requested() and state.step < len(loader)
+        )
         if world == 1:
             if stop:
                 break
@@ -260,11 +307,32 @@ def train_epoch(model, loader, prepare, optimizer, schedule, loss_fn, device, *,
     return state
 
 
-def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimizer, schedule, loss_fn,
-        epochs: int, device, num_classes: int, callbacks=(), tracker=None, precision: str = "fp32",
-        max_seconds: float | None = None, progress: bool | None = False, start_epoch: int = 1,
-        history: History | None = None, control: TrainingControl | None = None, scaler=None,
-        tta: str = "none", scored_model=None, mixer=None) -> History:
+def fit(
+    model,
+    train_loader,
+    val_loader,
+    *,
+    prepare_train,
+    prepare_eval,
+    optimizer,
+    schedule,
+    loss_fn,
+    epochs: int,
+    device,
+    num_classes: int,
+    callbacks=(),
+    tracker=None,
+    precision: str = "fp32",
+    max_seconds: float | None = None,
+    progress: bool | None = False,
+    start_epoch: int = 1,
+    history: History | None = None,
+    control: TrainingControl | None = None,
+    scaler=None,
+    tta: str = "none",
+    scored_model=None,
+    mixer=None,
+) -> History:
     """Train for ``epochs`` epochs (from ``start_epoch``), validating after each. ``callbacks``
     see every epoch's metrics; one returning True stops the run (its ``reason`` is recorded).
     Between steps ``control`` may stop the run (an interrupt) or resume an unfinished epoch."""
@@ -291,14 +359,32 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
             if generator is not None and state.loader_state is not None:
                 generator.set_state(state.loader_state)
         else:
-            state = EpochProgress(epoch=epoch, loader_state=generator.get_state() if generator is not None else None,
-                                  lr=current_lr(optimizer))
+            state = EpochProgress(
+                epoch=epoch,
+                loader_state=generator.get_state() if generator is not None else None,
+                lr=current_lr(optimizer),
+            )
         lr = state.lr if state.lr is not None else current_lr(optimizer)
         try:
             state = train_epoch(
-                model, train_loader, prepare_train, optimizer, schedule, loss_fn, device, precision=precision,
-                scaler=scaler, progress=progress, desc=f"epoch {epoch}/{epochs}", deadline=deadline,
-                check_every=check_every, state=state, control=control, estimate=estimate, mixer=mixer)
+                model,
+                train_loader,
+                prepare_train,
+                optimizer,
+                schedule,
+                loss_fn,
+                device,
+                precision=precision,
+                scaler=scaler,
+                progress=progress,
+                desc=f"epoch {epoch}/{epochs}",
+                deadline=deadline,
+                check_every=check_every,
+                state=state,
+                control=control,
+                estimate=estimate,
+                mixer=mixer,
+            )
             estimate = False
         except NonFiniteLoss as err:
             history.stop_reason = f"stopped at epoch {epoch}: {err}"
@@ -312,18 +398,40 @@ def fit(model, train_loader, val_loader, *, prepare_train, prepare_eval, optimiz
             break
         history.iteration_losses.extend(state.losses)
         train_loss = float(np.mean(state.losses)) if state.losses else float("nan")
-        metrics = {"epoch": epoch, "train_loss": train_loss, "train_acc": state.correct / max(1, state.n), "lr": lr,
-                   "seconds": state.seconds,
-                   "images_per_s": state.n / state.seconds if state.seconds > 0 else float("nan")}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": state.correct / max(1, state.n),
+            "lr": lr,
+            "seconds": state.seconds,
+            "images_per_s": state.n / state.seconds if state.seconds > 0 else float("nan"),
+        }
         if val_loader is not None and len(val_loader.dataset):
-            val = evaluate(plain_model if scored_model is not None else model, val_loader, prepare_eval, loss_fn,
-                           num_classes, device, precision, tta)
+            val = evaluate(
+                plain_model if scored_model is not None else model,
+                val_loader,
+                prepare_eval,
+                loss_fn,
+                num_classes,
+                device,
+                precision,
+                tta,
+            )
             metrics.update(val_loss=val["loss"], val_acc=val["acc"])
         schedule.step_epoch(metrics.get(tracker.monitor) if tracker else metrics.get("val_loss"))
         history.epochs.append(metrics)
-        log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %s acc %s  lr %.3g  %.1f s  %.0f img/s",
-                 epoch, epochs, train_loss, metrics["train_acc"], _f(metrics.get("val_loss"), 4),
-                 _f(metrics.get("val_acc"), 3), lr, state.seconds, metrics["images_per_s"])
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.3f  val loss %s acc %s  lr %.3g  %.1f s  %.0f img/s",
+            epoch,
+            epochs,
+            train_loss,
+            metrics["train_acc"],
+            _f(metrics.get("val_loss"), 4),
+            _f(metrics.get("val_acc"), 3),
+            lr,
+            state.seconds,
+            metrics["images_per_s"],
+        )
         stop = False
         # Weights can turn NaN on an update whose own loss was finite (a NaN weight decay, one
         # step per epoch): the validation loss is the first figure to show it.

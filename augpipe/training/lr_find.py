@@ -4,6 +4,7 @@ train for a few iterations while the rate grows exponentially, record the loss, 
 Nothing it touches survives it: the model and optimizer get their states back, and so do the
 global random streams and torch's thread count, so a run after it is the run it would have been.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ MINIMUM = "loss minimum / 10"
 @dataclass
 class RangeTest:
     """What the ramp recorded: one entry per iteration done (fewer than planned when it stopped)."""
+
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
@@ -41,10 +43,10 @@ class RangeTest:
 
 @dataclass
 class Suggestion:
-    lr: float | None             # the suggested rate; None when the loss never fell
-    rule: str | None             # STEEPEST, or MINIMUM when no descent could be measured
-    steepest_lr: float | None    # where the smoothed loss falls fastest against log(lr)
-    minimum_lr: float | None     # the rate at the smoothed loss's minimum
+    lr: float | None  # the suggested rate; None when the loss never fell
+    rule: str | None  # STEEPEST, or MINIMUM when no descent could be measured
+    steepest_lr: float | None  # where the smoothed loss falls fastest against log(lr)
+    minimum_lr: float | None  # the rate at the smoothed loss's minimum
     minimum_div10: float | None  # a tenth of it; None when the minimum is the first point
     note: str = ""
 
@@ -67,8 +69,10 @@ class LRFindResult:
 
 # -- the pure parts -----------------------------------------------------------------------
 
+
 def check_settings(*, start_lr, end_lr, iterations, smooth, diverge) -> None:
     """Before any work: each a one-line error naming the flag."""
+
     def number(name, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ConfigError(f"--{name.replace('_', '-')} must be a number, got {value!r}")
@@ -110,7 +114,7 @@ class SmoothedLoss:
     def update(self, loss: float) -> float:
         self.n += 1
         self.avg = self.beta * self.avg + (1 - self.beta) * loss
-        return self.avg / (1 - self.beta ** self.n)
+        return self.avg / (1 - self.beta**self.n)
 
 
 def skip_start(planned: int) -> int:
@@ -134,20 +138,33 @@ def suggest(lrs, smoothed, *, skip: int = 0) -> Suggestion:
     lrs, s = lrs[:n], s[:n]
     low = int(np.argmin(s))
     if low == 0:
-        return Suggestion(None, None, None, float(lrs[0]), None, "the smoothed loss never fell below its first "
-                                                                 "value: try more --iterations or a lower --start-lr")
+        return Suggestion(
+            None,
+            None,
+            None,
+            float(lrs[0]),
+            None,
+            "the smoothed loss never fell below its first value: try more --iterations or a lower --start-lr",
+        )
     minimum_lr = float(lrs[low])
     grad = np.gradient(s, np.log(lrs))
     first = skip if low - skip >= 2 else 0  # a minimum that early leaves only the first points
     window = grad[first:low]
     k = int(np.argmin(window))
     if not window[k] < 0:
-        return Suggestion(minimum_lr / 10, MINIMUM, None, minimum_lr, minimum_lr / 10,
-                          f"no descent measured before the minimum: the {MINIMUM} rule stands in")
+        return Suggestion(
+            minimum_lr / 10,
+            MINIMUM,
+            None,
+            minimum_lr,
+            minimum_lr / 10,
+            f"no descent measured before the minimum: the {MINIMUM} rule stands in",
+        )
     return Suggestion(float(lrs[first + k]), STEEPEST, float(lrs[first + k]), minimum_lr, minimum_lr / 10)
 
 
 # -- the state it must give back ----------------------------------------------------------
+
 
 @contextlib.contextmanager
 def kept_state(model=None, optimizer=None):
@@ -173,6 +190,7 @@ def kept_state(model=None, optimizer=None):
 
 # -- the test itself ----------------------------------------------------------------------
 
+
 def _cycle(loader):
     """Batches without end: a test longer than an epoch starts the loader again (a new shuffle)."""
     while True:
@@ -184,10 +202,22 @@ def _cycle(loader):
             raise DataError("the training loader yields no batches")
 
 
-def range_test(model, optimizer, loader, *, prepare, loss_fn, device, start_lr: float = DEFAULTS["start_lr"],
-               end_lr: float = DEFAULTS["end_lr"], iterations: int = DEFAULTS["iterations"],
-               smooth: float = DEFAULTS["smooth"], diverge: float = DEFAULTS["diverge"], precision: str = "fp32",
-               progress: bool = False) -> RangeTest:
+def range_test(
+    model,
+    optimizer,
+    loader,
+    *,
+    prepare,
+    loss_fn,
+    device,
+    start_lr: float = DEFAULTS["start_lr"],
+    end_lr: float = DEFAULTS["end_lr"],
+    iterations: int = DEFAULTS["iterations"],
+    smooth: float = DEFAULTS["smooth"],
+    diverge: float = DEFAULTS["diverge"],
+    precision: str = "fp32",
+    progress: bool = False,
+) -> RangeTest:
     """One optimizer step per iteration at the ramp's rate, until the ramp ends or the smoothed
     loss passes ``diverge`` times its best (or the loss is not finite). ``model`` and ``optimizer``
     end as they began. Param groups keep their ratios to the first group's rate."""
@@ -226,8 +256,10 @@ def range_test(model, optimizer, loader, *, prepare, loss_fn, device, start_lr: 
                     result.stop_reason = f"stopped at iteration {i + 1}: the loss became {value} at lr {lr:.3g}"
                     break
                 if smoothed > diverge * best:
-                    result.stop_reason = (f"stopped at iteration {i + 1}: the smoothed loss {smoothed:.4g} passed "
-                                          f"{diverge:g} x its best ({best:.4g}) at lr {lr:.3g}")
+                    result.stop_reason = (
+                        f"stopped at iteration {i + 1}: the smoothed loss {smoothed:.4g} passed "
+                        f"{diverge:g} x its best ({best:.4g}) at lr {lr:.3g}"
+                    )
                     break
                 best = min(best, smoothed)
         finally:
@@ -239,13 +271,15 @@ def range_test(model, optimizer, loader, *, prepare, loss_fn, device, start_lr: 
 
 # -- files --------------------------------------------------------------------------------
 
+
 def write_csv(test: RangeTest, path) -> Path:
     from augpipe.files import write_atomic
 
     # repr: the shortest text that reads back as the same float, so the table can be recomputed
     rows = ["iteration,lr,loss,smoothed_loss"]
-    rows += [f"{i + 1},{lr!r},{loss!r},{sm!r}" for i, (lr, loss, sm) in
-             enumerate(zip(test.lrs, test.losses, test.smoothed))]
+    rows += [
+        f"{i + 1},{lr!r},{loss!r},{sm!r}" for i, (lr, loss, sm) in enumerate(zip(test.lrs, test.losses, test.smoothed))
+    ]
     return write_atomic(path, "\n".join(rows) + "\n")
 
 
@@ -262,8 +296,7 @@ def plot(test: RangeTest, suggestion: Suggestion, path, *, diverge: float, title
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     ax.plot(lrs, raw, color="tab:blue", alpha=0.25, lw=0.8, label="loss")
     ax.plot(lrs, sm, color="tab:blue", lw=1.8, label="smoothed loss")
-    marks = [(suggestion.steepest_lr, STEEPEST, "tab:red", "o"),
-             (suggestion.minimum_div10, MINIMUM, "tab:green", "s")]
+    marks = [(suggestion.steepest_lr, STEEPEST, "tab:red", "o"), (suggestion.minimum_div10, MINIMUM, "tab:green", "s")]
     for lr, rule, color, marker in marks:
         if lr is None:
             continue
@@ -290,6 +323,7 @@ def plot(test: RangeTest, suggestion: Suggestion, path, *, diverge: float, title
 
 # -- the command ----------------------------------------------------------------------------
 
+
 def _output_dir(out) -> tuple[Path, bool]:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -302,10 +336,21 @@ def _output_dir(out) -> tuple[Path, bool]:
     return out, existed
 
 
-def lr_find(config=None, *, config_file=None, plugins=None, start_lr: float = DEFAULTS["start_lr"],
-            end_lr: float = DEFAULTS["end_lr"], iterations: int = DEFAULTS["iterations"],
-            smooth: float = DEFAULTS["smooth"], diverge: float = DEFAULTS["diverge"], out=DEFAULTS["out"],
-            progress: bool | None = None, data_cache: dict | None = None, **flags) -> LRFindResult:
+def lr_find(
+    config=None,
+    *,
+    config_file=None,
+    plugins=None,
+    start_lr: float = DEFAULTS["start_lr"],
+    end_lr: float = DEFAULTS["end_lr"],
+    iterations: int = DEFAULTS["iterations"],
+    smooth: float = DEFAULTS["smooth"],
+    diverge: float = DEFAULTS["diverge"],
+    out=DEFAULTS["out"],
+    progress: bool | None = None,
+    data_cache: dict | None = None,
+    **flags,
+) -> LRFindResult:
     """The range test on the data, model, optimizer and training augmentation that
     ``augpipe.train`` with the same settings would use (its scheduler, epochs and early stopping
     are not used; ``out`` is this test's folder, not a run directory). Writes ``lr_find.png`` and
@@ -329,26 +374,61 @@ def lr_find(config=None, *, config_file=None, plugins=None, start_lr: float = DE
             parts = build_parts(cfg, plugins, data, data_path, spec, device)
             optimizer, pipeline, train_model = parts.optimizer, parts.pipeline, parts.train_model
             batches = len(pipeline.train)
-            log.info("lr-find: %s/%s, %s, %s, batch %d on %s (%d training images, %d iterations per epoch): "
-                     "%d iterations from %g to %g", cfg.plugin, cfg.model, cfg.activation, cfg.optimizer,
-                     cfg.batch_size, data_path, len(data.indices("train")), batches, iterations, start_lr, end_lr)
-            test = range_test(train_model, optimizer, pipeline.train, prepare=pipeline.prepare_train,
-                              loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                              device=device, start_lr=start_lr, end_lr=end_lr, iterations=iterations,
-                              smooth=smooth, diverge=diverge, precision=cfg.precision,
-                              progress=sys.stderr.isatty() if progress is None else progress)
+            log.info(
+                "lr-find: %s/%s, %s, %s, batch %d on %s (%d training images, %d iterations per epoch): "
+                "%d iterations from %g to %g",
+                cfg.plugin,
+                cfg.model,
+                cfg.activation,
+                cfg.optimizer,
+                cfg.batch_size,
+                data_path,
+                len(data.indices("train")),
+                batches,
+                iterations,
+                start_lr,
+                end_lr,
+            )
+            test = range_test(
+                train_model,
+                optimizer,
+                pipeline.train,
+                prepare=pipeline.prepare_train,
+                loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                device=device,
+                start_lr=start_lr,
+                end_lr=end_lr,
+                iterations=iterations,
+                smooth=smooth,
+                diverge=diverge,
+                precision=cfg.precision,
+                progress=sys.stderr.isatty() if progress is None else progress,
+            )
         found = suggest(test.lrs, test.smoothed, skip=skip_start(iterations))
-        title = (f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer}, batch {cfg.batch_size}, "
-                 f"aug {cfg.aug if isinstance(cfg.aug, str) else 'custom'}")
-        paths = {"csv": write_csv(test, out_dir / "lr_find.csv"),
-                 "plot": plot(test, found, out_dir / "lr_find.png", diverge=diverge, title=title)}
+        title = (
+            f"{cfg.plugin}/{cfg.model}, {cfg.activation}, {cfg.optimizer}, batch {cfg.batch_size}, "
+            f"aug {cfg.aug if isinstance(cfg.aug, str) else 'custom'}"
+        )
+        paths = {
+            "csv": write_csv(test, out_dir / "lr_find.csv"),
+            "plot": plot(test, found, out_dir / "lr_find.png", diverge=diverge, title=title),
+        }
     except BaseException:
         if not existed:
             with contextlib.suppress(OSError):
                 out_dir.rmdir()  # only when empty: made for this test alone
         raise
-    return LRFindResult(lrs=test.lrs, losses=test.losses, smoothed=test.smoothed, suggestion=found.lr,
-                        rule=found.rule, steepest_lr=found.steepest_lr,
-                        minimum_div10=found.minimum_div10,
-                        minimum_lr=found.minimum_lr, stop_reason=test.stop_reason, planned=iterations,
-                        paths=paths, note=found.note)
+    return LRFindResult(
+        lrs=test.lrs,
+        losses=test.losses,
+        smoothed=test.smoothed,
+        suggestion=found.lr,
+        rule=found.rule,
+        steepest_lr=found.steepest_lr,
+        minimum_div10=found.minimum_div10,
+        minimum_lr=found.minimum_lr,
+        stop_reason=test.stop_reason,
+        planned=iterations,
+        paths=paths,
+        note=found.note,
+    )

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules by name: torch's optimizer classes with timm's
 weight-decay grouping, Muon with nesterov SGD, and torch's schedulers. The built-in plugin registers these;
 third-party plugins add their own."""
+
 from __future__ import annotations
 
 import inspect
@@ -33,8 +34,9 @@ def decay_every_parameter(optimizer: torch.optim.Optimizer, weight_decay: float)
         group["weight_decay"] = weight_decay
 
 
-def split_param_groups(optimizer: torch.optim.Optimizer, scaled_ids: set[int], lr_scale: float,
-                       decay_scale: float = 1.0) -> None:
+def split_param_groups(
+    optimizer: torch.optim.Optimizer, scaled_ids: set[int], lr_scale: float, decay_scale: float = 1.0
+) -> None:
     """Split each parameter group in two: the parameters whose ``id`` is in ``scaled_ids`` at
     ``lr_scale`` times the group's rate and ``decay_scale`` times its decay, the rest as they
     were and first (so that the logged rate is --lr)."""
@@ -46,8 +48,14 @@ def split_param_groups(optimizer: torch.optim.Optimizer, scaled_ids: set[int], l
         if rest:
             plain.append({**options, "params": rest})
         if chosen:
-            scaled.append({**options, "params": chosen, "lr": options["lr"] * lr_scale,
-                           "weight_decay": options.get("weight_decay", 0.0) * decay_scale})
+            scaled.append(
+                {
+                    **options,
+                    "params": chosen,
+                    "lr": options["lr"] * lr_scale,
+                    "weight_decay": options.get("weight_decay", 0.0) * decay_scale,
+                }
+            )
     optimizer.param_groups.clear()
     for group in plain + scaled:
         optimizer.add_param_group(group)
@@ -86,8 +94,9 @@ NS_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MUON_LR_SCALE = 0.4
 
 
-def orthogonalize(matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16,
-                  eps: float = 1e-7) -> torch.Tensor:
+def orthogonalize(
+    matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7
+) -> torch.Tensor:
     """About ``U V^T`` of a matrix ``U S V^T`` by ``steps`` quintic Newton-Schulz iterations in
     ``dtype``, as Keller Jordan's Muon computes it: ``X = M / (|M|_F + eps)``, then ``steps``
     times ``A = X X^T; X = a X + (b A + c A A) X``, on the wide orientation of the matrix."""
@@ -140,9 +149,19 @@ class Muon(torch.optim.Optimizer):
     torch.optim.Muon keeps ``B`` as a running mean, ``(1 - mu)`` times this ``B``: the
     orthogonalised direction is the same."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = True,
-                 muon: bool = False, muon_lr_scale: float = MUON_LR_SCALE, ns_steps: int = 5,
-                 ns_dtype: str = "bfloat16", normalize: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        muon: bool = False,
+        muon_lr_scale: float = MUON_LR_SCALE,
+        ns_steps: int = 5,
+        ns_dtype: str = "bfloat16",
+        normalize: bool = False,
+    ):
         if not 0 <= momentum < 1:
             raise ValueError(f"Muon's momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0:
@@ -151,9 +170,20 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"Muon needs muon_lr_scale > 0 and ns_steps >= 1, got {muon_lr_scale} and {ns_steps}")
         if ns_dtype not in NS_DTYPES:
             raise ValueError(f"Muon's ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                                      muon=muon, muon_lr_scale=muon_lr_scale, ns_steps=ns_steps,
-                                      ns_dtype=ns_dtype, normalize=normalize))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                muon=muon,
+                muon_lr_scale=muon_lr_scale,
+                ns_steps=ns_steps,
+                ns_dtype=ns_dtype,
+                normalize=normalize,
+            ),
+        )
         for group in self.param_groups:
             flat = [tuple(p.shape) for p in group["params"] if group["muon"] and p.ndim < 2]
             if flat:
@@ -172,8 +202,17 @@ class Muon(torch.optim.Optimizer):
                     self._muon_update(p, group)
                 continue
             buffers = [self.state[p].get("momentum_buffer") for p in params]
-            sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
-                momentum=group["momentum"], lr=group["lr"], dampening=0.0, nesterov=group["nesterov"], maximize=False)
+            sgd(
+                params,
+                [p.grad for p in params],
+                buffers,
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=0.0,
+                nesterov=group["nesterov"],
+                maximize=False,
+            )
             if group["momentum"] > 0:
                 for p, buffer in zip(params, buffers):
                     self.state[p]["momentum_buffer"] = buffer
@@ -193,7 +232,7 @@ class Muon(torch.optim.Optimizer):
         rows = p.shape[0]
         cols = p.numel() // rows
         if group["normalize"]:
-            p.mul_(rows ** 0.5 / p.norm().clamp_min(1e-12))
+            p.mul_(rows**0.5 / p.norm().clamp_min(1e-12))
         elif group["weight_decay"]:
             p.mul_(1 - rate * group["weight_decay"])
         # reshape, not view: a channels-last filter bank is read in (out, in, kh, kw) order all the same
@@ -201,8 +240,17 @@ class Muon(torch.optim.Optimizer):
         p.add_(orthogonal.reshape(p.shape), alpha=-rate * max(1.0, rows / cols) ** 0.5)  # (a tall one comes transposed)
 
 
-def muon_optimizer(model, *, lr: float, weight_decay: float, momentum: float, muon_lr_scale: float = MUON_LR_SCALE,
-                   ns_steps: int = 5, ns_dtype: str = "bfloat16", normalize: bool = False) -> Muon:
+def muon_optimizer(
+    model,
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    muon_lr_scale: float = MUON_LR_SCALE,
+    ns_steps: int = 5,
+    ns_dtype: str = "bfloat16",
+    normalize: bool = False,
+) -> Muon:
     """``--optimizer muon``: Muon for the weight matrices and convolution filters, nesterov SGD at
     --lr for biases, normalisation parameters and the classifier (Keller Jordan's split, and
     airbench94_muon's: the head's few outputs make a poor matrix to orthogonalise). Both parts
@@ -215,8 +263,15 @@ def muon_optimizer(model, *, lr: float, weight_decay: float, momentum: float, mu
             chosen = [p for p in group["params"] if (muon_eligible(p) and id(p) not in head) == muon]
             if chosen:
                 groups.append({**group, "params": chosen, "muon": muon})
-    return Muon(groups, lr=lr, momentum=momentum, muon_lr_scale=muon_lr_scale, ns_steps=ns_steps,
-                ns_dtype=ns_dtype, normalize=normalize)
+    return Muon(
+        groups,
+        lr=lr,
+        momentum=momentum,
+        muon_lr_scale=muon_lr_scale,
+        ns_steps=ns_steps,
+        ns_dtype=ns_dtype,
+        normalize=normalize,
+    )
 
 
 OPTIMIZERS = {
@@ -251,9 +306,11 @@ class LRSchedule:
             self.per_epoch.step(metric)
 
     def state_dict(self) -> dict:
-        return {"iterations": self.iterations,
-                "per_iteration": self.per_iteration.state_dict() if self.per_iteration else None,
-                "per_epoch": self.per_epoch.state_dict() if self.per_epoch else None}
+        return {
+            "iterations": self.iterations,
+            "per_iteration": self.per_iteration.state_dict() if self.per_iteration else None,
+            "per_epoch": self.per_epoch.state_dict() if self.per_epoch else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.iterations = state["iterations"]
@@ -274,8 +331,10 @@ def as_schedule(schedule, name: str, owner: str) -> LRSchedule:
     if not all(hasattr(schedule, m) for m in ("step", "state_dict", "load_state_dict")):
         from augpipe.errors import PluginError
 
-        raise PluginError(f"plugin {owner!r}: scheduler {name!r} returned {type(schedule).__name__}, which has no "
-                          f"step(), state_dict() and load_state_dict()")
+        raise PluginError(
+            f"plugin {owner!r}: scheduler {name!r} returned {type(schedule).__name__}, which has no "
+            f"step(), state_dict() and load_state_dict()"
+        )
     if isinstance(schedule, ReduceLROnPlateau) or getattr(schedule, "per_epoch", False):
         return LRSchedule(per_epoch=schedule)
     return LRSchedule(per_iteration=schedule)
@@ -307,14 +366,16 @@ def constant(optimizer, **kw):
 
 
 def step(optimizer, *, config, **kw):
-    return _lambda_schedule(lambda it, e, w: config.gamma ** math.floor(e / config.step_size), optimizer,
-                            config=config, **kw)
+    return _lambda_schedule(
+        lambda it, e, w: config.gamma ** math.floor(e / config.step_size), optimizer, config=config, **kw
+    )
 
 
 def multistep(optimizer, *, config, epochs, **kw):
     marks = _milestones(config, epochs)
-    return _lambda_schedule(lambda it, e, w: config.gamma ** sum(e >= m for m in marks), optimizer,
-                            config=config, epochs=epochs, **kw)
+    return _lambda_schedule(
+        lambda it, e, w: config.gamma ** sum(e >= m for m in marks), optimizer, config=config, epochs=epochs, **kw
+    )
 
 
 def exponential(optimizer, *, config, **kw):
@@ -338,10 +399,18 @@ def onecycle(optimizer, *, config, steps_per_epoch, epochs, **kw):
     total = steps_per_epoch * epochs
     pct = config.warmup_epochs / epochs if config.warmup_epochs > 0 else 0.3
     lr = [group["lr"] for group in optimizer.param_groups]  # groups may differ (--backbone-lr-scale)
-    cycle_momentum = "momentum" in optimizer.defaults and optimizer.defaults.get("momentum", 0) > 0 \
-        or "betas" in optimizer.defaults
-    return LRSchedule(OneCycleLR(optimizer, max_lr=lr, total_steps=max(2, total), pct_start=min(0.9, max(0.01, pct)),
-                                 cycle_momentum=cycle_momentum))
+    cycle_momentum = (
+        "momentum" in optimizer.defaults and optimizer.defaults.get("momentum", 0) > 0 or "betas" in optimizer.defaults
+    )
+    return LRSchedule(
+        OneCycleLR(
+            optimizer,
+            max_lr=lr,
+            total_steps=max(2, total),
+            pct_start=min(0.9, max(0.01, pct)),
+            cycle_momentum=cycle_momentum,
+        )
+    )
 
 
 LINEAR_START = 0.2  # airbench94's first rate, as a fraction of the peak
@@ -374,8 +443,16 @@ def plateau(optimizer, *, config, steps_per_epoch, **kw):
     return LRSchedule(per_iteration, per_epoch, iteration_limit=warmup)
 
 
-SCHEDULERS = {"none": constant, "step": step, "multistep": multistep, "exponential": exponential,
-              "cosine": cosine, "onecycle": onecycle, "linear": linear, "plateau": plateau}
+SCHEDULERS = {
+    "none": constant,
+    "step": step,
+    "multistep": multistep,
+    "exponential": exponential,
+    "cosine": cosine,
+    "onecycle": onecycle,
+    "linear": linear,
+    "plateau": plateau,
+}
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

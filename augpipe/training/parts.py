@@ -1,5 +1,6 @@
 """The training parts of a run, built from its settings: the plugin's model, the optimizer, the
 data pipeline, the loss (``build_parts`` -> ``TrainingParts``)."""
+
 from __future__ import annotations
 
 import logging
@@ -25,13 +26,16 @@ def build_model(plugins, cfg: TrainConfig, num_classes: int, image_size: int, pr
     import inspect
 
     trainer = plugins.trainer(cfg.plugin)
-    kwargs = dict(model=cfg.model, num_classes=num_classes, image_size=image_size, activation=cfg.activation,
-                  dropout=cfg.dropout)
+    kwargs = dict(
+        model=cfg.model, num_classes=num_classes, image_size=image_size, activation=cfg.activation, dropout=cfg.dropout
+    )
     if pretrained:
         params = inspect.signature(trainer.build_model).parameters
         if "pretrained" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            raise PluginError(f"trainer {cfg.plugin!r} has no pretrained weights (its build_model takes no "
-                              f"pretrained=); use --weights FILE")
+            raise PluginError(
+                f"trainer {cfg.plugin!r} has no pretrained weights (its build_model takes no "
+                f"pretrained=); use --weights FILE"
+            )
         kwargs["pretrained"] = True
     try:
         model = trainer.build_model(**kwargs)
@@ -39,7 +43,9 @@ def build_model(plugins, cfg: TrainConfig, num_classes: int, image_size: int, pr
         raise
     except Exception as err:
         owner = plugins.trainers.owner.get(cfg.plugin, cfg.plugin)
-        raise PluginError(f"plugin {owner!r} failed to build model {cfg.model!r}: {type(err).__name__}: {err}") from None
+        raise PluginError(
+            f"plugin {owner!r} failed to build model {cfg.model!r}: {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(model, torch.nn.Module):
         raise PluginError(f"plugin {cfg.plugin!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -54,8 +60,9 @@ def call_plugin(registry, name: str, *args, **kwargs):
         raise
     except Exception as err:
         owner = registry.owner.get(name, "?")
-        raise PluginError(f"plugin {owner!r} failed to build {registry.kind} {name!r}: "
-                          f"{type(err).__name__}: {err}") from None
+        raise PluginError(
+            f"plugin {owner!r} failed to build {registry.kind} {name!r}: {type(err).__name__}: {err}"
+        ) from None
 
 
 def check_model_input(model, cfg: TrainConfig, num_classes: int, image_size: int, device) -> None:
@@ -70,8 +77,10 @@ def check_model_input(model, cfg: TrainConfig, num_classes: int, image_size: int
         with torch.no_grad():
             out = model(x)
     except Exception as err:
-        raise ConfigError(f"model {cfg.plugin}/{cfg.model} can not take {image_size}x{image_size} images "
-                          f"({type(err).__name__}: {_first_line(err)}); give a larger --image-size") from None
+        raise ConfigError(
+            f"model {cfg.plugin}/{cfg.model} can not take {image_size}x{image_size} images "
+            f"({type(err).__name__}: {_first_line(err)}); give a larger --image-size"
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
@@ -95,7 +104,7 @@ class TrainingParts:
     model: torch.nn.Module
     train_model: torch.nn.Module  # the model, or its torch.compile'd form
     optimizer: torch.optim.Optimizer
-    pipeline: "DataPipeline"
+    pipeline: DataPipeline
     image_size: int
     threads: int
 
@@ -112,13 +121,15 @@ def fit_to_training_images(model, data, spec, image_size: int, cfg: TrainConfig,
     images = [data.store[int(i)] for i in picks]
     if transform.transforms:
         images = [transform(image=im)["image"] for im in images]
-    model.init_from_data(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), spec.normalize.mean,
-                         spec.normalize.std)
+    model.init_from_data(
+        torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), spec.normalize.mean, spec.normalize.std
+    )
     log.info("%s/%s: first layer fitted to %d training images", cfg.plugin, cfg.model, len(images))
 
 
-def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_size: int | None = None,
-                resuming: bool = False) -> TrainingParts:
+def build_parts(
+    cfg: TrainConfig, plugins, data, data_path, spec, device, image_size: int | None = None, resuming: bool = False
+) -> TrainingParts:
     """Model, optimizer and data pipeline as a run trains them, each checked on the real data
     before anything is written: what ``train`` and ``lr-find`` share. The starting weights
     (--pretrained, --weights) are loaded unless the run is resumed (its checkpoint has its
@@ -151,8 +162,14 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_model_input(model, cfg, num_classes, image_size, device)
-    optimizer = call_plugin(plugins.optimizers, cfg.optimizer, model, lr=cfg.resolved_lr,
-                            weight_decay=cfg.weight_decay, momentum=cfg.resolved_momentum)
+    optimizer = call_plugin(
+        plugins.optimizers,
+        cfg.optimizer,
+        model,
+        lr=cfg.resolved_lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.resolved_momentum,
+    )
     if cfg.backbone_lr_scale != 1.0:
         scale_backbone_lr(optimizer, model, classifier_parameter_names(model, num_classes), cfg.backbone_lr_scale)
     if cfg.decay_bias_and_norm:
@@ -174,11 +191,14 @@ def build_parts(cfg: TrainConfig, plugins, data, data_path, spec, device, image_
 
         # A frozen backbone's weights get no gradient, nor does what a model's set_epoch freezes:
         # DDP must be told to expect that.
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=cfg.freeze_epochs > 0
-                                              or callable(getattr(model, "set_epoch", None)))
-    return TrainingParts(model, _compiled(train_model, cfg) if cfg.compile else train_model, optimizer, pipeline,
-                         image_size, threads)
+        train_model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.freeze_epochs > 0 or callable(getattr(model, "set_epoch", None)),
+        )
+    return TrainingParts(
+        model, _compiled(train_model, cfg) if cfg.compile else train_model, optimizer, pipeline, image_size, threads
+    )
 
 
 def _compiled(model, cfg: TrainConfig):

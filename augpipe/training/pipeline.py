@@ -1,6 +1,7 @@
 """The data side of a run: the decoded, split data set (``load_data``), the image size, and the
 loaders with their batch preparation (``DataPipeline``: augmentation on the host or the device,
 the data in host memory or on the device)."""
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,8 @@ class DataPipeline:
         # auto: on the device where there is a CUDA one (or the data is to be there), unless the
         # spec has operations only the workers' Albumentations can run.
         self.aug_on_device = cfg.aug_device == "gpu" or (
-            cfg.aug_device == "auto" and (device.type == "cuda" or cfg.data_on_device == "on") and not needs_workers)
+            cfg.aug_device == "auto" and (device.type == "cuda" or cfg.data_on_device == "on") and not needs_workers
+        )
         if cfg.data_on_device == "on" and needs_workers:
             raise ConfigError(f"--data-on-device on: {needs_workers}")
         native = data.store.native_size() if data.store.shapes_equal else None
@@ -41,27 +43,38 @@ class DataPipeline:
         lookup = plugins.augmentation_lookup()
         if spec.batch_ops() and cfg.batch_size < 2:
             ops = spec.batch_ops()
-            raise ConfigError(f"{' and '.join(ops)} {'mix' if len(ops) > 1 else 'mixes'} the images of a batch: "
-                              f"--batch-size must be at least 2, got {cfg.batch_size}")
+            raise ConfigError(
+                f"{' and '.join(ops)} {'mix' if len(ops) > 1 else 'mixes'} the images of a batch: "
+                f"--batch-size must be at least 2, got {cfg.batch_size}"
+            )
         if self.aug_on_device:
             from augpipe.augment.device import DeviceAugment
 
-            self.train_transform = build_eval_transform(spec, image_size, native=native) if native != (image_size, image_size) else None
+            self.train_transform = (
+                build_eval_transform(spec, image_size, native=native) if native != (image_size, image_size) else None
+            )
             rank = distributed.ranks().rank  # each rank its own random numbers
             # flip_seed: the alternate flip of an image is the same whichever rank draws it
-            self.device_augment = DeviceAugment(spec, image_size, device=device,
-                                                generator_seed=cfg.seed + 7919 * rank if rank else cfg.seed,
-                                                channels_last=cfg.channels_last, flip_seed=cfg.seed)
+            self.device_augment = DeviceAugment(
+                spec,
+                image_size,
+                device=device,
+                generator_seed=cfg.seed + 7919 * rank if rank else cfg.seed,
+                channels_last=cfg.channels_last,
+                flip_seed=cfg.seed,
+            )
             self.prepare_train = self._augment_on_device
         else:
             self.train_transform = build_train_transform(spec, image_size, native=native, seed=cfg.seed, lookup=lookup)
-            self.prepare_train = BatchNormalizer(spec.normalize.mean, spec.normalize.std, device,
-                                                 channels_last=cfg.channels_last)
+            self.prepare_train = BatchNormalizer(
+                spec.normalize.mean, spec.normalize.std, device, channels_last=cfg.channels_last
+            )
         eval_transform = build_eval_transform(spec, image_size, native=native)
         if not eval_transform.transforms:
             eval_transform = None
-        self.prepare_eval = BatchNormalizer(spec.normalize.mean, spec.normalize.std, device,
-                                            channels_last=cfg.channels_last)
+        self.prepare_eval = BatchNormalizer(
+            spec.normalize.mean, spec.normalize.std, device, channels_last=cfg.channels_last
+        )
         pin = device.type == "cuda"
         labels = data.source.labels
         me = distributed.ranks()
@@ -76,36 +89,58 @@ class DataPipeline:
                 from augpipe.data.resident import ResidentLoader, stack_split
 
                 items = data.indices(split)
-                return ResidentLoader(stack_split(data.store, items, transform), labels[items], items, device,
-                                      batch_size=cfg.batch_size, shuffle=shuffle, seed=cfg.seed + seed_offset,
-                                      drop_last=drop_last, rank=me.rank, world_size=me.world_size)
+                return ResidentLoader(
+                    stack_split(data.store, items, transform),
+                    labels[items],
+                    items,
+                    device,
+                    batch_size=cfg.batch_size,
+                    shuffle=shuffle,
+                    seed=cfg.seed + seed_offset,
+                    drop_last=drop_last,
+                    rank=me.rank,
+                    world_size=me.world_size,
+                )
             ds = AugmentedImages(data.store, data.indices(split), labels, transform, stream=me.rank)
-            return EpochLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=n_workers,
-                               seed=cfg.seed + seed_offset, pin_memory=pin, drop_last=drop_last,
-                               rank=me.rank, world_size=me.world_size, batch_sampler=batch_sampler)
+            return EpochLoader(
+                ds,
+                batch_size=cfg.batch_size,
+                shuffle=shuffle,
+                num_workers=n_workers,
+                seed=cfg.seed + seed_offset,
+                pin_memory=pin,
+                drop_last=drop_last,
+                rank=me.rank,
+                world_size=me.world_size,
+                batch_sampler=batch_sampler,
+            )
 
         # A last training batch of a single image breaks batch norm (one value per channel).
         n_train = math.ceil(len(data.indices("train")) / me.world_size)  # this rank's share
         lone_last = n_train % cfg.batch_size == 1 and n_train > 1
         if cfg.batch_size > n_train > 0:
-            log.warning("--batch-size %d is more than the %d training images%s: each epoch is one batch of %d",
-                        cfg.batch_size, n_train, " of this process" if me.world_size > 1 else "", n_train)
-        self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last,
-                            batch_sampler=shards)
+            log.warning(
+                "--batch-size %d is more than the %d training images%s: each epoch is one batch of %d",
+                cfg.batch_size,
+                n_train,
+                " of this process" if me.world_size > 1 else "",
+                n_train,
+            )
+        self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last, batch_sampler=shards)
         # Evaluation batches need no augmentation: decoding from the cache is cheap in-process.
         eval_workers = 0 if data.store.cached else workers
         self.val = loader("val", eval_transform, False, 1, eval_workers)
         self.test = loader("test", eval_transform, False, 2, eval_workers)
         self.workers = workers
 
-
     @staticmethod
     def _data_to_device(data, cfg: TrainConfig, device: torch.device, image_size: int, shards) -> bool:
         from augpipe.data.resident import decide, split_bytes
 
         why_not = "the data is read from tar shards, a few at a time" if shards is not None else None
-        resized = None if data.store.shapes_equal and data.store.native_size() == (image_size, image_size) \
-            else image_size
+        resized = (
+            None if data.store.shapes_equal and data.store.native_size() == (image_size, image_size) else image_size
+        )
         needed = sum(split_bytes(data.store, data.indices(s), resized) for s in ("train", "val", "test"))
         return decide(cfg.data_on_device, device, needed, why_not)
 
@@ -127,11 +162,14 @@ class DataPipeline:
         except AugpipeError:
             raise
         except Exception as err:
-            raise ConfigError(f"the augmentation fails on {data.source.describe(i)}: {type(err).__name__}: "
-                              f"{_first_line(err)}") from None
+            raise ConfigError(
+                f"the augmentation fails on {data.source.describe(i)}: {type(err).__name__}: {_first_line(err)}"
+            ) from None
         if out.shape != (image_size, image_size, 3):
-            raise ConfigError(f"the augmentation turns {data.source.describe(i)} into {tuple(out.shape)}, "
-                              f"not {image_size}x{image_size}x3: an 'extra' transform changes the size")
+            raise ConfigError(
+                f"the augmentation turns {data.source.describe(i)} into {tuple(out.shape)}, "
+                f"not {image_size}x{image_size}x3: an 'extra' transform changes the size"
+            )
 
 
 def _needs_loader_workers(spec) -> str | None:
@@ -153,8 +191,14 @@ def shard_batch_sampler(data, cfg: TrainConfig, me, workers: int):
     from augpipe.data.shards import ShardBatchSampler
 
     train = data.indices("train")
-    return ShardBatchSampler(np.asarray(shard_of)[train], cfg.batch_size, rank=me.rank, world_size=me.world_size,
-                             num_workers=workers, seed=cfg.seed)
+    return ShardBatchSampler(
+        np.asarray(shard_of)[train],
+        cfg.batch_size,
+        rank=me.rank,
+        world_size=me.world_size,
+        num_workers=workers,
+        seed=cfg.seed,
+    )
 
 
 def load_data(cfg: TrainConfig, split_file=None, data_cache: dict | None = None, min_classes: int = 2):
@@ -167,8 +211,14 @@ def load_data(cfg: TrainConfig, split_file=None, data_cache: dict | None = None,
     key = (str(Path(data_path).expanduser().resolve()), cfg.strict, cfg.cache_mb, cfg.max_pixels, min_classes)
     decoded = data_cache.get(key) if data_cache is not None else None
     if decoded is None:
-        decoded = decode_data(data_path, strict=cfg.strict, cache_mb=cfg.cache_mb, max_pixels=cfg.max_pixels,
-                              min_classes=min_classes, split_file=split_file)
+        decoded = decode_data(
+            data_path,
+            strict=cfg.strict,
+            cache_mb=cfg.cache_mb,
+            max_pixels=cfg.max_pixels,
+            min_classes=min_classes,
+            split_file=split_file,
+        )
         if data_cache is not None:
             data_cache[key] = decoded
     return data_path, split_decoded(decoded, val=cfg.val, test=cfg.test, seed=cfg.seed, split_file=split_file)
@@ -179,8 +229,11 @@ def choose_image_size(cfg: TrainConfig, spec, trainer, data) -> tuple[int, str]:
     augmentation spec's size, else the size the model is built for (as timm's models declare
     theirs), else the data's own."""
     native = data.store.native_size()
-    held = (f"the data's images are {native[1]}x{native[0]}" if data.store.shapes_equal
-            else f"the data's images differ in size, most are {native[1]}x{native[0]}")
+    held = (
+        f"the data's images are {native[1]}x{native[0]}"
+        if data.store.shapes_equal
+        else f"the data's images differ in size, most are {native[1]}x{native[0]}"
+    )
     if cfg.image_size:
         return cfg.image_size, f"--image-size; {held}"
     if spec.size:
@@ -189,8 +242,7 @@ def choose_image_size(cfg: TrainConfig, spec, trainer, data) -> tuple[int, str]:
     if built_for:
         if data.store.shapes_equal and native == (built_for, built_for):
             return built_for, f"what {cfg.plugin}/{cfg.model} is built for, and the data's own size"
-        return built_for, f"what {cfg.plugin}/{cfg.model} is built for; {held}, resized to it " \
-                          f"(--image-size to choose)"
+        return built_for, f"what {cfg.plugin}/{cfg.model} is built for; {held}, resized to it (--image-size to choose)"
     return min(native), f"the data's own size; {cfg.plugin}/{cfg.model} takes any"
 
 
@@ -203,8 +255,13 @@ def use_weights_normalization(spec, normalization) -> None:
     own = (tuple(float(v) for v in spec.normalize.mean), tuple(float(v) for v in spec.normalize.std))
     if own != (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)):
         if own != (mean, std):
-            log.info("normalisation: the spec's own (mean %s, std %s), not the weights' (mean %s, std %s)",
-                     list(spec.normalize.mean), list(spec.normalize.std), list(mean), list(std))
+            log.info(
+                "normalisation: the spec's own (mean %s, std %s), not the weights' (mean %s, std %s)",
+                list(spec.normalize.mean),
+                list(spec.normalize.std),
+                list(mean),
+                list(std),
+            )
         return
     if len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std):
         spec.normalize = Normalize(mean=mean, std=std)
@@ -222,10 +279,13 @@ def _load_data_once(cfg, split_file, data_cache, me):
     if me.is_main:
         distributed.barrier_for_data()
     fingerprint, assignment = distributed.broadcast_object(
-        (data.source.fingerprint(), data.assignment.tolist()), data_phase=True)
+        (data.source.fingerprint(), data.assignment.tolist()), data_phase=True
+    )
     if data.source.fingerprint() != fingerprint:
-        raise DataError(f"rank {me.rank}: the data set at {data_path} is not the one rank 0 reads (its images or "
-                        f"labels differ); every node needs the same copy")
+        raise DataError(
+            f"rank {me.rank}: the data set at {data_path} is not the one rank 0 reads (its images or "
+            f"labels differ); every node needs the same copy"
+        )
     data.assignment = np.asarray(assignment, dtype=data.assignment.dtype)
     return data_path, data
 
@@ -238,8 +298,9 @@ def augmented_grid(cfg: TrainConfig, data, pipeline, image_size: int, plugins, r
     from augpipe.augment.spec import AugmentSpec
 
     spec = AugmentSpec.load(cfg.aug)
-    transform = build_train_transform(spec, image_size, native=pipeline.native, seed=cfg.seed,
-                                      lookup=plugins.augmentation_lookup())
+    transform = build_train_transform(
+        spec, image_size, native=pipeline.native, seed=cfg.seed, lookup=plugins.augmentation_lookup()
+    )
     seed_transform(transform, cfg.seed + 104729)
     plain = build_eval_transform(spec, image_size, native=pipeline.native)
     train = data.indices("train")

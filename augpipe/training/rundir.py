@@ -1,5 +1,6 @@
 """A run directory and its state: its name, whether it is free, finished, failed or resumable
 (``run_state``), the settings a resume keeps, and the files of a run's record."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,10 @@ def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainCo
         raise ConfigError("--resume continues a run with its own settings: it takes no --config")
     changed = sorted(k for k, v in flags.items() if v is not None and k not in RESUME_FLAGS)
     if changed:
-        raise ConfigError(f"--resume continues a run with its own settings: --{changed[0].replace('_', '-')} "
-                          f"can not be changed (only {', '.join('--' + f for f in RESUME_FLAGS)} can)")
+        raise ConfigError(
+            f"--resume continues a run with its own settings: --{changed[0].replace('_', '-')} "
+            f"can not be changed (only {', '.join('--' + f for f in RESUME_FLAGS)} can)"
+        )
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run directory")
     state = run_state(run_dir)
@@ -69,11 +72,13 @@ def _resume_settings(run_dir: Path, config, config_file, flags) -> tuple[TrainCo
         raise DataError(f"{run_dir}: the run has ended ({read_summary(run_dir)['stop_reason']}); nothing to resume")
     path = run_dir / "last.pt"
     if state != "resume":
-        raise DataError(f"{run_dir}: no last.pt to resume from (the run was stopped before it finished a step); "
-                        f"start it again")
+        raise DataError(
+            f"{run_dir}: no last.pt to resume from (the run was stopped before it finished a step); start it again"
+        )
     state = check_resumable(load_checkpoint(path), path)
-    cfg = TrainConfig.from_dict({**state["config"], **{k: v for k, v in flags.items() if v is not None}},
-                                where=str(path))
+    cfg = TrainConfig.from_dict(
+        {**state["config"], **{k: v for k, v in flags.items() if v is not None}}, where=str(path)
+    )
     from augpipe.training.loggers import check_loggers
 
     cfg.logger = list(check_loggers(cfg.logger))

@@ -1,5 +1,6 @@
 """A run's settings and machine: the one resolver of defaults, plugin defaults, recipe, config
 file and flags (``build_config``), the device, the global random streams."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,13 @@ from augpipe.errors import ConfigError, PluginError
 log = logging.getLogger("augpipe")
 
 
-SCHEDULER_ALIASES = {"one-cycle": "onecycle", "one_cycle": "onecycle", "reduce-on-plateau": "plateau",
-                     "reduce_on_plateau": "plateau", "constant": "none"}
+SCHEDULER_ALIASES = {
+    "one-cycle": "onecycle",
+    "one_cycle": "onecycle",
+    "reduce-on-plateau": "plateau",
+    "reduce_on_plateau": "plateau",
+    "constant": "none",
+}
 
 
 def build_config(config=None, *, config_file=None, plugins=None, **flags) -> TrainConfig:
@@ -30,8 +36,10 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
         base = typed_settings({} if config is None else config, "config")
     file = typed_settings(TrainConfig.read_yaml(config_file), str(config_file)) if config_file else {}
     file = {**base, **file}
-    chosen = {**{k: v for k, v in file.items() if v is not None},
-              **{k: v for k, v in typed_settings(flags, "settings").items() if v is not None}}
+    chosen = {
+        **{k: v for k, v in file.items() if v is not None},
+        **{k: v for k, v in typed_settings(flags, "settings").items() if v is not None},
+    }
     if chosen.get("recipe"):
         from augpipe.recipes import recipe_path
 
@@ -46,8 +54,9 @@ def build_config(config=None, *, config_file=None, plugins=None, **flags) -> Tra
     if cfg.model is None:
         cfg.model = trainer.default_model
     if trainer.activations is not None and cfg.activation not in trainer.activations:
-        raise ConfigError(f"trainer {cfg.plugin!r} supports --activation {', '.join(trainer.activations)}, "
-                          f"not {cfg.activation!r}")
+        raise ConfigError(
+            f"trainer {cfg.plugin!r} supports --activation {', '.join(trainer.activations)}, not {cfg.activation!r}"
+        )
     names = trainer.model_names()
     if names and cfg.model not in names:  # before any data is decoded
         from augpipe.plugin_manager import unknown_name_message

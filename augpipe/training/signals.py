@@ -1,5 +1,6 @@
 """SIGINT and SIGTERM during training: finish the current step, save, write the run directory,
 and exit 130 or 143, as Slurm, Kubernetes and ``timeout`` expect of a job they stop."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +40,7 @@ class StopSignals:
         # request. The launcher's SIGKILL after its shutdown timeout is the stop at once there.
         self._launcher_forwards = "TORCHELASTIC_RUN_ID" in os.environ
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 sig = getattr(signal, name)
@@ -60,8 +61,7 @@ class StopSignals:
         self.received = name
         if os.environ.get("RANK", "0") != "0":
             return  # rank 0 speaks for a distributed run
-        log.warning("%s received: finishing the current step and saving last.pt (send it again to stop at once)",
-                    name)
+        log.warning("%s received: finishing the current step and saving last.pt (send it again to stop at once)", name)
 
     def requested(self) -> bool:
         return self.received is not None

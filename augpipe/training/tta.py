@@ -1,5 +1,6 @@
 """Test-time augmentation: the logits of a batch averaged over views of it (``--tta``), as
 airbench94 scores CIFAR-10. Pure batch functions of (model, normalised NCHW batch)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,5 +35,5 @@ def tta_logits(model, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
         check_tta(mode)
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = [padded[..., :h, :w], padded[..., 2:h + 2, 2:w + 2]]
+    shifted = [padded[..., :h, :w], padded[..., 2 : h + 2, 2 : w + 2]]
     return 0.5 * logits + 0.5 * torch.stack([_mirror(model, v) for v in shifted]).mean(0)

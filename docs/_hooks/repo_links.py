@@ -1,6 +1,7 @@
 """MkDocs hook: a page may link to a file of the repository outside docs/ (a recipe, a script),
 as it would on GitHub. The site has no copy of that file, so the link becomes the file's path
 in code. A link whose file does not exist is left alone, so that --strict still fails on it."""
+
 from __future__ import annotations
 
 import re

@@ -6,6 +6,7 @@ LESSON is one of the functions in LESSONS; RUNS holds the sweep directories; HER
 table (LESSON.md) and picture (LESSON.png) go. Every number of a table is a mean ± sample
 standard deviation over seeds, and a difference is called an effect ("shown") only where it is
 larger than the larger of the two spreads; otherwise "not shown at this budget"."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 # Misra (2019), CIFAR-10 test accuracy (%) of SqueezeNet without batch norm, 50 epochs.
-REFERENCE = {"sigmoid": 74.8, "tanh": 83.2, "relu": 86.7, "leaky_relu": 86.9, "prelu": 85.7, "elu": 86.4,
-             "selu": 83.9}
+REFERENCE = {"sigmoid": 74.8, "tanh": 83.2, "relu": 86.7, "leaky_relu": 86.9, "prelu": 85.7, "elu": 86.4, "selu": 83.9}
 
 
 # -- reading a sweep -------------------------------------------------------------------------------
@@ -26,12 +26,11 @@ def read_sweep(sweep_dir: Path) -> dict[str, list[dict]]:
     epochs and its per-iteration training losses (from last.pt)."""
     with open(sweep_dir / "sweep.csv", newline="") as fh:
         reader = csv.DictReader(fh)
-        varied = reader.fieldnames[:reader.fieldnames.index("seed")]
+        varied = reader.fieldnames[: reader.fieldnames.index("seed")]
         rows = list(reader)
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        label = ", ".join(f"{k}={row[k]}" for k in varied) if len(varied) > 1 else (row[varied[0]] if varied
-                                                                                    else "all")
+        label = ", ".join(f"{k}={row[k]}" for k in varied) if len(varied) > 1 else (row[varied[0]] if varied else "all")
         run_dir = Path(row["run_dir"])
         row["epochs"] = read_epochs(run_dir / "metrics.csv")
         row["iterations"] = read_iterations(run_dir / "last.pt")
@@ -140,11 +139,11 @@ def plot_iterations(ax, groups: dict[str, list[dict]], window: int, *, cap: floa
             continue
         n = min(len(c) for c in curves)
         for c in curves:
-            ax.plot(np.arange(window, window + len(c)), np.minimum(c, cap) if cap else c, color=colour, lw=0.6,
-                    alpha=0.4)
+            ax.plot(
+                np.arange(window, window + len(c)), np.minimum(c, cap) if cap else c, color=colour, lw=0.6, alpha=0.4
+            )
         mean = np.mean([c[:n] for c in curves], axis=0)
-        ax.plot(np.arange(window, window + n), np.minimum(mean, cap) if cap else mean, color=colour, lw=2,
-                label=label)
+        ax.plot(np.arange(window, window + n), np.minimum(mean, cap) if cap else mean, color=colour, lw=2, label=label)
     ax.set_xlabel("iteration (optimizer step)")
     ax.set_ylabel(f"training loss (mean of {window} steps)")
     ax.grid(alpha=0.3)
@@ -183,29 +182,47 @@ def table_head(*cols: str) -> list[str]:
 def batch(runs: Path, here: Path) -> None:
     """The same epochs are many small steps or few large ones."""
     groups = read_sweep(runs / "batch")
-    lines = table_head("batch size", "seeds", "iterations per epoch", "train loss after epoch 1",
-                       "train loss after the last epoch", "iterations in all", "test acc")
+    lines = table_head(
+        "batch size",
+        "seeds",
+        "iterations per epoch",
+        "train loss after epoch 1",
+        "train loss after the last epoch",
+        "iterations in all",
+        "test acc",
+    )
     for label, rs in groups.items():
         per_epoch = len(rs[0]["iterations"]) // max(1, len(rs[0]["epochs"]))
-        lines.append(f"| {label} | {len(rs)} | {per_epoch} | {pm(at_epoch(r, 'train_loss', 1) for r in rs)} | "
-                     f"{pm(last(r, 'train_loss') for r in rs)} | {len(rs[0]['iterations'])} | {pm(test_acc(rs))} |")
+        lines.append(
+            f"| {label} | {len(rs)} | {per_epoch} | {pm(at_epoch(r, 'train_loss', 1) for r in rs)} | "
+            f"{pm(last(r, 'train_loss') for r in rs)} | {len(rs[0]['iterations'])} | {pm(test_acc(rs))} |"
+        )
     small, large = list(groups.values())[0], list(groups.values())[-1]
     step = min(len(r["iterations"]) for r in large)  # the largest batch's last iteration
 
     def at_step(rs):  # the training loss around iteration ``step`` (a mean of 10 steps), negated
-        return [-float(np.mean(r["iterations"][step - 10:step])) for r in rs]
+        return [-float(np.mean(r["iterations"][step - 10 : step])) for r in rs]
 
-    lines += ["", f"After epoch 1, the smallest batch is ahead (train loss, lower is better): "
-              f"{verdict([-at_epoch(r, 'train_loss', 1) for r in small], [-at_epoch(r, 'train_loss', 1) for r in large])}; "
-              f"after the last epoch: {verdict([-last(r, 'train_loss') for r in small], [-last(r, 'train_loss') for r in large])}.",
-              f"At the same iteration ({step}), the largest batch is ahead: {verdict(at_step(large), at_step(small))} "
-              f"(train loss over iterations {step - 9}-{step}: batch {list(groups)[-1]} {pm([-v for v in at_step(large)])}, "
-              f"batch {list(groups)[0]} {pm([-v for v in at_step(small)])})."]
+    lines += [
+        "",
+        f"After epoch 1, the smallest batch is ahead (train loss, lower is better): "
+        f"{verdict([-at_epoch(r, 'train_loss', 1) for r in small], [-at_epoch(r, 'train_loss', 1) for r in large])}; "
+        f"after the last epoch: {verdict([-last(r, 'train_loss') for r in small], [-last(r, 'train_loss') for r in large])}.",
+        f"At the same iteration ({step}), the largest batch is ahead: {verdict(at_step(large), at_step(small))} "
+        f"(train loss over iterations {step - 9}-{step}: batch {list(groups)[-1]} {pm([-v for v in at_step(large)])}, "
+        f"batch {list(groups)[0]} {pm([-v for v in at_step(small)])}).",
+    ]
     fig, (ax_ep, ax_it) = figure(2)
     for k, (label, rs) in enumerate(groups.items()):
         xs = [e["epoch"] for e in rs[0]["epochs"]]
-        ax_ep.plot(xs, np.mean([[e["train_loss"] for e in r["epochs"]] for r in rs], axis=0), color=f"C{k}",
-                   marker="o", lw=2, label=f"batch {label}")
+        ax_ep.plot(
+            xs,
+            np.mean([[e["train_loss"] for e in r["epochs"]] for r in rs], axis=0),
+            color=f"C{k}",
+            marker="o",
+            lw=2,
+            label=f"batch {label}",
+        )
     ax_ep.set_xlabel("epoch")
     ax_ep.set_ylabel("training loss (epoch mean)")
     ax_ep.grid(alpha=0.3)
@@ -222,30 +239,38 @@ def optimizers(runs: Path, here: Path) -> None:
     """Each optimizer at its own rate; SGD against SGD + momentum at the same lr and at the same
     effective step lr / (1 - momentum)."""
     sgd = read_sweep(runs / "opt-sgd")
-    groups = {"sgd lr 0.01": sgd["0.01"], "sgd lr 0.1": sgd["0.1"],
-              "momentum 0.9, lr 0.01": read_sweep(runs / "opt-momentum")["all"]}
+    groups = {
+        "sgd lr 0.01": sgd["0.01"],
+        "sgd lr 0.1": sgd["0.1"],
+        "momentum 0.9, lr 0.01": read_sweep(runs / "opt-momentum")["all"],
+    }
     for label, rs in read_sweep(runs / "opt-adaptive").items():
         groups[f"{label} lr 0.001"] = rs
     groups["adagrad lr 0.01"] = read_sweep(runs / "opt-adagrad")["all"]
     effective = {"sgd lr 0.01": "0.01", "sgd lr 0.1": "0.1", "momentum 0.9, lr 0.01": "0.1"}
-    lines = table_head("optimizer", "effective step", "seeds", "train loss after 25 iterations",
-                       "after 100", "after 200", "test acc")
+    lines = table_head(
+        "optimizer", "effective step", "seeds", "train loss after 25 iterations", "after 100", "after 200", "test acc"
+    )
     for label, rs in groups.items():
-        lines.append(f"| {label} | {effective.get(label, '–')} | {len(rs)} | "
-                     f"{pm(at_epoch(r, 'train_loss', 1) for r in rs)} | {pm(at_epoch(r, 'train_loss', 4) for r in rs)} | "
-                     f"{pm(at_epoch(r, 'train_loss', 8) for r in rs)} | {pm(test_acc(rs))} |")
+        lines.append(
+            f"| {label} | {effective.get(label, '–')} | {len(rs)} | "
+            f"{pm(at_epoch(r, 'train_loss', 1) for r in rs)} | {pm(at_epoch(r, 'train_loss', 4) for r in rs)} | "
+            f"{pm(at_epoch(r, 'train_loss', 8) for r in rs)} | {pm(test_acc(rs))} |"
+        )
 
     def loss100(label):  # lower is better: negated, so that verdict's "better" is the larger
         return [-at_epoch(r, "train_loss", 4) for r in groups[label]]
 
-    lines += ["",
-              f"Momentum against plain SGD at the same lr 0.01 (train loss after 100 iterations): "
-              f"{verdict(loss100('momentum 0.9, lr 0.01'), loss100('sgd lr 0.01'))}.",
-              f"Momentum (lr 0.01) against plain SGD at the same effective step (lr 0.1): momentum ahead: "
-              f"{verdict(loss100('momentum 0.9, lr 0.01'), loss100('sgd lr 0.1'))}; SGD ahead: "
-              f"{verdict(loss100('sgd lr 0.1'), loss100('momentum 0.9, lr 0.01'))}.",
-              f"Adam (lr 0.001) against the better plain SGD (lr 0.01): "
-              f"{verdict(loss100('adam lr 0.001'), loss100('sgd lr 0.01'))}."]
+    lines += [
+        "",
+        f"Momentum against plain SGD at the same lr 0.01 (train loss after 100 iterations): "
+        f"{verdict(loss100('momentum 0.9, lr 0.01'), loss100('sgd lr 0.01'))}.",
+        f"Momentum (lr 0.01) against plain SGD at the same effective step (lr 0.1): momentum ahead: "
+        f"{verdict(loss100('momentum 0.9, lr 0.01'), loss100('sgd lr 0.1'))}; SGD ahead: "
+        f"{verdict(loss100('sgd lr 0.1'), loss100('momentum 0.9, lr 0.01'))}.",
+        f"Adam (lr 0.001) against the better plain SGD (lr 0.01): "
+        f"{verdict(loss100('adam lr 0.001'), loss100('sgd lr 0.01'))}.",
+    ]
     fig, (ax_it, ax_bar) = figure(2)
     plot_iterations(ax_it, groups, window=10)
     plot_bars(ax_bar, groups, test_acc, "test accuracy")
@@ -257,13 +282,22 @@ def optimizers(runs: Path, here: Path) -> None:
 def lr(runs: Path, here: Path) -> None:
     """Too low, good, too high: one loss-against-iterations plot (plain SGD)."""
     groups = {f"lr {k}": v for k, v in read_sweep(runs / "opt-sgd").items()}
-    lines = table_head("plain SGD", "seeds", "train loss after 25 iterations", "after 200", "lowest (10-step mean)",
-                       "failed runs", "test acc")
+    lines = table_head(
+        "plain SGD",
+        "seeds",
+        "train loss after 25 iterations",
+        "after 200",
+        "lowest (10-step mean)",
+        "failed runs",
+        "test acc",
+    )
     for label, rs in groups.items():
         lowest = [float(np.min(smooth(r["iterations"], 10))) for r in rs if r["iterations"]]
         failed = sum(str(r.get("stop_reason", "")).startswith("fail") or r.get("test_acc") in ("", None) for r in rs)
-        lines.append(f"| {label} | {len(rs)} | {pm(at_epoch(r, 'train_loss', 1) for r in rs)} | "
-                     f"{pm(last(r, 'train_loss') for r in rs)} | {pm(lowest)} | {failed} | {pm(test_acc(rs))} |")
+        lines.append(
+            f"| {label} | {len(rs)} | {pm(at_epoch(r, 'train_loss', 1) for r in rs)} | "
+            f"{pm(last(r, 'train_loss') for r in rs)} | {pm(lowest)} | {failed} | {pm(test_acc(rs))} |"
+        )
     labels = list(groups)
     # good: the rate that ends lowest (the sweep lists the rates from low to high)
     low, high = labels[0], labels[-1]
@@ -272,8 +306,11 @@ def lr(runs: Path, here: Path) -> None:
     def end_loss(label):
         return [-last(r, "train_loss") for r in groups[label]]
 
-    lines += ["", f"The good rate ({good}) ends lower than the low one ({low}): {verdict(end_loss(good), end_loss(low))}; "
-              f"lower than the high one ({high}): {verdict(end_loss(good), end_loss(high))}."]
+    lines += [
+        "",
+        f"The good rate ({good}) ends lower than the low one ({low}): {verdict(end_loss(good), end_loss(low))}; "
+        f"lower than the high one ({high}): {verdict(end_loss(good), end_loss(high))}.",
+    ]
     fig, (ax,) = figure(1, width=7)
     plot_iterations(ax, groups, window=10, cap=50.0)
     ax.set_yscale("log")  # the diverging start is 10-100 times the others' losses
@@ -287,19 +324,28 @@ def schedules(runs: Path, here: Path) -> None:
     groups = read_sweep(runs / "schedules")
     lines = table_head("schedule", "seeds", "train loss, last epoch", "best val acc", "test acc")
     for label, rs in groups.items():
-        lines.append(f"| {label} | {len(rs)} | {pm(last(r, 'train_loss') for r in rs)} | "
-                     f"{pm(finite(r['best_val_acc'] for r in rs))} | {pm(test_acc(rs))} |")
+        lines.append(
+            f"| {label} | {len(rs)} | {pm(last(r, 'train_loss') for r in rs)} | "
+            f"{pm(finite(r['best_val_acc'] for r in rs))} | {pm(test_acc(rs))} |"
+        )
     const = groups["none"]
     lines.append("")
     for label in [k for k in groups if k != "none"]:
-        lines.append(f"{label} against constant: lower last-epoch train loss "
-                     f"{verdict([-last(r, 'train_loss') for r in groups[label]], [-last(r, 'train_loss') for r in const])}; "
-                     f"higher test accuracy {verdict(test_acc(groups[label]), test_acc(const))}.")
+        lines.append(
+            f"{label} against constant: lower last-epoch train loss "
+            f"{verdict([-last(r, 'train_loss') for r in groups[label]], [-last(r, 'train_loss') for r in const])}; "
+            f"higher test accuracy {verdict(test_acc(groups[label]), test_acc(const))}."
+        )
     fig, (ax_it, ax_lr, ax_bar) = figure(3)
     plot_iterations(ax_it, groups, window=25)
     for k, (label, rs) in enumerate(groups.items()):
-        ax_lr.plot([e["epoch"] for e in rs[0]["epochs"]], [e["lr"] for e in rs[0]["epochs"]], color=f"C{k}",
-                   marker="o", label=label)
+        ax_lr.plot(
+            [e["epoch"] for e in rs[0]["epochs"]],
+            [e["lr"] for e in rs[0]["epochs"]],
+            color=f"C{k}",
+            marker="o",
+            label=label,
+        )
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate at the epoch's end")
     ax_lr.grid(alpha=0.3)
@@ -324,13 +370,25 @@ def stop_epoch(epochs: list[dict], patience: int) -> tuple[int, int]:
 def regularisation(runs: Path, here: Path) -> None:
     """Over-fitting, early stopping, dropout and augmentation: one sweep, four settings."""
     groups = read_sweep(runs / "regularisation")
-    names = {"dropout=0.0, aug=none": "none", "dropout=0.5, aug=none": "dropout 0.5",
-             "dropout=0.0, aug=cifar-translate": "augmentation", "dropout=0.5, aug=cifar-translate": "both"}
+    names = {
+        "dropout=0.0, aug=none": "none",
+        "dropout=0.5, aug=none": "dropout 0.5",
+        "dropout=0.0, aug=cifar-translate": "augmentation",
+        "dropout=0.5, aug=cifar-translate": "both",
+    }
     groups = {names.get(k, k): v for k, v in groups.items()}
     short = 5  # epochs of the short budget: the regime note
-    lines = table_head("regularisation", "seeds", "train acc, last epoch", "val acc, last epoch",
-                       "gap (train - val acc)", "lowest val loss (epoch)", "val loss, last epoch",
-                       f"val acc at epoch {short}", "test acc")
+    lines = table_head(
+        "regularisation",
+        "seeds",
+        "train acc, last epoch",
+        "val acc, last epoch",
+        "gap (train - val acc)",
+        "lowest val loss (epoch)",
+        "val loss, last epoch",
+        f"val acc at epoch {short}",
+        "test acc",
+    )
     for label, rs in groups.items():
         best_epochs = [min(r["epochs"], key=lambda e: e["val_loss"])["epoch"] for r in rs]
         lines.append(
@@ -338,23 +396,29 @@ def regularisation(runs: Path, here: Path) -> None:
             f"{pm(last(r, 'train_acc') - last(r, 'val_acc') for r in rs)} | "
             f"{pm(min(e['val_loss'] for e in r['epochs']) for r in rs)} ({pm(best_epochs, 1)}) | "
             f"{pm(last(r, 'val_loss') for r in rs)} | {pm(at_epoch(r, 'val_acc', short) for r in rs)} | "
-            f"{pm(test_acc(rs))} |")
+            f"{pm(test_acc(rs))} |"
+        )
     base = groups["none"]
     stops = [stop_epoch(r["epochs"], 5) for r in base]
     kept_acc = [at_epoch(r, "val_acc", kept) for r, (_, kept) in zip(base, stops)]
-    lines += ["", "Early stopping on the unregularised runs (val_loss, patience 5), from their curves: stops at epoch "
-              f"{pm([s for s, _ in stops], 1)} of {len(base[0]['epochs'])}, keeping epoch {pm([k for _, k in stops], 1)} "
-              f"(val acc there {pm(kept_acc)}; best val acc of the whole run {pm(finite(r['best_val_acc'] for r in base))}).",
-              ""]
+    lines += [
+        "",
+        "Early stopping on the unregularised runs (val_loss, patience 5), from their curves: stops at epoch "
+        f"{pm([s for s, _ in stops], 1)} of {len(base[0]['epochs'])}, keeping epoch {pm([k for _, k in stops], 1)} "
+        f"(val acc there {pm(kept_acc)}; best val acc of the whole run {pm(finite(r['best_val_acc'] for r in base))}).",
+        "",
+    ]
 
     def gap(label):
         return [-(last(r, "train_acc") - last(r, "val_acc")) for r in groups[label]]
 
     for label in [k for k in groups if k != "none"]:
-        lines.append(f"{label} against none: narrower gap {verdict(gap(label), gap('none'))}; higher test accuracy "
-                     f"{verdict(test_acc(groups[label]), test_acc(base))}; at epoch {short}, higher val acc "
-                     f"{verdict([at_epoch(r, 'val_acc', short) for r in groups[label]], [at_epoch(r, 'val_acc', short) for r in base])}, "
-                     f"lower val acc {verdict([at_epoch(r, 'val_acc', short) for r in base], [at_epoch(r, 'val_acc', short) for r in groups[label]])}.")
+        lines.append(
+            f"{label} against none: narrower gap {verdict(gap(label), gap('none'))}; higher test accuracy "
+            f"{verdict(test_acc(groups[label]), test_acc(base))}; at epoch {short}, higher val acc "
+            f"{verdict([at_epoch(r, 'val_acc', short) for r in groups[label]], [at_epoch(r, 'val_acc', short) for r in base])}, "
+            f"lower val acc {verdict([at_epoch(r, 'val_acc', short) for r in base], [at_epoch(r, 'val_acc', short) for r in groups[label]])}."
+        )
     plot_regularisation(groups, stops, here / "regularisation.png")
     plot_overfit(base, stops, here / "overfit.png")
     write_table(here / "regularisation.md", lines)
@@ -369,13 +433,24 @@ def dropout(runs: Path, here: Path) -> None:
         values = dict(part.split("=") for part in label.split(", ")) if "=" in label else {"dropout": label}
         groups[(int(values.get("epochs", len(rs[0]["epochs"]))), float(values["dropout"]))] = rs
     short = 5  # epochs of the short budget (a constant rate: the curve there is a 5-epoch run)
-    lines = table_head("mlp", "epochs", "seeds", "train acc, last epoch", "val acc, last epoch",
-                       "gap (train - val acc)", "val loss, last epoch", f"val acc at epoch {short}", "test acc")
+    lines = table_head(
+        "mlp",
+        "epochs",
+        "seeds",
+        "train acc, last epoch",
+        "val acc, last epoch",
+        "gap (train - val acc)",
+        "val loss, last epoch",
+        f"val acc at epoch {short}",
+        "test acc",
+    )
     for (epochs, rate), rs in sorted(groups.items()):
-        lines.append(f"| dropout {rate} | {epochs} | {len(rs)} | {pm(last(r, 'train_acc') for r in rs)} | "
-                     f"{pm(last(r, 'val_acc') for r in rs)} | {pm(last(r, 'train_acc') - last(r, 'val_acc') for r in rs)} | "
-                     f"{pm(last(r, 'val_loss') for r in rs)} | {pm(at_epoch(r, 'val_acc', short) for r in rs)} | "
-                     f"{pm(test_acc(rs))} |")
+        lines.append(
+            f"| dropout {rate} | {epochs} | {len(rs)} | {pm(last(r, 'train_acc') for r in rs)} | "
+            f"{pm(last(r, 'val_acc') for r in rs)} | {pm(last(r, 'train_acc') - last(r, 'val_acc') for r in rs)} | "
+            f"{pm(last(r, 'val_loss') for r in rs)} | {pm(at_epoch(r, 'val_acc', short) for r in rs)} | "
+            f"{pm(test_acc(rs))} |"
+        )
 
     def gap(rs):
         return [-(last(r, "train_acc") - last(r, "val_acc")) for r in rs]
@@ -384,11 +459,13 @@ def dropout(runs: Path, here: Path) -> None:
     budgets = sorted({epochs for epochs, _ in groups})
     for epochs in budgets:
         none, half = groups[(epochs, 0.0)], groups[(epochs, 0.5)]
-        lines.append(f"{epochs} epochs, dropout 0.5 against none: narrower gap {verdict(gap(half), gap(none))}; "
-                     f"lower last-epoch val loss {verdict([-last(r, 'val_loss') for r in half], [-last(r, 'val_loss') for r in none])}; "
-                     f"higher test accuracy {verdict(test_acc(half), test_acc(none))}; lower test accuracy "
-                     f"{verdict(test_acc(none), test_acc(half))}; at epoch {short}, lower val acc "
-                     f"{verdict([at_epoch(r, 'val_acc', short) for r in none], [at_epoch(r, 'val_acc', short) for r in half])}.")
+        lines.append(
+            f"{epochs} epochs, dropout 0.5 against none: narrower gap {verdict(gap(half), gap(none))}; "
+            f"lower last-epoch val loss {verdict([-last(r, 'val_loss') for r in half], [-last(r, 'val_loss') for r in none])}; "
+            f"higher test accuracy {verdict(test_acc(half), test_acc(none))}; lower test accuracy "
+            f"{verdict(test_acc(none), test_acc(half))}; at epoch {short}, lower val acc "
+            f"{verdict([at_epoch(r, 'val_acc', short) for r in none], [at_epoch(r, 'val_acc', short) for r in half])}."
+        )
     longest = budgets[-1]
     shown = {f"dropout {rate}": rs for (epochs, rate), rs in sorted(groups.items()) if epochs == longest}
     fig, (ax_loss, ax_acc, ax_bar) = figure(3)
@@ -404,8 +481,12 @@ def dropout(runs: Path, here: Path) -> None:
         ax.legend(fontsize=8)
     ax_acc.set_ylim(0, 1.02)
     ax_loss.set_title(f"mlp, {longest} epochs, mean of seeds", fontsize=9)
-    plot_bars(ax_bar, {f"dropout {rate}, {epochs} ep": rs for (epochs, rate), rs in sorted(groups.items())},
-              test_acc, "test accuracy")
+    plot_bars(
+        ax_bar,
+        {f"dropout {rate}, {epochs} ep": rs for (epochs, rate), rs in sorted(groups.items())},
+        test_acc,
+        "test accuracy",
+    )
     save(fig, here / "dropout.png")
     write_table(here / "dropout.md", lines)
 
@@ -421,8 +502,9 @@ def plot_overfit(base, stops, path: Path) -> None:
     for ax, what in ((ax_loss, "loss"), (ax_acc, "acc")):
         for key, colour in ((f"train_{what}", "tab:blue"), (f"val_{what}", "tab:orange")):
             for r in base:
-                ax.plot([e["epoch"] for e in r["epochs"]], [e[key] for e in r["epochs"]], color=colour, lw=0.6,
-                        alpha=0.4)
+                ax.plot(
+                    [e["epoch"] for e in r["epochs"]], [e[key] for e in r["epochs"]], color=colour, lw=0.6, alpha=0.4
+                )
             xs, ys = mean_curve(base, key)
             ax.plot(xs, ys, color=colour, lw=2, label=key.replace("_", " ") + " (mean of seeds)")
         for k, (stop, kept) in enumerate(stops):
@@ -459,12 +541,13 @@ def activations(runs: Path, here: Path) -> None:
     groups = read_sweep(runs / "activations")
     names = [k for k in groups if k in REFERENCE]
     short = 2
-    lines = table_head("activation", "reference (%)", "seeds", f"val acc at epoch {short}", "best val acc",
-                       "test acc")
+    lines = table_head("activation", "reference (%)", "seeds", f"val acc at epoch {short}", "best val acc", "test acc")
     for name in sorted(names, key=lambda n: -REFERENCE[n]):
         rs = groups[name]
-        lines.append(f"| {name} | {REFERENCE[name]} | {len(rs)} | {pm(at_epoch(r, 'val_acc', short) for r in rs)} | "
-                     f"{pm(finite(r['best_val_acc'] for r in rs))} | {pm(test_acc(rs))} |")
+        lines.append(
+            f"| {name} | {REFERENCE[name]} | {len(rs)} | {pm(at_epoch(r, 'val_acc', short) for r in rs)} | "
+            f"{pm(finite(r['best_val_acc'] for r in rs))} | {pm(test_acc(rs))} |"
+        )
     ref = [REFERENCE[n] for n in names]
     mean_rho = spearman(ref, [stats(test_acc(groups[n]))[0] for n in names])
     seeds = sorted({int(r["seed"]) for n in names for r in groups[n]})
@@ -476,21 +559,27 @@ def activations(runs: Path, here: Path) -> None:
     short_rho = spearman(ref, [stats(at_epoch(r, "val_acc", short) for r in groups[n])[0] for n in names])
     no_sigmoid = [n for n in names if n != "sigmoid"]
     rho_wo = spearman([REFERENCE[n] for n in no_sigmoid], [stats(test_acc(groups[n]))[0] for n in no_sigmoid])
-    lines += ["",
-              f"Spearman rho of the mean test accuracies against the reference: {mean_rho:.2f}; "
-              f"per seed: {', '.join(f'{r:.2f}' for r in per_seed)} (mean {np.mean(per_seed):.2f}); "
-              f"without sigmoid: {rho_wo:.2f}; from the validation accuracy at epoch {short}: {short_rho:.2f}."]
+    lines += [
+        "",
+        f"Spearman rho of the mean test accuracies against the reference: {mean_rho:.2f}; "
+        f"per seed: {', '.join(f'{r:.2f}' for r in per_seed)} (mean {np.mean(per_seed):.2f}); "
+        f"without sigmoid: {rho_wo:.2f}; from the validation accuracy at epoch {short}: {short_rho:.2f}.",
+    ]
     others = sorted((n for n in names if n != "sigmoid"), key=lambda n: stats(test_acc(groups[n]))[0])
     family = [n for n in ("relu", "leaky_relu", "prelu", "elu") if n in groups]
     means = [stats(test_acc(groups[n]))[0] for n in family]
     if "sigmoid" in groups and others:
-        lines.append(f"Sigmoid last (against the next lowest, {others[0]}): "
-                     f"{verdict(test_acc(groups[others[0]]), test_acc(groups['sigmoid']))}.")
+        lines.append(
+            f"Sigmoid last (against the next lowest, {others[0]}): "
+            f"{verdict(test_acc(groups[others[0]]), test_acc(groups['sigmoid']))}."
+        )
     if "tanh" in groups and "relu" in groups:
         lines.append(f"tanh behind ReLU: {verdict(test_acc(groups['relu']), test_acc(groups['tanh']))}.")
     if family:
-        lines.append(f"The ReLU family ({', '.join(family)}): means {min(means):.3f} to {max(means):.3f}, the largest "
-                     f"standard deviation among them {max(stats(test_acc(groups[n]))[1] for n in family):.3f}.")
+        lines.append(
+            f"The ReLU family ({', '.join(family)}): means {min(means):.3f} to {max(means):.3f}, the largest "
+            f"standard deviation among them {max(stats(test_acc(groups[n]))[1] for n in family):.3f}."
+        )
     if (runs / "activations-long" / "sweep.csv").is_file():
         lines += ["", *activations_long(runs / "activations-long")]
     fig, (ax_acc, ax_bar) = figure(2)
@@ -511,12 +600,17 @@ def activations_long(sweep_dir: Path) -> list[str]:
     """The second budget: 20 epochs with mild augmentation, closer to the reference's training."""
     groups = read_sweep(sweep_dir)
     names = [k for k in groups if k in REFERENCE]
-    lines = ["20 epochs, augmented (cifar-translate):", "", *table_head("activation", "reference (%)", "seeds",
-                                                                        "best val acc", "test acc")]
+    lines = [
+        "20 epochs, augmented (cifar-translate):",
+        "",
+        *table_head("activation", "reference (%)", "seeds", "best val acc", "test acc"),
+    ]
     for name in sorted(names, key=lambda n: -REFERENCE[n]):
         rs = groups[name]
-        lines.append(f"| {name} | {REFERENCE[name]} | {len(rs)} | {pm(finite(r['best_val_acc'] for r in rs))} | "
-                     f"{pm(test_acc(rs))} |")
+        lines.append(
+            f"| {name} | {REFERENCE[name]} | {len(rs)} | {pm(finite(r['best_val_acc'] for r in rs))} | "
+            f"{pm(test_acc(rs))} |"
+        )
     ref = [REFERENCE[n] for n in names]
     seeds = sorted({int(r["seed"]) for n in names for r in groups[n]})
     per_seed = []
@@ -527,8 +621,11 @@ def activations_long(sweep_dir: Path) -> list[str]:
     rho = spearman(ref, [stats(test_acc(groups[n]))[0] for n in names])
     no_sigmoid = [n for n in names if n != "sigmoid"]
     rho_wo = spearman([REFERENCE[n] for n in no_sigmoid], [stats(test_acc(groups[n]))[0] for n in no_sigmoid])
-    lines += ["", f"Spearman rho at 20 epochs, augmented: {rho:.2f}; per seed: "
-              f"{', '.join(f'{r:.2f}' for r in per_seed)}; without sigmoid: {rho_wo:.2f}."]
+    lines += [
+        "",
+        f"Spearman rho at 20 epochs, augmented: {rho:.2f}; per seed: "
+        f"{', '.join(f'{r:.2f}' for r in per_seed)}; without sigmoid: {rho_wo:.2f}.",
+    ]
     if "relu" in groups and "tanh" in groups:
         lines.append(f"tanh behind ReLU: {verdict(test_acc(groups['relu']), test_acc(groups['tanh']))}.")
     return lines

@@ -4,4 +4,5 @@ Nothing heavy is imported here: augpipe imports the entry-point module (``.plugi
 it starts, ``augpipe --help`` included, so torch and Albumentations are imported only when a
 model or a transform is built.
 """
+
 __version__ = "0.1.0"

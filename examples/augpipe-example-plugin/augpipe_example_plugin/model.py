@@ -1,6 +1,7 @@
 """The ``example`` trainer's networks: VGG-style stages of two 3x3 convolutions, batch norm
 and the chosen activation, each stage halving the resolution, then global average pooling,
 dropout and the classifier."""
+
 from augpipe.plugin import PluginError, activation_layer, unknown_name_message
 
 # channels per stage

@@ -1,5 +1,6 @@
 """``RandomDesaturate``: blends the image with its own grey version by a random amount, a
 colour augmentation that keeps brightness (unlike ``ToGray``, it is not all or nothing)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any

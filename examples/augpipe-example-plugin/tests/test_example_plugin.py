@@ -1,11 +1,12 @@
 """The example plugin against augpipe's conformance kit, plus what the kit can not know: what
 the augmentation is meant to do."""
+
 from importlib.metadata import entry_points
 
+import augpipe_example_plugin.plugin as plugin_module
 import numpy as np
 import pytest
 
-import augpipe_example_plugin.plugin as plugin_module
 from augpipe.testing import check_augmentation, check_plugin
 
 
