@@ -18,6 +18,7 @@ from datetime import timedelta
 import torch
 
 from augpipe.errors import AugpipeError, ConfigError
+from augpipe.errors import first_line as _first_line
 
 log = logging.getLogger("augpipe")
 
@@ -110,11 +111,6 @@ def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _state["ranks"], _state["data_group"] = Ranks(), None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def _collective(fn, *args, **kwargs):

@@ -18,6 +18,11 @@ CIFAR_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10"
 LOSSLESS = (".png", ".bmp", ".tif", ".tiff")
 
 
+# The quickest runs a sweep test can make: one epoch of the small MLP, in this process.
+SWEEP_FAST = ["--plugin", "mlp", "--model", "mlp_small", "--epochs", "1", "--workers", "0", "--threads", "1",
+              "--batch-size", "8"]  # fmt: skip
+
+
 def error_line(result, codes=(1, 2)) -> str:
     """The one ``Error: ...`` line of a failed command, after checking that it failed cleanly:
     an expected exit code, no uncaught exception, no traceback."""

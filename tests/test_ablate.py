@@ -7,7 +7,7 @@ import csv
 import re
 
 import pytest
-from conftest import error_line
+from conftest import SWEEP_FAST, error_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,20 +16,7 @@ from augpipe.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = [
-    "--plugin",
-    "mlp",
-    "--model",
-    "mlp_small",
-    "--epochs",
-    "1",
-    "--workers",
-    "0",
-    "--threads",
-    "1",
-    "--batch-size",
-    "8",
-]
+FAST = SWEEP_FAST
 
 
 def differing_keys(a: dict, b: dict) -> set:

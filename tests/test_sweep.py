@@ -11,26 +11,14 @@ import signal
 
 import pytest
 import yaml
+from conftest import SWEEP_FAST
 from conftest import error_line as shared_error_line
 
 from augpipe.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = [
-    "--plugin",
-    "mlp",
-    "--model",
-    "mlp_small",
-    "--epochs",
-    "1",
-    "--workers",
-    "0",
-    "--threads",
-    "1",
-    "--batch-size",
-    "8",
-]
+FAST = SWEEP_FAST
 
 
 def error_line(result) -> str:

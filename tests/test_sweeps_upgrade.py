@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import error_line
+from conftest import SWEEP_FAST, error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = [
-    "--plugin",
-    "mlp",
-    "--model",
-    "mlp_small",
-    "--epochs",
-    "1",
-    "--workers",
-    "0",
-    "--threads",
-    "1",
-    "--batch-size",
-    "8",
-    "--name",
-    "s",
-]
+FAST = [*SWEEP_FAST, "--name", "s"]
 
 
 def forget(sweep_yaml, key) -> None:
