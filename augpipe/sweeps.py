@@ -8,7 +8,8 @@ progress.
 
 ``ablate=True`` (``augpipe sweep --ablate``) makes the augmentation the axis: the spec as given
 (``all``), without any op (``none``), and without each of its ops in turn (``-hflip``), and adds
-``ablation.md`` and ``ablation.png``: what each op buys in test accuracy."""
+``ablation.md`` and ``ablation.png``: what each op buys in test accuracy and in over-fitting.
+``ablate="alone"`` trains each op alone instead (``+hflip``), ``ablate="both"`` both sets."""
 
 from __future__ import annotations
 
@@ -135,14 +136,31 @@ def _short_hash(obj, n: int = 8) -> str:
 
 
 # -- ablation ---------------------------------------------------------------------------------------
-def ablation_specs(aug) -> dict[str, dict]:
+ABLATION_MODES = ("without", "alone", "both")
+
+
+def ablation_mode(ablate) -> str | None:
+    """``ablate`` as one of ``ABLATION_MODES`` (``True`` is ``"without"``), or None for no ablation."""
+    if ablate is None or ablate is False:
+        return None
+    if ablate is True:
+        return "without"
+    if ablate in ABLATION_MODES:
+        return ablate
+    raise ConfigError(f"--ablate must be one of {', '.join(ABLATION_MODES)}, got {ablate!r}")
+
+
+def ablation_specs(aug, mode: str = "without") -> dict[str, dict]:
     """The variants of an ablation of ``aug`` (a preset name, a spec file, a spec dict), as
     label -> spec dict: ``all`` (the spec as given), ``none`` (every op removed, the size and the
-    normalisation kept) and ``-OP`` for each op that is on, in running order (an ``extra``
-    transform is the op of its name). Each variant differs from ``all`` in the removed op only."""
+    normalisation kept), then per op that is on, in running order (an ``extra`` transform is the
+    op of its name): ``-OP``, every op but OP (mode ``without``), or ``+OP``, OP alone (mode
+    ``alone``), or both (mode ``both``). A ``-OP`` differs from ``all`` in OP only, a ``+OP`` from
+    ``none`` in OP only; a variant equal to one already listed is not repeated."""
     from augpipe.augment.describe import op_sequence
     from augpipe.augment.spec import ALL_OPS, AugmentSpec
 
+    mode = ablation_mode(mode) or "without"
     spec = AugmentSpec.load(aug)
     ops = op_sequence(spec)
     if not ops:
@@ -152,16 +170,29 @@ def ablation_specs(aug) -> dict[str, dict]:
         setattr(none, name, None)
     none.extra = []
     variants = {"all": spec.to_dict(), "none": none.to_dict()}
-    for label, op in ops:
-        without = copy.deepcopy(spec)
-        if isinstance(op, dict):  # an extra transform: that entry of the list
-            without.extra = [e for e in spec.extra if e is not op]
-        else:
-            setattr(without, label, None)
-        variant = without.to_dict()
+
+    def add(label: str, variant: AugmentSpec) -> None:
+        as_dict = variant.to_dict()
         # With one op, removing it is "none"; removing either of two equal extras is one variant.
-        if variant not in variants.values():
-            variants[f"-{label}"] = variant
+        if as_dict not in variants.values():
+            variants[label] = as_dict
+
+    if mode in ("without", "both"):
+        for label, op in ops:
+            without = copy.deepcopy(spec)
+            if isinstance(op, dict):  # an extra transform: that entry of the list
+                without.extra = [e for e in spec.extra if e is not op]
+            else:
+                setattr(without, label, None)
+            add(f"-{label}", without)
+    if mode in ("alone", "both"):
+        for label, op in ops:
+            alone = copy.deepcopy(none)
+            if isinstance(op, dict):
+                alone.extra = [copy.deepcopy(op)]
+            else:
+                setattr(alone, label, copy.deepcopy(getattr(spec, label)))
+            add(f"+{label}", alone)
     return variants
 
 
@@ -206,7 +237,14 @@ def _identity(cfg: TrainConfig, varied: list[str]) -> dict:
 
 
 def plan_sweep(
-    config=None, *, config_file=None, seeds: int = 1, yes: bool = False, plugins=None, ablate: bool = False, **settings
+    config=None,
+    *,
+    config_file=None,
+    seeds: int = 1,
+    yes: bool = False,
+    plugins=None,
+    ablate: bool | str = False,
+    **settings,
 ) -> list[PlannedRun]:
     """The runs of the grid, in a stable order, each validated as ``augpipe train`` would
     validate it, so that a bad value stops the sweep before any run starts.
@@ -214,8 +252,8 @@ def plan_sweep(
     A setting given as a list is an axis of the grid (a list for a list-valued setting such as
     ``milestones`` is its one value). The seed is the outermost loop (seed 0: every setting,
     seed 1: every setting, ...), so that an interrupted sweep has tried every setting before it
-    repeats one. ``ablate``: the augmentation's variants of ``ablation_specs`` are the aug axis,
-    each run named by its variant (``aug=-hflip,seed=0``)."""
+    repeats one. ``ablate`` (True or one of ``ABLATION_MODES``): the augmentation's variants of
+    ``ablation_specs`` are the aug axis, each run named by its variant (``aug=-hflip,seed=0``)."""
     from augpipe.plugin_manager import get_plugins
     from augpipe.training.settings import build_config
 
@@ -228,8 +266,9 @@ def plan_sweep(
             raise ConfigError(f"--{key} names the sweep's directory, not a setting of its runs")
     settings = {k: v for k, v in settings.items() if v is not None}
     labels: dict[str, dict[str, str]] = {}  # setting -> {the JSON of a value: its label}
-    if ablate:
-        variants = ablation_specs(_ablated_aug(config, config_file, plugins, settings))
+    mode = ablation_mode(ablate)
+    if mode:
+        variants = ablation_specs(_ablated_aug(config, config_file, plugins, settings), mode)
         settings["aug"] = list(variants.values())
         labels["aug"] = {_json(spec): label for label, spec in variants.items()}
     given_seeds = _axis("seed", settings.pop("seed")) if "seed" in settings else None
@@ -314,7 +353,7 @@ def grid_document(runs: list[PlannedRun]) -> dict:
     }
 
 
-def default_name(runs: list[PlannedRun], grid: dict, ablate: bool = False) -> str:
+def default_name(runs: list[PlannedRun], grid: dict, ablate: bool | str = False) -> str:
     """``activation-1a2b3c4d``: what varies (an ablated aug as ``ablate``), and a hash of the
     whole grid."""
     varied = "-".join("ablate" if ablate and k == "aug" else k for k in runs[0].values)[:40] or (
@@ -416,7 +455,7 @@ def sweep(
     name=None,
     plugins=None,
     progress: bool | None = None,
-    ablate: bool = False,
+    ablate: bool | str = False,
     parallel: int = 1,
     **settings,
 ) -> SweepResult:
@@ -431,7 +470,8 @@ def sweep(
     after it (``result.interrupted`` names the signal).
 
     ``ablate=True``: the one ``aug`` (or the config's) is taken apart (``ablation_specs``), and
-    ``ablation.md`` (``result.ablation``) and ``ablation.png`` show what each op buys:
+    ``ablation.md`` (``result.ablation``) and ``ablation.png`` show what each op buys;
+    ``ablate="alone"`` trains each op alone, ``ablate="both"`` both:
 
         augpipe.sweep(plugin="mlp", aug="standard", ablate=True, seeds=3)
 
@@ -467,7 +507,7 @@ def sweep(
     finally:
         try:
             result.rows, result.table = write_results(sweep_dir, runs)
-            if ablate:
+            if ablation_mode(ablate):
                 result.ablation = write_ablation(sweep_dir, runs)
         finally:
             lock.close()
@@ -898,7 +938,8 @@ def _spec_ops(spec_dict) -> list[str]:
 
 def ablation_groups(runs: list[PlannedRun], rows) -> list[dict]:
     """One entry per variant and setting of the other axes, in the grid's order: the variant's
-    label, its ops, the finished runs' test accuracies, and how many runs were planned."""
+    label, its ops, the finished runs' test accuracies and over-fitting gaps (training minus
+    validation accuracy in the last epoch), and how many runs were planned."""
     groups: dict[tuple, dict] = {}
     finished = {id(run): row for run, row in rows}
     for run in runs:
@@ -910,13 +951,26 @@ def ablation_groups(runs: list[PlannedRun], rows) -> list[dict]:
                 "variant": run.labels["aug"],
                 "ops": _spec_ops(run.values["aug"]),
                 "acc": [],
+                "gap": [],
                 "planned": 0,
             },
         )
         group["planned"] += 1
         if id(run) in finished:
-            group["acc"].append(finished[id(run)]["test_acc"])
+            row = finished[id(run)]
+            group["acc"].append(row["test_acc"])
+            group["gap"].append(_last_epoch_gap(row["_epochs"]))
     return list(groups.values())
+
+
+def _last_epoch_gap(epochs: list[dict]) -> float | None:
+    """Training minus validation accuracy in the last epoch that has both: how far the network
+    has over-fitted by the end of the run."""
+    for epoch in reversed(epochs):
+        train, val = _finite([epoch.get("train_acc")]), _finite([epoch.get("val_acc")])
+        if train and val:
+            return train[0] - val[0]
+    return None
 
 
 def _signed(value: float | None) -> str:
@@ -929,35 +983,54 @@ def _mean(values) -> float | None:
 
 
 def ablation_table(name: str, groups: list[dict]) -> str:
-    """ablation.md: per variant its ops, test accuracy (mean ± std over seeds) and the
-    difference of the mean from the ``all`` variant's of the same other settings."""
+    """ablation.md: per variant its ops, test accuracy (mean ± std over seeds), the difference
+    of the mean from the ``all`` and the ``none`` variants' of the same other settings, and the
+    over-fitting gap (training minus validation accuracy, last epoch; mean ± std)."""
 
     def esc(value) -> str:
         return str(value).replace("|", "\\|")
 
     others = [k for k, _ in groups[0]["others"]] if groups else []
-    reference = {g["others"]: _mean(g["acc"]) for g in groups if g["variant"] == "all"}
-    head = others + ["variant", "ops used", "test acc", "difference from all", "n"]
+    references = {
+        variant: {g["others"]: _mean(g["acc"]) for g in groups if g["variant"] == variant}
+        for variant in ("all", "none")
+    }
+    head = others + [
+        "variant",
+        "ops used",
+        "test acc",
+        "difference from all",
+        "difference from none",
+        "train - val acc, last epoch",
+        "n",
+    ]
     lines = [
         f"# Ablation {name}",
         "",
         (
             "What each augmentation op buys: `all` trains with the whole spec, `none` with no op (size and "
-            "normalisation kept), `-OP` with every op but OP."
+            "normalisation kept), `-OP` with every op but OP, `+OP` with OP alone."
         ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
     ]
+
+    def difference(g: dict, variant: str) -> str:
+        if g["variant"] == variant:
+            return "reference"
+        mean, ref = _mean(g["acc"]), references[variant].get(g["others"])
+        return _signed(None if mean is None or ref is None else mean - ref)
+
     for g in groups:
-        mean, ref = _mean(g["acc"]), reference.get(g["others"])
-        diff = "reference" if g["variant"] == "all" else _signed(None if mean is None or ref is None else mean - ref)
         n = len(_finite(g["acc"]))
         cells = [esc(v) for _, v in g["others"]] + [
             esc(g["variant"]),
             esc(", ".join(g["ops"]) or "–"),
             _mean_std(g["acc"], 3),
-            diff,
+            difference(g, "all"),
+            difference(g, "none"),
+            _mean_std(g["gap"], 3),
             f"{n}" + ("" if n == g["planned"] else f" of {g['planned']}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -965,16 +1038,19 @@ def ablation_table(name: str, groups: list[dict]) -> str:
         "",
         (
             "Test accuracy: mean ± sample standard deviation over seeds (n runs finished). A negative "
-            "difference for `-OP`: the runs without OP scored lower, so OP helped."
+            "difference from all for `-OP`: the runs without OP scored lower, so OP helped; a positive "
+            "difference from none for `+OP`: OP alone helped. The last column is over-fitting: how much "
+            "better the network does on its training images than on the validation images at the end."
         ),
     ]
     return "\n".join(lines) + "\n"
 
 
 def plot_ablation(groups: list[dict], path, *, title: str = "") -> Path:
-    """Mean test accuracy per variant, the error bar one standard deviation over seeds, each
-    seed a dot; ``all`` and ``none`` in their own colours with their means as lines across. One
-    panel per setting of the other axes."""
+    """Per variant, mean test accuracy (top) and the over-fitting gap, training minus validation
+    accuracy in the last epoch (bottom), the error bar one standard deviation over seeds, each seed
+    a dot; ``all`` and ``none`` in their own colours with their means drawn across, ``-OP`` blue and
+    ``+OP`` orange. One column per setting of the other axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -987,29 +1063,36 @@ def plot_ablation(groups: list[dict], path, *, title: str = "") -> Path:
     for g in groups:
         panels.setdefault(g["others"], []).append(g)
     width = max(4.5, 0.7 * max(len(p) for p in panels.values()) + 1.5)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.5), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(2, len(panels), figsize=(width * len(panels), 8), dpi=100, squeeze=False)
     colours = {"all": "tab:green", "none": "tab:gray"}
-    for ax, (others, members) in zip(axes[0], panels.items()):
+    rows = (("acc", "test accuracy", (0, 1.05)), ("gap", "train - val accuracy, last epoch", (-0.1, 1.05)))
+    for column, (others, members) in enumerate(panels.items()):
         xs = np.arange(len(members))
-        for x, g in zip(xs, members):
-            values = _finite(g["acc"])
-            if not values:
-                continue
-            mean = float(np.mean(values))
-            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            colour = colours.get(g["variant"], "tab:blue")
-            ax.bar(x, mean, color=colour, alpha=0.8, yerr=std if len(values) > 1 else None, capsize=4)
-            ax.scatter([x] * len(values), values, color="black", s=8, zorder=3)
-            ax.text(x, min(0.98, mean + std + 0.02), f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
-            if g["variant"] in colours:
-                ax.axhline(mean, color=colour, ls="--", lw=1, label=f"{g['variant']}: {mean:.3f}")
-        ax.set_xticks(xs, [g["variant"] for g in members], rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3, axis="y")
-        ax.set_title(", ".join(f"{k}={v}" for k, v in others) or "test accuracy: mean ± std over seeds", fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="lower right")
+        for row, (key, ylabel, ylim) in enumerate(rows):
+            ax = axes[row][column]
+            for x, g in zip(xs, members):
+                values = _finite(g.get(key, []))
+                if not values:
+                    continue
+                mean = float(np.mean(values))
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                colour = colours.get(g["variant"], "tab:orange" if g["variant"].startswith("+") else "tab:blue")
+                ax.bar(x, mean, color=colour, alpha=0.8, yerr=std if len(values) > 1 else None, capsize=4)
+                ax.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+                ax.text(x, min(0.98, mean + std + 0.02), f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+                if g["variant"] in colours:
+                    ax.axhline(mean, color=colour, ls="--", lw=1, label=f"{g['variant']}: {mean:.3f}")
+            ax.set_xticks(xs, [g["variant"] for g in members], rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(*ylim)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3, axis="y")
+            if row == 0:
+                heading = ", ".join(f"{k}={v}" for k, v in others) or "mean ± std over seeds"
+                ax.set_title(heading, fontsize=9)
+            else:
+                ax.set_title("over-fitting: lower is less", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8, loc="lower right" if row == 0 else "upper right")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

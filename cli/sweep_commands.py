@@ -40,10 +40,13 @@ SWEEP_LEVEL = {
 )
 @click.option(
     "--ablate",
-    is_flag=True,
+    type=click.Choice(["without", "alone", "both"]),
+    is_flag=False,
+    flag_value="without",
+    default=None,
     help="What each augmentation op buys: the one --aug (default: the config's) "
-    "trained whole (all), without any op (none) and without each op in turn (-OP); writes "
-    "ablation.md and ablation.png.",
+    "trained whole (all), without any op (none) and without each op in turn (-OP); --ablate alone: "
+    "each op alone (+OP) instead, --ablate both: both sets; writes ablation.md and ablation.png.",
 )
 @quiet_option
 @config_options(comma_lists=True, help_overrides=SWEEP_LEVEL)
@@ -55,7 +58,8 @@ def sweep(config_file, seeds, yes, parallel, ablate, **flags):
     and resumes an unfinished one. Writes sweep.csv, sweep.md and sweep.png.
 
     augpipe sweep --ablate --aug standard --seeds 3 trains the augmentation whole, without any op
-    and without each op in turn, and compares them in ablation.md and ablation.png."""
+    and without each op in turn (--ablate alone: each op alone; --ablate both), and compares them
+    in ablation.md and ablation.png."""
     from augpipe.sweeps import parse_values
     from augpipe.sweeps import sweep as run_sweep
 

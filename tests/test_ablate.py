@@ -1,5 +1,5 @@
-"""``augpipe sweep --ablate``: the variants of a spec (all, none, -OP), the grid they make with
-the other axes, one real tiny ablation sweep and its report, and the errors."""
+"""``augpipe sweep --ablate``: the variants of a spec (all, none, -OP, +OP), the grid they make
+with the other axes, real tiny ablation sweeps and their reports, and the errors."""
 
 from __future__ import annotations
 
@@ -104,32 +104,57 @@ def specs(draw):
 
 
 @settings(max_examples=60, deadline=None)
-@given(specs())
-def test_every_variant_lacks_exactly_its_op(aug):
+@given(specs(), st.sampled_from(["without", "alone", "both"]))
+def test_every_variant_lacks_exactly_its_op_or_has_only_it(aug, mode):
     from augpipe.sweeps import ablation_specs
 
     spec = AugmentSpec.from_dict(aug)
     ops = spec.active_ops() + [e["name"] for e in spec.extra]
     if not ops:
         with pytest.raises(ConfigError, match="no ops to remove"):
-            ablation_specs(aug)
+            ablation_specs(aug, mode)
         return
-    variants = ablation_specs(aug)
+    variants = ablation_specs(aug, mode)
     full = variants["all"]
     assert full == spec.to_dict()
-    assert sorted(variants) == sorted(["all", "none"] + ([f"-{op}" for op in ops] if len(ops) > 1 else []))
+    expected = ["all", "none"]
+    if len(ops) > 1:  # with one op, "-OP" is none and "+OP" is all
+        expected += [f"-{op}" for op in ops] if mode in ("without", "both") else []
+        # with two ops, "+A" is "-B": listed once, as "-B"
+        alone = mode == "alone" or (mode == "both" and len(ops) > 2)
+        expected += [f"+{op}" for op in ops] if alone else []
+    assert sorted(variants) == sorted(expected)
     none = AugmentSpec.from_dict(variants["none"])
     assert none.active_ops() == [] and none.extra == [] and none.size == spec.size
     for label, variant in variants.items():
         kept = AugmentSpec.from_dict(variant)  # each variant is a valid spec
-        if not label.startswith("-"):
+        if label[0] not in "-+":
             continue
         op = label[1:]
-        if op in spec.active_ops():
+        if label[0] == "+":  # OP alone: none plus OP, with OP's settings unchanged
+            if op in spec.active_ops():
+                assert differing_keys(variants["none"], variant) == {op} and variant[op] == full[op]
+                assert kept.active_ops() == [op] and kept.extra == []
+            else:
+                assert differing_keys(variants["none"], variant) == {"extra"}
+                assert kept.active_ops() == [] and [e["name"] for e in kept.extra] == [op]
+        elif op in spec.active_ops():
             assert differing_keys(full, variant) == {op} and op not in kept.active_ops()
         else:
             assert differing_keys(full, variant) == {"extra"}
             assert [e["name"] for e in kept.extra] == [e["name"] for e in spec.extra if e["name"] != op]
+
+
+def test_alone_and_both_modes_list_the_ops_in_running_order():
+    from augpipe.sweeps import ablation_specs
+
+    assert list(ablation_specs("light", "alone")) == ["all", "none", "+crop", "+hflip"]
+    assert list(ablation_specs("light", True)) == ["all", "none", "-crop", "-hflip"]
+    assert list(ablation_specs("standard", "both")) == [
+        "all", "none", "-crop", "-hflip", "-color_jitter", "-erase", "+crop", "+hflip", "+color_jitter", "+erase"
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="--ablate must be one of without, alone, both, got 'some'"):
+        ablation_specs("light", "some")
 
 
 # -- the grid --------------------------------------------------------------------------------------
@@ -197,7 +222,10 @@ def test_an_ablation_sweep_writes_its_report_and_resumes(tmp_path, cli, tiny_dat
 
     table = (sweep_dir / "ablation.md").read_text()
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0] == ["| variant", "ops used", "test acc", "difference from all", "n |"]
+    assert rows[0] == [
+        "| variant", "ops used", "test acc", "difference from all", "difference from none",
+        "train - val acc, last epoch", "n |",
+    ]  # fmt: skip
     assert [(r[0], r[1]) for r in rows[1:]] == [
         ("| all", "crop, hflip"),
         ("| none", "–"),
@@ -205,19 +233,24 @@ def test_an_ablation_sweep_writes_its_report_and_resumes(tmp_path, cli, tiny_dat
         ("| -hflip", "crop"),
     ]
     with open(sweep_dir / "sweep.csv", newline="") as fh:
-        accs = {}
+        accs, gaps = {}, {}
         for row in csv.DictReader(fh):
             accs.setdefault(row["aug"], []).append(float(row["test_acc"]))
+            with open(f"{row['run_dir']}/metrics.csv", newline="") as m:
+                last = list(csv.DictReader(m))[-1]
+            gaps.setdefault(row["aug"], []).append(float(last["train_acc"]) - float(last["val_acc"]))
     assert sorted(accs) == ["-crop", "-hflip", "all", "none"] and all(len(v) == 2 for v in accs.values())
     mean = {k: sum(v) / 2 for k, v in accs.items()}
     for row in rows[1:]:
         variant = row[0][2:]
-        assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", row[2]) and row[4] == "2 |"
+        assert re.fullmatch(r"\d\.\d{3} ± \d\.\d{3}", row[2]) and row[6] == "2 |"
         assert float(row[2].split(" ± ")[0]) == pytest.approx(mean[variant], abs=5e-4)
-        if variant == "all":
-            assert row[3] == "reference"
-        else:
-            assert float(row[3]) == pytest.approx(mean[variant] - mean["all"], abs=1e-3)
+        for column, reference in ((3, "all"), (4, "none")):
+            if variant == reference:
+                assert row[column] == "reference"
+            else:
+                assert float(row[column]) == pytest.approx(mean[variant] - mean[reference], abs=1e-3)
+        assert float(row[5].split(" ± ")[0]) == pytest.approx(sum(gaps[variant]) / 2, abs=5e-4)
     assert table in result.output
     assert "| -hflip | 2 |" in (sweep_dir / "sweep.md").read_text()  # the variants by name, not a hash
     png = (sweep_dir / "ablation.png").read_bytes()
@@ -230,3 +263,21 @@ def test_an_ablation_sweep_writes_its_report_and_resumes(tmp_path, cli, tiny_dat
     assert again.output.count("finished before, skipped") == len(names)
     assert {n: (sweep_dir / n / "summary.json").stat().st_mtime_ns for n in names} == stamps
     assert (sweep_dir / "ablation.md").read_text() == table
+
+
+def test_ablate_alone_from_the_command_line_trains_each_op_alone(tmp_path, cli, tiny_data):
+    result = cli("sweep", "--data", tiny_data, *FAST, "--aug", "light", "--ablate", "alone")
+    assert result.exit_code == 0, result.output
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted(
+        f"aug={v},seed=0" for v in ("all", "none", "+crop", "+hflip")
+    )
+    table = (sweep_dir / "ablation.md").read_text()
+    assert "| +crop | crop |" in table and "| +hflip | hflip |" in table and "| none | – |" in table
+
+
+def test_an_unknown_ablation_mode_is_one_line(tmp_path, cli, tiny_data):
+    result = cli("sweep", "--data", tiny_data, *FAST, "--aug", "light", "--ablate", "sometimes")
+    assert result.exit_code == 2
+    assert "'sometimes' is not one of 'without', 'alone', 'both'" in error_line(result)
+    assert not (tmp_path / "sweeps").exists()
