@@ -220,6 +220,8 @@ def main() -> None:
     how_long.add_argument("--epochs", type=int, default=1, help="timed epochs, each with its validation")
     ap.add_argument("--warmup", type=int, default=3, help="training steps before the clock starts")
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--optimizer", help="default: the recipe's (muon: the Newton-Schulz step's cost shows)")
+    ap.add_argument("--momentum", type=float)
     ap.add_argument("--threads", type=int, help="torch threads (default: augpipe's choice)")
     ap.add_argument("--workers", type=int, help="loader workers (default: augpipe's choice)")
     ap.add_argument("--device", default="cpu")
@@ -246,6 +248,7 @@ def main() -> None:
     recipe = None if args.plugin or args.recipe == "none" else args.recipe
     flags = dict(recipe=recipe, plugin=args.plugin, model=args.model, data=data, batch_size=args.batch_size)
     flags.update(threads=args.threads, workers=args.workers, device=args.device)
+    flags.update(optimizer=args.optimizer, momentum=args.momentum)
     flags.update(compile=None if args.compile is None else args.compile == "on")
     flags = {k: v for k, v in flags.items() if v is not None}
     plugins = get_plugins()

@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--optimizer", help="default: the recipe's (muon, nesterov, ...)")
+    ap.add_argument("--momentum", type=float)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--workers", type=int)
     ap.add_argument("--precision")
