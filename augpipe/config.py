@@ -51,6 +51,7 @@ MAX_RATE = 10**6  # --lr, --min-lr, --norm-lr-scale, --backbone-lr-scale, --weig
 UPPER_BOUNDS = {
     "epochs": MAX_EPOCHS,
     "freeze_epochs": MAX_EPOCHS,
+    "low_res_epochs": MAX_EPOCHS,
     "patience": MAX_EPOCHS,
     "start_from_epoch": MAX_EPOCHS,
     "warmup_epochs": MAX_EPOCHS,
@@ -60,6 +61,7 @@ UPPER_BOUNDS = {
     "ema_power": 100,
     "batch_size": MAX_BATCH,
     "image_size": MAX_IMAGE_SIZE,
+    "low_res_size": MAX_IMAGE_SIZE,
     "devices": MAX_DEVICES,
     "dist_timeout": MAX_SECONDS,
     "max_minutes": MAX_MINUTES,
@@ -112,6 +114,10 @@ class TrainConfig:
     split_file: str | None = None  # reuse a split manifest
     strict: bool = False  # stop at an unreadable image or an exact duplicate instead of skipping it
     image_size: int | None = None  # side in pixels; None = the augmentation's size or the data's
+    low_res_size: int | None = (
+        None  # progressive resizing: the first --low-res-epochs epochs train on batches downscaled to this side; None = off
+    )
+    low_res_epochs: int = 0  # epochs trained at --low-res-size, from the first; validation and test stay at full size
     aug: Any = "standard"  # preset name, spec .yaml path, or a spec dict
     aug_device: str = "auto"  # where augmentation runs: auto, cpu (workers), gpu (device)
     data_on_device: str = "auto"  # the splits' uint8 images held on the device, a batch an index gather: auto (CUDA, when they fit), on, off
@@ -341,6 +347,17 @@ class TrainConfig:
             raise ConfigError(f"--norm-lr-scale must be a number above 0, got {self.norm_lr_scale}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
             raise ConfigError(f"--image-size must be a whole number of at least 8, got {self.image_size}")
+        if self.low_res_size is not None and (not isinstance(self.low_res_size, int) or self.low_res_size < 8):
+            raise ConfigError(f"--low-res-size must be a whole number of at least 8, got {self.low_res_size}")
+        if not isinstance(self.low_res_epochs, int) or self.low_res_epochs < 0:
+            raise ConfigError(f"--low-res-epochs must be a whole number of at least 0, got {self.low_res_epochs}")
+        if (self.low_res_size is None) != (self.low_res_epochs == 0):
+            raise ConfigError("--low-res-size and --low-res-epochs go together: give both, or neither")
+        if self.low_res_epochs >= self.epochs:
+            raise ConfigError(
+                f"--low-res-epochs must be fewer than --epochs ({self.epochs}), got {self.low_res_epochs}: "
+                "the last epochs train at full size (for a smaller size throughout, use --image-size)"
+            )
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must not be negative, got {self.workers}")
         if not isinstance(self.devices, int) or self.devices < 1:

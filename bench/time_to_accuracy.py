@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--optimizer", help="default: the recipe's (muon, nesterov, ...)")
     ap.add_argument("--momentum", type=float)
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--low-res-size", type=int, help="progressive resizing: the first epochs at this side")
+    ap.add_argument("--low-res-epochs", type=int, help="how many epochs at --low-res-size")
     ap.add_argument("--workers", type=int)
     ap.add_argument("--precision")
     ap.add_argument("--seed", type=int)

@@ -65,7 +65,9 @@ def call_plugin(registry, name: str, *args, **kwargs):
         ) from None
 
 
-def check_model_input(model, cfg: TrainConfig, num_classes: int, image_size: int, device) -> None:
+def check_model_input(
+    model, cfg: TrainConfig, num_classes: int, image_size: int, device, remedy: str = "give a larger --image-size"
+) -> None:
     """One forward pass of two blank images before training: a model that can not take images of
     this size (4x4 pixels into three pooling stages) is a one-line error, not a traceback later."""
     x = torch.zeros(2, 3, image_size, image_size, device=device)
@@ -79,7 +81,7 @@ def check_model_input(model, cfg: TrainConfig, num_classes: int, image_size: int
     except Exception as err:
         raise ConfigError(
             f"model {cfg.plugin}/{cfg.model} can not take {image_size}x{image_size} images "
-            f"({type(err).__name__}: {_first_line(err)}); give a larger --image-size"
+            f"({type(err).__name__}: {_first_line(err)}); {remedy}"
         ) from None
     finally:
         model.train(was_training)
@@ -162,6 +164,16 @@ def build_parts(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_model_input(model, cfg, num_classes, image_size, device)
+    if cfg.low_res_size is not None and cfg.low_res_size < image_size:
+        # a fully connected input layer, or a vision transformer's fixed patch grid, takes one size
+        check_model_input(
+            model,
+            cfg,
+            num_classes,
+            cfg.low_res_size,
+            device,
+            "progressive resizing (--low-res-size) needs a model that takes images of any size",
+        )
     optimizer = call_plugin(
         plugins.optimizers,
         cfg.optimizer,

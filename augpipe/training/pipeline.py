@@ -127,6 +127,18 @@ class DataPipeline:
                 n_train,
             )
         self.train = loader("train", self.train_transform, True, 0, workers, drop_last=lone_last, batch_sampler=shards)
+        if cfg.low_res_size is not None:
+            if cfg.low_res_size >= image_size:
+                raise ConfigError(
+                    f"--low-res-size must be smaller than the training size ({image_size} px), got {cfg.low_res_size}"
+                )
+            self.prepare_train = LowResolution(
+                self.prepare_train, self.train, cfg.low_res_size, cfg.low_res_epochs, cfg.channels_last
+            )
+            first = "epoch 1 trains" if cfg.low_res_epochs == 1 else f"epochs 1-{cfg.low_res_epochs} train"
+            log.info(
+                "%s at %dx%d (progressive resizing), then at %dx%d", first, *[cfg.low_res_size] * 2, *[image_size] * 2
+            )
         # Evaluation batches need no augmentation: decoding from the cache is cheap in-process.
         eval_workers = 0 if data.store.cached else workers
         self.val = loader("val", eval_transform, False, 1, eval_workers)
@@ -170,6 +182,30 @@ class DataPipeline:
                 f"the augmentation turns {data.source.describe(i)} into {tuple(out.shape)}, "
                 f"not {image_size}x{image_size}x3: an 'extra' transform changes the size"
             )
+
+
+class LowResolution:
+    """Progressive resizing: the training batches of the first ``epochs`` epochs, prepared as
+    usual (augmented, normalised), then downscaled to ``size`` pixels (bilinear with antialiasing,
+    as Pillow shrinks). A network with global pooling takes any size, and a low-resolution step
+    costs about (size / full size)^2 of a full one. Keyed by the loader's epoch, so a resumed run
+    trains each epoch at the size it had."""
+
+    def __init__(self, prepare, loader, size: int, epochs: int, channels_last: bool):
+        self.prepare, self.loader, self.size, self.epochs = prepare, loader, size, epochs
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def active(self) -> bool:
+        return 1 <= self.loader.epoch <= self.epochs
+
+    def __call__(self, images):
+        x = self.prepare(images)
+        if not self.active():
+            return x
+        x = torch.nn.functional.interpolate(
+            x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+        )
+        return x.contiguous(memory_format=self.memory_format)
 
 
 def _needs_loader_workers(spec) -> str | None:
