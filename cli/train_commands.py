@@ -6,7 +6,9 @@ beside each field, so the config file, the flags and the Python API never drift 
 from __future__ import annotations
 
 import inspect
+import io
 import re
+import tokenize
 from pathlib import Path
 
 import click
@@ -15,11 +17,27 @@ from augpipe.config import TrainConfig
 
 
 def _field_comments() -> dict[str, str]:
-    comments = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.*)$", line)
-        if m:
-            comments[m.group(1)] = m.group(2)
+    """Each field's comment: the one beside its line, or beside a line of its default where the
+    formatter wrapped it (``ema: float | None = (`` / ``None  # ...`` / ``)``). Comments on
+    lines of their own are section headings, not help."""
+    source = inspect.getsource(TrainConfig)
+    names = set(TrainConfig.field_names())
+    owner: dict[int, str] = {}  # line number -> the field whose statement it belongs to
+    current = None
+    for number, line in enumerate(source.splitlines(), 1):
+        m = re.match(r"    (\w+)\s*:", line)
+        if m and m.group(1) in names:
+            current = m.group(1)
+        elif re.match(r"    [^\s)\]}]", line):  # a heading comment, a method: the field's statement is over
+            current = None
+        if current is not None:
+            owner[number] = current
+    comments: dict[str, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        row, col = token.start
+        field_name = owner.get(row)
+        if token.type == tokenize.COMMENT and field_name and token.line[:col].strip():
+            comments.setdefault(field_name, token.string.lstrip("#").strip())
     return comments
 
 

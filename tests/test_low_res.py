@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import error_line
 
 from augpipe.errors import ConfigError
 from augpipe.training.pipeline import LowResolution
 from augpipe.training.run import train as run_train
-from tests.conftest import error_line
 
 SEEN: list[list[tuple[str, int]]] = []  # per .train(): (mode, side) of each batch the model saw
 

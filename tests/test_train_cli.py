@@ -329,3 +329,36 @@ def test_evaluate_refuses_a_checkpoint_that_is_not_augpipe_s(tmp_path, cli):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "run" / "best.pt")
     line = error_line(cli("evaluate", "run"))
     assert "best.pt: not an augpipe checkpoint" in line
+
+
+# Settings whose flag says all: every other TrainConfig field carries a comment, its --help text.
+SELF_EXPLANATORY = {
+    "weight_decay",
+    "label_smoothing",
+    "epochs",
+    "batch_size",
+    "patience",
+    "monitor",
+    "min_delta",
+    "out",
+}
+
+
+def test_every_setting_has_its_help_even_where_the_formatter_wrapped_it():
+    from click.testing import CliRunner
+
+    from augpipe.config import TrainConfig
+    from cli.main import main
+    from cli.train_commands import _field_comments
+
+    comments = _field_comments()
+    assert set(TrainConfig.field_names()) - set(comments) <= SELF_EXPLANATORY
+    # fields whose default the formatter put on a line of its own, the comment beside it
+    assert comments["ema"].startswith("decay of a moving average of the weights")
+    assert comments["milestones"].startswith("multistep: epochs")
+    assert comments["low_res_size"].startswith("progressive resizing")
+    # a heading comment between fields is not a field's help
+    assert not any(text in ("data", "optimisation", "machine", "output") for text in comments.values())
+    shown = " ".join(CliRunner().invoke(main, ["train", "--help"], terminal_width=400).output.split())
+    for name in ("ema", "threads", "decay_bias_and_norm", "low_res_size"):
+        assert " ".join(comments[name].split()[:5]) in shown, name
