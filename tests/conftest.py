@@ -311,6 +311,32 @@ def probe_plugins(fresh_plugins):
 
 
 @pytest.fixture
+def stop_after_step(monkeypatch):
+    """``with stop_after_step(n):`` a training run started inside is stopped as by a SIGTERM
+    after its n-th step (the loop asks for a stop after every step), and saves its unfinished
+    epoch for a resume: the interrupted-run tests' signal."""
+    import contextlib
+
+    from augpipe.training.signals import StopSignals
+
+    @contextlib.contextmanager
+    def stopped(step: int = 2):
+        calls = {"n": 0}
+
+        def requested(self):
+            calls["n"] += 1
+            if calls["n"] == step:
+                self.received = "SIGTERM"
+            return self.received is not None
+
+        with monkeypatch.context() as m:
+            m.setattr(StopSignals, "requested", requested)
+            yield
+
+    return stopped
+
+
+@pytest.fixture
 def one_torch_thread():
     """One torch thread for the test, the count put back afterwards (a training run sets it for
     the whole process). Tiny models gain nothing from more threads, and lose much when other

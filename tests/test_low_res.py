@@ -117,20 +117,9 @@ def test_a_low_resolution_batch_is_the_full_batch_downscaled():
     assert torch.equal(low(full), full * 2)
 
 
-def test_an_interrupted_low_resolution_epoch_resumes_exactly(tmp_path, tiny_data, size_probe, monkeypatch):
-    from augpipe.training.signals import StopSignals
-
+def test_an_interrupted_low_resolution_epoch_resumes_exactly(tmp_path, tiny_data, size_probe, stop_after_step):
     whole = _train(tmp_path, tiny_data, "whole")
-    calls = {"n": 0}
-
-    def requested(self):
-        calls["n"] += 1
-        if calls["n"] == 2:  # asked after every step: a stop after step 2 of epoch 1
-            self.received = "SIGTERM"
-        return self.received is not None
-
-    with monkeypatch.context() as m:
-        m.setattr(StopSignals, "requested", requested)
+    with stop_after_step(2):  # a stop after step 2 of epoch 1
         stopped = _train(tmp_path, tiny_data, "part")
     assert stopped.history.stop_reason == "interrupted"
     resumed = run_train(resume=str(tmp_path / "runs/part"), progress=False)

@@ -61,20 +61,9 @@ def test_the_same_seed_mixes_the_same_way(tmp_path, tiny_data):
     assert a.history.iteration_losses == b.history.iteration_losses
 
 
-def test_an_interrupted_mixed_epoch_resumes_exactly(tmp_path, tiny_data, monkeypatch):
-    from augpipe.training.signals import StopSignals
-
+def test_an_interrupted_mixed_epoch_resumes_exactly(tmp_path, tiny_data, stop_after_step):
     whole = _train(tmp_path, tiny_data, "whole", {"size": 16, **MIX}, epochs=2)
-    calls = {"n": 0}
-
-    def requested(self):
-        calls["n"] += 1
-        if calls["n"] == 2:  # asked after every step: a stop after step 2 of epoch 1
-            self.received = "SIGTERM"
-        return self.received is not None
-
-    with monkeypatch.context() as m:
-        m.setattr(StopSignals, "requested", requested)
+    with stop_after_step(2):  # a stop after step 2 of epoch 1
         stopped = _train(tmp_path, tiny_data, "part", {"size": 16, **MIX}, epochs=2)
     assert stopped.history.stop_reason == "interrupted"
     resumed = run_train(resume=str(tmp_path / "runs/part"), progress=False)

@@ -252,20 +252,9 @@ def test_a_muon_run_learns(tmp_path, tiny_data):
     assert sum(losses[-4:]) < 0.8 * sum(losses[:4]), losses
 
 
-def test_an_interrupted_muon_run_resumes_exactly(tmp_path, tiny_data, monkeypatch):
-    from augpipe.training.signals import StopSignals
-
+def test_an_interrupted_muon_run_resumes_exactly(tmp_path, tiny_data, stop_after_step):
     whole = _train(tmp_path, tiny_data, "whole")
-    calls = {"n": 0}
-
-    def requested(self):
-        calls["n"] += 1
-        if calls["n"] == 2:  # asked after every step: a stop after step 2 of epoch 1
-            self.received = "SIGTERM"
-        return self.received is not None
-
-    with monkeypatch.context() as m:
-        m.setattr(StopSignals, "requested", requested)
+    with stop_after_step(2):  # a stop after step 2 of epoch 1
         stopped = _train(tmp_path, tiny_data, "part")
     assert stopped.history.stop_reason == "interrupted"
     resumed = run_train(resume=str(tmp_path / "runs/part"), progress=False)

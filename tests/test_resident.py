@@ -118,20 +118,9 @@ def test_a_run_with_its_data_on_the_device_trains_as_one_without(tmp_path, tiny_
     assert on.summary["data_on_device"] is True and off.summary["data_on_device"] is False
 
 
-def test_an_interrupted_epoch_with_the_data_on_the_device_resumes_exactly(tmp_path, tiny_data, monkeypatch):
-    from augpipe.training.signals import StopSignals
-
+def test_an_interrupted_epoch_with_the_data_on_the_device_resumes_exactly(tmp_path, tiny_data, stop_after_step):
     whole = _train(tmp_path, tiny_data, "whole", data_on_device="on")
-    calls = {"n": 0}
-
-    def requested(self):
-        calls["n"] += 1
-        if calls["n"] == 2:  # asked after every step: a stop after step 2 of epoch 1
-            self.received = "SIGTERM"
-        return self.received is not None
-
-    with monkeypatch.context() as m:
-        m.setattr(StopSignals, "requested", requested)
+    with stop_after_step(2):  # a stop after step 2 of epoch 1
         stopped = _train(tmp_path, tiny_data, "part", data_on_device="on")
     assert stopped.history.stop_reason == "interrupted"
     resumed = run_train(resume=str(tmp_path / "runs/part"), progress=False)
