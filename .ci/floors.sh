@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 python3 .ci/floors.py > .ci/floors.txt.tmp
 echo "floors:" $(tr '\n' ' ' < .ci/floors.txt.tmp)
 rm -rf .venv-floors
+# Six GB (torch's build again), needed only for this step.
+trap 'rm -rf .venv-floors' EXIT
 python3 -m venv .venv-floors
 . .venv-floors/bin/activate
 pip install -q torch==2.14.1 torchvision==0.29.1

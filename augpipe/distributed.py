@@ -9,8 +9,10 @@ Outside a distributed run every function here is a no-op, so the single-process 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -233,34 +235,51 @@ def launch(devices: int, target, *args, **kwargs):
     environment torchrun gives (RANK, WORLD_SIZE, MASTER_ADDR ...), and return rank 0's result.
     ``target`` must be importable by name (the processes are spawned). A rank that fails ends
     every rank at once, and the error names it."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from augpipe.training.signals import Interrupted
 
     _quiet_launcher_logs()
-    config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=devices,
-        run_id=f"augpipe-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",
-        max_restarts=0,
-        monitor_interval=0.2,
-        start_method="spawn",
-    )
     verbose = logging.getLogger("augpipe").getEffectiveLevel() <= logging.DEBUG
-    try:
-        results = elastic_launch(config, _run_rank)(target, args, kwargs, verbose)
-    except ChildFailedError as err:
-        raise DistributedError(describe_failure(err)) from None
-    except SignalException as err:
-        # The launcher passed the signal on to the ranks and waited for them: rank 0 has saved
-        # last.pt and written the summary. The exit code is the signal's (130/143), as alone.
-        raise Interrupted(signal_name(err.sigval)) from None
+    with launcher_scratch() as scratch:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=devices,
+            run_id=f"augpipe-{uuid.uuid4().hex[:8]}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="127.0.0.1:0",
+            max_restarts=0,
+            monitor_interval=0.2,
+            start_method="spawn",
+            logs_specs=DefaultLogsSpecs(log_dir=scratch),
+        )
+        try:
+            results = elastic_launch(config, _run_rank)(target, args, kwargs, verbose)
+        except ChildFailedError as err:
+            raise DistributedError(describe_failure(err)) from None
+        except SignalException as err:
+            # The launcher passed the signal on to the ranks and waited for them: rank 0 has saved
+            # last.pt and written the summary. The exit code is the signal's (130/143), as alone.
+            raise Interrupted(signal_name(err.sigval)) from None
     return results[0]
+
+
+@contextlib.contextmanager
+def launcher_scratch():
+    """A folder for what the launcher writes beside the run, removed afterwards. Left to itself
+    it leaves a ``torchelastic_*`` folder in the system's temporary folder on every launch, and a
+    ``pytorch-errorfile-*.pickle`` for every rank that fails."""
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="augpipe-launch-") as scratch:
+        # torch.multiprocessing names its error files with tempfile, in this process.
+        tempfile.tempdir = scratch
+        try:
+            yield scratch
+        finally:
+            tempfile.tempdir = previous
 
 
 def signal_name(sigval) -> str:

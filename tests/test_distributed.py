@@ -137,7 +137,9 @@ def test_torchrun_launches_the_cli(colour_data, tmp_path):
         "8",
         *[f"--{k.replace('_', '-')}={v}" for k, v in EXACT.items()],
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # torchrun leaves a folder of logs in the temporary folder: the test's own, not the machine's.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test accuracy:") == 1  # rank 0 alone reports
     summary = json.loads((out / "tr" / "summary.json").read_text())
@@ -254,3 +256,20 @@ def test_a_rank_left_alone_gives_up_with_a_clear_message(colour_data, tmp_path):
     assert "Traceback" not in out
     assert (run_dir / "summary.json").exists()  # rank 0 closed its run as failed, checkpoints kept
     assert (run_dir / "last.pt").exists()
+
+
+def test_a_launch_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    # Left to itself the launcher leaves a torchelastic_* folder on every launch and an error
+    # file for every rank that fails.
+    import tempfile
+
+    from augpipe.distributed import DistributedError, launch
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert launch(2, os.path.exists, str(tmp_path)) is True
+    with pytest.raises(DistributedError, match=r"^rank \d .*FileNotFoundError"):
+        launch(2, os.path.getsize, str(tmp_path / "missing"))
+    assert list(scratch.iterdir()) == []
+    assert tempfile.tempdir == str(scratch)
