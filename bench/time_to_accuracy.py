@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--optimizer", help="default: the recipe's (muon, nesterov, ...)")
     ap.add_argument("--momentum", type=float)
+    ap.add_argument("--min-lr", type=float, help="the schedule's last rate (default: the recipe's)")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--low-res-size", type=int, help="progressive resizing: the first epochs at this side")
     ap.add_argument("--low-res-epochs", type=int, help="how many epochs at --low-res-size")
