@@ -114,9 +114,7 @@ class TrainConfig:
     split_file: str | None = None  # reuse a split manifest
     strict: bool = False  # stop at an unreadable image or an exact duplicate instead of skipping it
     image_size: int | None = None  # side in pixels; None = the augmentation's size or the data's
-    low_res_size: int | None = (
-        None  # progressive resizing: the first --low-res-epochs epochs train on batches downscaled to this side; None = off
-    )
+    low_res_size: int | None = None  # progressive resizing: the first epochs train downscaled to this side; None = off
     low_res_epochs: int = 0  # epochs trained at --low-res-size, from the first; validation and test stay at full size
     aug: Any = "standard"  # preset name, spec .yaml path, or a spec dict
     aug_device: str = "auto"  # where augmentation runs: auto, cpu (workers), gpu (device)
